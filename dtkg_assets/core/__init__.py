@@ -1,0 +1,1 @@
+"""Pure core: settings-driven HTTP, streaming, store, ledger, reconciler. No Dagster imports."""

@@ -1,0 +1,94 @@
+"""Failure reasons: every failure carries one stable code that analysts can group by."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    # Transient: worth retrying later (with backoff).
+    TIMEOUT = "timeout"
+    CONNECT_ERROR = "connect_error"
+    CONNECTION_RESET = "connection_reset"
+    TRUNCATED = "truncated"
+    HTTP_5XX = "http_5xx"
+    HTTP_429 = "http_429"
+    BREAKER_OPEN = "breaker_open"
+    ROBOTS_UNAVAILABLE = "robots_unavailable"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    DISK_FULL = "disk_full"
+    LEASE_LOST = "lease_lost"
+    # Permanent: retrying will not help.
+    HTTP_404 = "http_404"
+    HTTP_410 = "http_410"
+    HTTP_4XX = "http_4xx"
+    NOT_PDF = "not_pdf"
+    HTML_PAGE = "html_page"
+    TOO_SMALL = "too_small"
+    TOO_LARGE = "too_large"
+    BAD_RANGE = "bad_range"
+    ROBOTS_DISALLOWED = "robots_disallowed"
+    PRIVATE_ADDRESS = "private_address"
+    UNSUPPORTED_SCHEME = "unsupported_scheme"
+    TOO_MANY_REDIRECTS = "too_many_redirects"
+    OFFLINE = "offline"
+    NO_CANDIDATES = "no_candidates"
+    BAD_INPUT = "bad_input"
+    HASH_MISMATCH = "hash_mismatch"
+
+
+TRANSIENT_REASONS: frozenset[Reason] = frozenset(
+    {
+        Reason.TIMEOUT,
+        Reason.CONNECT_ERROR,
+        Reason.CONNECTION_RESET,
+        Reason.TRUNCATED,
+        Reason.HTTP_5XX,
+        Reason.HTTP_429,
+        Reason.BREAKER_OPEN,
+        Reason.ROBOTS_UNAVAILABLE,
+        Reason.QUOTA_EXCEEDED,
+        Reason.DISK_FULL,
+        Reason.LEASE_LOST,
+        Reason.HASH_MISMATCH,
+    }
+)
+
+
+def is_transient(reason: Reason | str) -> bool:
+    return Reason(reason) in TRANSIENT_REASONS
+
+
+class DtkgError(Exception):
+    """An expected failure with a reason code. `retry_after` (seconds) is a server's hint."""
+
+    def __init__(
+        self,
+        reason: Reason,
+        detail: str = "",
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
+        self.reason = reason
+        self.detail = detail
+        self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def transient(self) -> bool:
+        return is_transient(self.reason)
+
+
+def reason_for_status(status: int) -> Reason:
+    """Map a final HTTP status that is not a success to a failure reason."""
+    if status == 404:
+        return Reason.HTTP_404
+    if status == 410:
+        return Reason.HTTP_410
+    if status == 429:
+        return Reason.HTTP_429
+    if status >= 500:
+        return Reason.HTTP_5XX
+    return Reason.HTTP_4XX

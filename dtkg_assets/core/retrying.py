@@ -1,0 +1,107 @@
+"""Retry policy shared by every HTTP caller: tenacity, exponential backoff with jitter, Retry-After.
+
+Only failures that a prompt retry can fix are retried in place (network errors, truncated bodies,
+429 and 5xx). Others that are transient in the long run (open breaker, full disk, lost lease) are
+returned to the ledger, which schedules them with its own backoff.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import tenacity
+
+from dtkg_assets.core.errors import DtkgError, Reason
+from dtkg_assets.settings import HttpSettings
+
+RETRY_IN_PLACE: frozenset[Reason] = frozenset(
+    {
+        Reason.TIMEOUT,
+        Reason.CONNECT_ERROR,
+        Reason.CONNECTION_RESET,
+        Reason.TRUNCATED,
+        Reason.HTTP_5XX,
+        Reason.HTTP_429,
+    }
+)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date (RFC 9110)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = datetime.fromtimestamp(time.time() if now is None else now, tz=UTC)
+    return max(0.0, (when - current).total_seconds())
+
+
+def error_from_httpx(exc: httpx.HTTPError) -> DtkgError:
+    """Translate a transport-level httpx error into a reasoned failure."""
+    if isinstance(exc, httpx.TimeoutException):
+        return DtkgError(Reason.TIMEOUT, str(exc) or type(exc).__name__)
+    if isinstance(exc, httpx.ConnectError):
+        return DtkgError(Reason.CONNECT_ERROR, str(exc))
+    if isinstance(exc, httpx.RemoteProtocolError):
+        # httpx raises this for a body shorter than Content-Length and for peers that hang up.
+        return DtkgError(Reason.TRUNCATED, str(exc))
+    if isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.NetworkError):
+        return DtkgError(Reason.CONNECTION_RESET, str(exc))
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return DtkgError(Reason.UNSUPPORTED_SCHEME, str(exc))
+    if isinstance(exc, httpx.TooManyRedirects):
+        return DtkgError(Reason.TOO_MANY_REDIRECTS, str(exc))
+    return DtkgError(Reason.CONNECTION_RESET, f"{type(exc).__name__}: {exc}")
+
+
+def _retry_in_place(exc: BaseException) -> bool:
+    return isinstance(exc, DtkgError) and exc.reason in RETRY_IN_PLACE
+
+
+class _WaitRetryAfterOrBackoff(tenacity.wait.wait_base):
+    """Honour the server's Retry-After (capped); otherwise exponential backoff with full jitter."""
+
+    def __init__(self, settings: HttpSettings) -> None:
+        self.cap = settings.retry_after_cap_s
+        self.backoff = tenacity.wait_random_exponential(
+            multiplier=settings.backoff_initial_s, max=settings.backoff_max_s
+        )
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        if isinstance(exc, DtkgError) and exc.retry_after is not None:
+            return min(max(exc.retry_after, 0.0), self.cap)
+        return float(self.backoff(retry_state))
+
+
+def retrying(
+    settings: HttpSettings,
+    *,
+    max_attempts: int | None = None,
+    sleep: Callable[[float], Any] = time.sleep,
+    before_sleep: Callable[[tenacity.RetryCallState], Any] | None = None,
+) -> tenacity.Retrying:
+    """A tenacity controller: ``for attempt in retrying(s): with attempt: ...``; re-raises the last error."""
+    return tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(max_attempts or settings.max_attempts),
+        wait=_WaitRetryAfterOrBackoff(settings),
+        retry=tenacity.retry_if_exception(_retry_in_place),
+        reraise=True,
+        sleep=sleep,
+        before_sleep=before_sleep,
+    )

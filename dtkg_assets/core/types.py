@@ -1,0 +1,104 @@
+"""Data shared between the engine, the ledger and the orchestrator.
+
+The engine (`core.streaming`) reports through `FetchHooks`; the orchestrator implements them with
+the ledger (state transitions, lease renewal, fencing, exactly-once effects). `NullHooks` lets the
+engine run on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol, TypeVar
+
+T = TypeVar("T")
+
+Decision = Literal["fresh", "resume", "discard_part", "already_complete"]
+FetchStatus = Literal["stored", "deduped", "failed"]
+Stage = Literal["HEAD_DONE", "RESUME_OK", "STREAMING"]
+EffectType = Literal["FINALIZE", "DEDUPE", "LINK"]
+
+
+@dataclass
+class HttpAttempt:
+    """One HTTP exchange (HEAD or GET) as the ledger's `http_attempts` stores it."""
+
+    method: str
+    url: str
+    host: str
+    status: int | None
+    bytes: int
+    elapsed_s: float
+    error: str | None = None
+    started_at: float = 0.0
+
+
+@dataclass
+class FetchResult:
+    """What happened to one candidate URL. `reason` is "ok" on success, else a `Reason` value."""
+
+    status: FetchStatus
+    reason: str
+    decision: Decision | None
+    url: str
+    work_id: str | None = None
+    final_url: str | None = None
+    sha256: str | None = None
+    path: str | None = None  # the per-work name
+    blob_path: str | None = None  # store/<sha[:w]>/<sha>.pdf
+    bytes: int = 0
+    resumed_from: int = 0
+    attempts: int = 0
+    elapsed_s: float = 0.0
+    mib_s: float = 0.0
+    fsync_s: float = 0.0
+    http_status: int | None = None
+    decision_reason: str | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    content_type: str | None = None
+    body_bytes_received: int = 0  # bytes read from the network this time
+    detail: str | None = None
+    http_attempts: list[HttpAttempt] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("stored", "deduped")
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("http_attempts")
+        return data
+
+
+class FetchHooks(Protocol):
+    """Callbacks the engine makes while fetching; any may raise `DtkgError` to abort."""
+
+    def stage(self, stage: Stage, info: dict[str, Any]) -> None:
+        """Entered a stage (HEAD_DONE with validators, RESUME_OK with the decision, STREAMING)."""
+
+    def progress(self, bytes_on_disk: int) -> None:
+        """Called about once per MiB while streaming: renew the lease here."""
+
+    def check_fence(self) -> None:
+        """Called right before finalize: raise if this worker no longer owns the job."""
+
+    def effect(self, effect_type: EffectType, key: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Run an on-disk effect exactly once; `key` is deterministic for the effect (e.g. the sha)."""
+        ...
+
+
+class NullHooks:
+    """Engine on its own: no ledger, effects simply run (they are idempotent on disk)."""
+
+    def stage(self, stage: Stage, info: dict[str, Any]) -> None:
+        return None
+
+    def progress(self, bytes_on_disk: int) -> None:
+        return None
+
+    def check_fence(self) -> None:
+        return None
+
+    def effect(self, effect_type: EffectType, key: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        return fn()

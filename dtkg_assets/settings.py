@@ -1,0 +1,239 @@
+"""One typed settings object for the whole product.
+
+Defaults follow the original design notes (seeds/streaming-implementation-plan.md). Every field can
+be overridden from the environment as ``DTKG_<GROUP>_<FIELD>`` (e.g. ``DTKG_IO_FSYNC=0``,
+``DTKG_QUOTA_FREE_BYTES_MIN=0``); paths and secrets have their own names (``DTKG_HOME``,
+``DTKG_MAILTO``, ``OPENALEX_API_KEY``, ``DTKG_OFFLINE``, ``DTKG_ALLOW_HOSTS``, ``DTKG_RATE_LIMITS``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+class SettingsError(ValueError):
+    """A setting from the environment or config could not be parsed."""
+
+
+@dataclass(frozen=True)
+class IOSettings:
+    chunk_bytes: int = 65536
+    fsync: bool = True
+    preallocate: bool = True
+    preallocate_min_size_bytes: int = 2 * MiB
+
+
+@dataclass(frozen=True)
+class ResumeSettings:
+    prefix_check_bytes: int = 65536
+    allow_without_validators: bool = False
+
+
+@dataclass(frozen=True)
+class QuotaSettings:
+    free_bytes_min: int = 1 * GiB
+    margin_factor: float = 1.5
+    # Runaway bodies are aborted past this many bytes (reason too_large).
+    max_bytes: int = 512 * MiB
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    shard_width: int = 2
+    dedupe_enabled: bool = True
+    # Identical bytes for another work: hardlink (copy when links are impossible) or always copy.
+    dedupe_hardlink: bool = True
+
+
+@dataclass(frozen=True)
+class ValidationSettings:
+    min_bytes: int = 1024
+    head_sniff_bytes: int = 1024
+    tail_sniff_bytes: int = 2048
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 30.0
+    # Total deadline for one attempt (headers and body), seconds.
+    attempt_deadline_s: float = 600.0
+    max_redirects: int = 5
+    max_attempts: int = 4
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    retry_after_cap_s: float = 60.0
+    pool_connections: int = 64
+    mailto: str = ""
+    user_agent: str = "dtkg-assets/0.1 (+https://github.com/dtkg-assets/dtkg-assets)"
+    # host -> requests per second; 0 means unlimited. "*" is the default for other hosts.
+    rate_limits: Mapping[str, float] = field(
+        default_factory=lambda: {
+            "api.openalex.org": 10.0,
+            "arxiv.org": 1 / 3,
+            "export.arxiv.org": 1 / 3,
+            "api.crossref.org": 10.0,
+            "api.unpaywall.org": 5.0,
+            "*": 5.0,
+        }
+    )
+    breaker_fail_max: int = 5
+    breaker_reset_s: float = 60.0
+    robots_enabled: bool = True
+    robots_ttl_s: float = 24 * 3600.0
+    cache_enabled: bool = True
+    offline: bool = False
+    # Host names or CIDRs exempt from the private-address guard.
+    allow_hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LedgerSettings:
+    lease_ttl_s: float = 120.0
+    max_attempts: int = 5
+    retry_backoff_s: float = 60.0
+    retry_backoff_max_s: float = 6 * 3600.0
+    part_orphan_ttl_s: float = 24 * 3600.0
+    # How long a process waits for the single-writer lock before giving up with a clear message.
+    writer_wait_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class OpenAlexSettings:
+    base_url: str = "https://api.openalex.org"
+    api_key: str = ""
+    per_page: int = 100
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = Path(".dtkg")
+    io: IOSettings = field(default_factory=IOSettings)
+    resume: ResumeSettings = field(default_factory=ResumeSettings)
+    quota: QuotaSettings = field(default_factory=QuotaSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    validation: ValidationSettings = field(default_factory=ValidationSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    ledger: LedgerSettings = field(default_factory=LedgerSettings)
+    openalex: OpenAlexSettings = field(default_factory=OpenAlexSettings)
+
+    # Where things live under DTKG_HOME.
+    @property
+    def store_dir(self) -> Path:
+        return self.home / "store"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.home / "staging"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.home / "ledger.duckdb"
+
+    @property
+    def snapshot_path(self) -> Path:
+        return self.home / "ledger.snapshot.duckdb"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def http_cache_dir(self) -> Path:
+        return self.home / "http-cache"
+
+    def with_home(self, home: Path | str) -> Settings:
+        return dataclasses.replace(self, home=Path(home))
+
+    def replace(self, **groups: Mapping[str, Any]) -> Settings:
+        """Copy with some fields changed: ``s.replace(io={"fsync": False})``."""
+        changes: dict[str, Any] = {}
+        for group, values in groups.items():
+            current = getattr(self, group)
+            changes[group] = dataclasses.replace(current, **dict(values))
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        base = cls()
+        groups: dict[str, Any] = {}
+        for group_field in dataclasses.fields(cls):
+            if group_field.name == "home":
+                continue
+            group = getattr(base, group_field.name)
+            changes: dict[str, Any] = {}
+            for f in dataclasses.fields(group):
+                name = f"DTKG_{group_field.name}_{f.name}".upper()
+                if name in env:
+                    changes[f.name] = _parse(name, env[name], getattr(group, f.name))
+            groups[group_field.name] = dataclasses.replace(group, **changes)
+        http: HttpSettings = groups["http"]
+        http_changes: dict[str, Any] = {}
+        if "DTKG_MAILTO" in env:
+            http_changes["mailto"] = env["DTKG_MAILTO"]
+        if "DTKG_OFFLINE" in env:
+            http_changes["offline"] = _parse("DTKG_OFFLINE", env["DTKG_OFFLINE"], False)
+        if "DTKG_ALLOW_HOSTS" in env:
+            http_changes["allow_hosts"] = _parse("DTKG_ALLOW_HOSTS", env["DTKG_ALLOW_HOSTS"], ())
+        if "DTKG_RATE_LIMITS" in env:
+            limits = dict(http.rate_limits)
+            limits.update(parse_rate_limits(env["DTKG_RATE_LIMITS"]))
+            http_changes["rate_limits"] = limits
+        groups["http"] = dataclasses.replace(http, **http_changes)
+        if "OPENALEX_API_KEY" in env:
+            groups["openalex"] = dataclasses.replace(groups["openalex"], api_key=env["OPENALEX_API_KEY"])
+        home = Path(env.get("DTKG_HOME", ".dtkg")).expanduser().absolute()
+        return cls(home=home, **groups)
+
+
+def parse_rate_limits(text: str) -> dict[str, float]:
+    """``"arxiv.org=0.333,127.0.0.1=0,*=5"`` -> {host: requests per second}; 0 = unlimited."""
+    limits: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        host, sep, value = item.partition("=")
+        if not sep:
+            raise SettingsError(f"DTKG_RATE_LIMITS item {item!r}: expected HOST=REQUESTS_PER_SECOND")
+        try:
+            rate = float(value) if "/" not in value else _fraction(value)
+        except ValueError as exc:
+            raise SettingsError(f"DTKG_RATE_LIMITS item {item!r}: {value!r} is not a number") from exc
+        if rate < 0:
+            raise SettingsError(f"DTKG_RATE_LIMITS item {item!r}: rate must be >= 0 (0 = unlimited)")
+        limits[host.strip().lower()] = rate
+    return limits
+
+
+def _fraction(value: str) -> float:
+    num, _, den = value.partition("/")
+    return float(num) / float(den)
+
+
+def _parse(name: str, raw: str, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            lowered = raw.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError(raw)
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, tuple):
+            return tuple(item.strip() for item in raw.split(",") if item.strip())
+        if isinstance(default, Mapping):
+            return parse_rate_limits(raw)
+        return raw
+    except ValueError as exc:
+        raise SettingsError(f"environment variable {name}={raw!r} is not a valid {type(default).__name__}") from exc
