@@ -102,3 +102,35 @@ class NullHooks:
 
     def effect(self, effect_type: EffectType, key: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return fn()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A URL that may yield the work's PDF, with the record field it came from."""
+
+    url: str
+    source: str  # best_oa_location.pdf_url | locations[i].pdf_url | primary_location.pdf_url | open_access.oa_url
+
+
+@dataclass
+class WorkRecord:
+    """One work from any input (OpenAlex query, JSONL file, id list). `work_id` is the short id."""
+
+    work_id: str
+    candidates: list[Candidate]
+    doi: str | None = None
+    title: str | None = None
+    publication_year: int | None = None
+    origin: str = ""  # where it came from: "jsonl:<path>:<line>", "openalex:<query>", "ids:<path>"
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InputProblem:
+    """Bad input, kept for analysts; the rest of the input proceeds."""
+
+    origin: str  # file path or query
+    line: int | None
+    work_id: str | None
+    reason: str  # a `Reason` value, usually bad_input / no_candidates / unsupported_scheme
+    detail: str
