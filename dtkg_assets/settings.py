@@ -90,6 +90,8 @@ class HttpSettings:
     robots_enabled: bool = True
     robots_ttl_s: float = 24 * 3600.0
     cache_enabled: bool = True
+    # How long a cached metadata (OpenAlex JSON) response is served without asking again.
+    cache_ttl_s: float = 24 * 3600.0
     offline: bool = False
     # Host names or CIDRs exempt from the private-address guard.
     allow_hosts: tuple[str, ...] = ()

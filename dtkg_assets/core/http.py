@@ -1,0 +1,372 @@
+"""The one HTTP client factory: pooled, polite and guarded.
+
+`make_client(settings)` builds the `httpx.Client` a run shares between its threads. Every request,
+and so every redirect hop, passes through `PoliteTransport`, which in order:
+
+1. fails fast in offline mode (no socket is opened) with reason ``offline``;
+2. refuses schemes other than http/https (``unsupported_scheme``);
+3. refuses private, loopback, link-local, multicast and reserved addresses unless allow-listed
+   (``private_address``, see `netguard`);
+4. refuses hosts whose circuit breaker is open (``breaker_open``, transient: the work is deferred);
+5. checks robots.txt (``robots_disallowed`` / ``robots_unavailable``, see `robots`);
+6. waits for the host's rate limit (shared by all threads; fractional rates mean what they say);
+7. sends, and feeds the outcome to the host's breaker.
+
+Policy failures are raised as `DtkgError` from inside the transport; network failures stay httpx
+exceptions (translate them with `request_error`). Metadata clients (`for_metadata=True`) add an HTTP
+cache (hishel) in front of the stack, so a cache hit costs no request, no wait and no network;
+PDF clients never cache bodies.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from pyrate_limiter import AbstractBucket, BucketFactory, InMemoryBucket, Limiter, MonotonicClock, Rate, RateItem
+
+from dtkg_assets.core import netguard
+from dtkg_assets.core.errors import DtkgError, Reason
+from dtkg_assets.core.retrying import error_from_httpx
+from dtkg_assets.core.robots import RobotsCache
+from dtkg_assets.settings import HttpSettings, Settings
+
+PRODUCT_TOKEN = "dtkg-assets"
+METADATA_CACHE_FILE = "metadata-cache.sqlite"
+
+
+def host_of(url: str | httpx.URL) -> str:
+    """Lower-case host name of a URL ("" when it has none); the key for limits, breakers and stats."""
+    if isinstance(url, httpx.URL):
+        return url.host.lower()
+    return (urlsplit(url).hostname or "").lower()
+
+
+def user_agent(http: HttpSettings) -> str:
+    """``dtkg-assets/0.1 (+https://…; mailto:you@example.org)``: names the project and a contact."""
+    base = http.user_agent.strip()
+    if not http.mailto:
+        return base
+    if base.endswith(")"):
+        return f"{base[:-1]}; mailto:{http.mailto})"
+    return f"{base} (mailto:{http.mailto})"
+
+
+def request_error(exc: BaseException) -> DtkgError:
+    """Any failure of ``client.send``/``client.get`` as a reasoned `DtkgError`."""
+    if isinstance(exc, DtkgError):
+        return exc
+    if isinstance(exc, httpx.HTTPError):
+        return error_from_httpx(exc)
+    return DtkgError(Reason.CONNECTION_RESET, f"{type(exc).__name__}: {exc}")
+
+
+def deadline_timeout(settings: Settings) -> float:
+    """Seconds one attempt (headers and body) may take in total; enforced by the caller's loop."""
+    return settings.http.attempt_deadline_s
+
+
+def rate_for(host: str, limits: dict[str, float] | Any) -> float:
+    """Requests per second for ``host``: the most specific matching entry (host or parent domain), else "*"."""
+    host = host.lower()
+    candidate = host
+    while candidate:
+        if candidate in limits:
+            return float(limits[candidate])
+        _, _, candidate = candidate.partition(".")
+    return float(limits.get("*", 0.0))
+
+
+def _interval_ms(rate: float) -> int:
+    # Round the spacing up so we never exceed the configured rate (1/3 req/s -> 3334 ms).
+    return max(1, math.ceil(1000.0 / rate - 1e-9))
+
+
+class _HostBuckets(BucketFactory):
+    """One pyrate-limiter bucket per host, created on first use; one leaker thread for all of them.
+
+    Each bucket holds ``Rate(1, interval)``: at most one request per interval, which spaces requests
+    evenly and expresses fractional rates exactly (one per 3 s is ``Rate(1, 3000)``).
+    """
+
+    def __init__(self, limits: dict[str, float]) -> None:
+        self._limits = limits
+        self._clock = MonotonicClock()
+        self._buckets: dict[str, AbstractBucket] = {}
+        self._lock = threading.Lock()
+
+    def wrap_item(self, name: str, weight: int = 1) -> RateItem:
+        return RateItem(name, self._clock.now(), weight=weight)
+
+    def get(self, item: RateItem) -> AbstractBucket:
+        with self._lock:
+            bucket = self._buckets.get(item.name)
+            if bucket is None:
+                rate = rate_for(item.name, self._limits)
+                bucket = InMemoryBucket([Rate(1, _interval_ms(rate))])
+                self._buckets[item.name] = bucket
+                self.schedule_leak(bucket)
+            return bucket
+
+
+class HostRateLimiter:
+    """Per-host limits that wait (never fail), held across every thread using the same client."""
+
+    def __init__(self, limits: dict[str, float]) -> None:
+        self._limits = dict(limits)
+        self._factory = _HostBuckets(self._limits)
+        # The limiter re-checks after sleeping the computed wait plus this buffer.
+        self._limiter = Limiter(self._factory, buffer_ms=2)
+        self.waited_s = 0.0
+
+    def rate(self, host: str) -> float:
+        return rate_for(host, self._limits)
+
+    def wait(self, host: str) -> float:
+        """Block until ``host`` may be sent another request; returns the seconds waited."""
+        if self.rate(host) <= 0:
+            return 0.0
+        start = time.monotonic()
+        self._limiter.try_acquire(host, blocking=True)
+        waited = time.monotonic() - start
+        self.waited_s += waited
+        return waited
+
+    def close(self) -> None:
+        self._limiter.close()
+
+
+@dataclass
+class _BreakerState:
+    failures: int = 0
+    opened_at: float | None = None
+    probing: bool = False
+
+
+class HostBreakers:
+    """Per-host circuit breakers: closed -> open after N consecutive failures -> half-open after a cooldown.
+
+    A small state machine rather than pybreaker: pybreaker's ``call`` holds one lock for the whole
+    wrapped call (it would serialise every download from a host), counts only exceptions (a 503 is a
+    response here) and lets every concurrent caller through when half-open. Here half-open admits a
+    single probe; its success closes the breaker, its failure opens it for another cooldown.
+    """
+
+    def __init__(self, fail_max: int, reset_s: float) -> None:
+        self.fail_max = fail_max
+        self.reset_s = reset_s
+        self._lock = threading.Lock()
+        self._states: dict[str, _BreakerState] = {}
+
+    def state(self, host: str) -> str:
+        with self._lock:
+            st = self._states.get(host)
+            if st is None or st.opened_at is None:
+                return "closed"
+            if time.monotonic() - st.opened_at >= self.reset_s:
+                return "half-open"
+            return "open"
+
+    def before_request(self, host: str) -> bool:
+        """Raise ``breaker_open`` if the host is not to be tried; True if this request is the half-open probe."""
+        if self.fail_max <= 0:
+            return False
+        with self._lock:
+            st = self._states.setdefault(host, _BreakerState())
+            if st.opened_at is None:
+                return False
+            remaining = st.opened_at + self.reset_s - time.monotonic()
+            if remaining <= 0 and not st.probing:
+                st.probing = True
+                return True
+        raise DtkgError(
+            Reason.BREAKER_OPEN,
+            f"circuit breaker for {host} is open after {self.fail_max} consecutive failures",
+            retry_after=max(remaining, 0.0),
+        )
+
+    def record(self, host: str, success: bool, probe: bool) -> None:
+        if self.fail_max <= 0:
+            return
+        with self._lock:
+            st = self._states.setdefault(host, _BreakerState())
+            if probe:
+                st.probing = False
+            if success:
+                st.failures = 0
+                st.opened_at = None
+                return
+            st.failures += 1
+            if probe or st.failures >= self.fail_max:
+                st.opened_at = time.monotonic()
+
+    def release(self, host: str, probe: bool) -> None:
+        """The request was stopped before it reached the network: give the probe slot back."""
+        if probe:
+            with self._lock:
+                self._states.setdefault(host, _BreakerState()).probing = False
+
+
+def _failure_status(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
+class HostPolicy:
+    """Per-run host state shared by every client built with it: rate limits, breakers, robots cache."""
+
+    def __init__(self, settings: Settings) -> None:
+        http = settings.http
+        self.settings = settings
+        self.allow = netguard.AllowList.parse(http.allow_hosts)
+        self.limiter = HostRateLimiter(dict(http.rate_limits))
+        self.breakers = HostBreakers(http.breaker_fail_max, http.breaker_reset_s)
+        self.robots: RobotsCache | None = None  # set by the first transport (it fetches through it)
+        self.resolver: netguard.Resolver = netguard.system_resolver
+
+    def close(self) -> None:
+        self.limiter.close()
+
+
+class PoliteTransport(httpx.BaseTransport):
+    """Applies offline mode, scheme and address guards, breakers, robots and rate limits to every hop."""
+
+    def __init__(
+        self,
+        inner: httpx.BaseTransport,
+        settings: Settings,
+        policy: HostPolicy | None = None,
+    ) -> None:
+        self.inner = inner
+        self.settings = settings
+        self._owns_policy = policy is None
+        self.policy = policy or HostPolicy(settings)
+        if settings.http.robots_enabled and self.policy.robots is None:
+            self.policy.robots = RobotsCache(
+                self._send_without_robots,
+                user_agent=user_agent(settings.http),
+                product=PRODUCT_TOKEN,
+                ttl_s=settings.http.robots_ttl_s,
+            )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self._send(request, check_robots=True)
+
+    def _send_without_robots(self, request: httpx.Request) -> httpx.Response:
+        return self._send(request, check_robots=False)
+
+    def _send(self, request: httpx.Request, *, check_robots: bool) -> httpx.Response:
+        http = self.settings.http
+        url = request.url
+        if http.offline:
+            raise DtkgError(Reason.OFFLINE, f"offline mode (DTKG_OFFLINE): not fetching {url}")
+        if url.scheme not in ("http", "https"):
+            raise DtkgError(Reason.UNSUPPORTED_SCHEME, f"only http and https are fetched, not {url}")
+        host = url.host.lower()
+        port = url.port or (443 if url.scheme == "https" else 80)
+        netguard.check_host(host, port, self.policy.allow, self.policy.resolver)
+        breakers = self.policy.breakers
+        probe = breakers.before_request(host)
+        try:
+            if check_robots and self.policy.robots is not None:
+                self.policy.robots.check(str(url))
+            self.policy.limiter.wait(host)
+        except BaseException:
+            breakers.release(host, probe)
+            raise
+        try:
+            response = self.inner.handle_request(request)
+        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError):
+            breakers.record(host, success=False, probe=probe)
+            raise
+        except BaseException:
+            breakers.release(host, probe)
+            raise
+        breakers.record(host, success=not _failure_status(response.status_code), probe=probe)
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+        if self._owns_policy:
+            self.policy.close()
+
+
+def _metadata_cache(settings: Settings, next_transport: httpx.BaseTransport) -> httpx.BaseTransport:
+    from hishel import SqliteStorage
+    from hishel.httpx import CacheTransport
+
+    settings.http_cache_dir.mkdir(parents=True, exist_ok=True)
+    storage = SqliteStorage(
+        database_path=settings.http_cache_dir / METADATA_CACHE_FILE,
+        default_ttl=settings.http.cache_ttl_s,
+    )
+    # rfc=False: cache successful GETs by URL for the TTL whatever the API's cache headers say
+    # (metadata changes slowly; a fresh query is one `cache_ttl_s` away or a new cache dir).
+    return CacheTransport(next_transport=next_transport, storage=storage, rfc=False)
+
+
+def make_client(
+    settings: Settings,
+    *,
+    for_metadata: bool = False,
+    policy: HostPolicy | None = None,
+) -> httpx.Client:
+    """The client for a run: pooled, shared by threads, polite (see module doc).
+
+    Pass one `HostPolicy` to several clients (e.g. metadata and PDFs) to make them share rate limits,
+    breakers and robots verdicts; by default each client owns its own.
+    """
+    http = settings.http
+    limits = httpx.Limits(
+        max_connections=http.pool_connections,
+        max_keepalive_connections=http.pool_connections,
+    )
+    # trust_env=False: an environment proxy would bypass the address guard.
+    inner = httpx.HTTPTransport(limits=limits, trust_env=False, retries=0)
+    transport: httpx.BaseTransport = PoliteTransport(inner, settings, policy)
+    if for_metadata and http.cache_enabled:
+        transport = _metadata_cache(settings, transport)
+    timeout = httpx.Timeout(
+        connect=http.connect_timeout_s,
+        read=http.read_timeout_s,
+        write=http.read_timeout_s,
+        pool=http.connect_timeout_s,
+    )
+    return httpx.Client(
+        transport=transport,
+        timeout=timeout,
+        follow_redirects=True,
+        max_redirects=http.max_redirects,
+        headers={"User-Agent": user_agent(http)},
+        trust_env=False,
+    )
+
+
+def polite_transport(client: httpx.Client) -> PoliteTransport | None:
+    """The `PoliteTransport` inside a client from `make_client` (under the cache, if any)."""
+    transport: Any = getattr(client, "_transport", None)
+    while transport is not None and not isinstance(transport, PoliteTransport):
+        transport = getattr(transport, "next_transport", None)
+    return transport
+
+
+def client_features(settings: Settings) -> dict[str, Any]:
+    """Which politeness features are on, for ``dtkg status``."""
+    http = settings.http
+    return {
+        "offline": http.offline,
+        "user_agent": user_agent(http),
+        "mailto": bool(http.mailto),
+        "rate_limits": {host: rate for host, rate in http.rate_limits.items()},
+        "breakers": {"fail_max": http.breaker_fail_max, "reset_s": http.breaker_reset_s}
+        if http.breaker_fail_max > 0
+        else False,
+        "robots": {"ttl_s": http.robots_ttl_s} if http.robots_enabled else False,
+        "metadata_cache": str(settings.http_cache_dir) if http.cache_enabled else False,
+        "allow_hosts": list(http.allow_hosts),
+        "max_redirects": http.max_redirects,
+    }
