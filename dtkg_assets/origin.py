@@ -381,7 +381,7 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | None | Lite
     except ValueError:
         return None
     if start < 0 or end <= start:
-        return None
+        return None if start < size else "unsatisfiable"
     if start >= size:
         return "unsatisfiable"
     return (start, min(end, size))
