@@ -1,0 +1,184 @@
+"""Works input: OpenAlex work records to `WorkRecord`s with ordered candidate URLs (SPEC §2).
+
+Bad input never stops a load: every problem becomes an `InputProblem` (origin, line, reason) that the
+ledger keeps for analysts, and the rest proceeds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from dtkg_assets.core.errors import Reason
+from dtkg_assets.core.types import Candidate, InputProblem, WorkRecord
+
+_WORK_ID = re.compile(r"^(?:https?://(?:api\.)?openalex\.org/(?:works/)?)?(W\d+)$", re.IGNORECASE)
+_DOI = re.compile(r"^(?:doi:\s*|https?://(?:dx\.)?doi\.org/)?(10\.\d{4,9}/\S+)$", re.IGNORECASE)
+SUPPORTED_SCHEMES = ("http", "https")
+_TRAILING_COMMENT = re.compile(r"\s#")
+
+
+def work_id_of(value: Any) -> str | None:
+    """``W123`` from ``"https://openalex.org/W123"``, ``"W123"`` or ``"w123"``; None when invalid."""
+    if not isinstance(value, str):
+        return None
+    match = _WORK_ID.match(value.strip())
+    return match.group(1).upper() if match else None
+
+
+def normalize_doi(value: Any) -> str | None:
+    """``10.…`` (lower-case, as DOIs are case-insensitive) from any common DOI form; None when invalid."""
+    if not isinstance(value, str):
+        return None
+    match = _DOI.match(value.strip())
+    return match.group(1).lower() if match else None
+
+
+def _get(record: dict[str, Any], *path: str) -> Any:
+    value: Any = record
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _raw_candidates(record: dict[str, Any]) -> list[tuple[str, str]]:
+    """(url, source field) in SPEC §2 order, before dedupe and scheme filtering."""
+    found: list[tuple[str, str]] = []
+    best = _get(record, "best_oa_location", "pdf_url")
+    if best:
+        found.append((best, "best_oa_location.pdf_url"))
+    locations = record.get("locations")
+    if isinstance(locations, list):
+        for i, location in enumerate(locations):
+            if isinstance(location, dict) and location.get("is_oa") is True and location.get("pdf_url"):
+                found.append((location["pdf_url"], f"locations[{i}].pdf_url"))
+    primary = _get(record, "primary_location", "pdf_url")
+    if primary:
+        found.append((primary, "primary_location.pdf_url"))
+    oa_url = _get(record, "open_access", "oa_url")
+    if oa_url:
+        found.append((oa_url, "open_access.oa_url"))
+    return [(url.strip(), source) for url, source in found if isinstance(url, str) and url.strip()]
+
+
+def _split_candidates(record: dict[str, Any]) -> tuple[list[Candidate], list[Candidate]]:
+    """(usable candidates, dropped candidates with unsupported schemes), each deduplicated by URL."""
+    usable: list[Candidate] = []
+    dropped: list[Candidate] = []
+    seen: set[str] = set()
+    for url, source in _raw_candidates(record):
+        if url in seen:
+            continue
+        seen.add(url)
+        scheme = urlsplit(url).scheme.lower()
+        (usable if scheme in SUPPORTED_SCHEMES else dropped).append(Candidate(url=url, source=source))
+    return usable, dropped
+
+
+def candidate_urls(record: dict[str, Any]) -> list[Candidate]:
+    """Candidate PDF URLs in SPEC §2 order without duplicates; non-http(s) URLs are left out
+    (`parse_work` reports them)."""
+    return _split_candidates(record)[0]
+
+
+def parse_work(
+    record: Any, origin: str, *, line: int | None = None, problem_origin: str | None = None
+) -> tuple[WorkRecord | None, list[InputProblem]]:
+    """One OpenAlex work record -> a `WorkRecord` (None when unusable) and the problems found.
+
+    ``origin`` is stored on the record ("jsonl:<path>:<line>", "openalex:<query>", …);
+    ``problem_origin`` (default ``origin``) and ``line`` locate problems for analysts.
+    """
+    where = problem_origin or origin
+    if not isinstance(record, dict):
+        return None, [InputProblem(where, line, None, Reason.BAD_INPUT.value, "record is not a JSON object")]
+    work_id = work_id_of(record.get("id"))
+    if work_id is None:
+        detail = "missing id" if record.get("id") in (None, "") else f"invalid OpenAlex id {record.get('id')!r}"
+        return None, [InputProblem(where, line, None, Reason.BAD_INPUT.value, detail)]
+    problems: list[InputProblem] = []
+    usable, dropped = _split_candidates(record)
+    for candidate in dropped:
+        problems.append(
+            InputProblem(
+                where,
+                line,
+                work_id,
+                Reason.UNSUPPORTED_SCHEME.value,
+                f"{candidate.source} {candidate.url!r}: only http and https URLs are fetched",
+            )
+        )
+    if not usable:
+        problems.append(InputProblem(where, line, work_id, Reason.NO_CANDIDATES.value, "no usable PDF URL"))
+        return None, problems
+    year = record.get("publication_year")
+    title = record.get("display_name") or record.get("title")
+    work = WorkRecord(
+        work_id=work_id,
+        candidates=usable,
+        doi=normalize_doi(record.get("doi")),
+        title=title if isinstance(title, str) else None,
+        publication_year=year if isinstance(year, int) else None,
+        origin=origin,
+        raw=record,
+    )
+    return work, problems
+
+
+def read_jsonl(path: str | Path) -> Iterator[WorkRecord | InputProblem]:
+    """Works from a JSONL file of OpenAlex records; each bad line yields an `InputProblem` and reading goes on."""
+    path = Path(path)
+    with path.open("r", encoding="utf-8", errors="replace") as handle:
+        for number, text in enumerate(handle, start=1):
+            stripped = text.strip()
+            if not stripped:
+                continue
+            try:
+                record = json.loads(stripped)
+            except json.JSONDecodeError as exc:
+                yield InputProblem(str(path), number, None, Reason.BAD_INPUT.value, f"malformed JSON: {exc.msg}")
+                continue
+            work, problems = parse_work(record, f"jsonl:{path}:{number}", line=number, problem_origin=str(path))
+            yield from problems
+            if work is not None:
+                yield work
+
+
+def parse_identifier(text: str) -> str | None:
+    """An id-list entry as an OpenAlex lookup key: ``W123`` or ``doi:10.…``; None when unrecognised."""
+    work_id = work_id_of(text)
+    if work_id is not None:
+        return work_id
+    doi = normalize_doi(text)
+    return f"doi:{doi}" if doi is not None else None
+
+
+def read_id_list(path: str | Path) -> list[str | InputProblem]:
+    """Identifiers from a text file, one per line: DOIs (``10.…``, ``doi:10.…``, ``https://doi.org/10.…``)
+    or OpenAlex ids (``W123`` or its URL). Blank lines and ``#`` comments are skipped, duplicates
+    dropped; bad lines become `InputProblem`s in place. Ids come back as ``W123`` / ``doi:10.…``,
+    ready for `OpenAlexClient.get_work`.
+    """
+    path = Path(path)
+    result: list[str | InputProblem] = []
+    seen: set[str] = set()
+    with path.open("r", encoding="utf-8", errors="replace") as handle:
+        for number, text in enumerate(handle, start=1):
+            # "#" starts a comment at the line start or after whitespace ("W123  # note").
+            entry = "" if text.lstrip().startswith("#") else _TRAILING_COMMENT.split(text, 1)[0].strip()
+            if not entry:
+                continue
+            key = parse_identifier(entry)
+            if key is None:
+                detail = f"not a DOI or OpenAlex id: {entry!r}"
+                result.append(InputProblem(str(path), number, None, Reason.BAD_INPUT.value, detail))
+            elif key not in seen:
+                seen.add(key)
+                result.append(key)
+    return result
