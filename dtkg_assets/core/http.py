@@ -31,8 +31,8 @@ import httpx
 from pyrate_limiter import AbstractBucket, BucketFactory, InMemoryBucket, Limiter, MonotonicClock, Rate, RateItem
 
 from dtkg_assets.core import netguard
-from dtkg_assets.core.errors import DtkgError, Reason
-from dtkg_assets.core.retrying import error_from_httpx
+from dtkg_assets.core.errors import DtkgError, Reason, reason_for_status
+from dtkg_assets.core.retrying import error_from_httpx, parse_retry_after, retrying
 from dtkg_assets.core.robots import RobotsCache
 from dtkg_assets.settings import HttpSettings, Settings
 
@@ -64,6 +64,34 @@ def request_error(exc: BaseException) -> DtkgError:
     if isinstance(exc, httpx.HTTPError):
         return error_from_httpx(exc)
     return DtkgError(Reason.CONNECTION_RESET, f"{type(exc).__name__}: {exc}")
+
+
+def get_with_retries(
+    client: httpx.Client,
+    url: str,
+    settings: Settings,
+    *,
+    params: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    """GET a small (metadata) resource, retrying network errors, 429 and 5xx with the shared policy
+    (Retry-After honoured up to its cap). Returns the final response, read, whatever its status
+    below 500 (a 4xx is the caller's to judge); raises `DtkgError` when retries run out."""
+    for attempt in retrying(settings.http):
+        with attempt:
+            try:
+                response = client.get(url, params=params, headers=headers)
+            except (httpx.HTTPError, DtkgError) as exc:
+                raise request_error(exc) from exc
+            if response.status_code == 429 or response.status_code >= 500:
+                raise DtkgError(
+                    reason_for_status(response.status_code),
+                    f"{url} answered HTTP {response.status_code}",
+                    status=response.status_code,
+                    retry_after=parse_retry_after(response.headers.get("retry-after")),
+                )
+            return response
+    raise AssertionError("unreachable: retrying re-raises the last error")
 
 
 def deadline_timeout(settings: Settings) -> float:

@@ -16,8 +16,7 @@ from typing import Any
 import httpx
 
 from dtkg_assets.core.errors import DtkgError, Reason, reason_for_status
-from dtkg_assets.core.http import make_client, request_error
-from dtkg_assets.core.retrying import parse_retry_after, retrying
+from dtkg_assets.core.http import get_with_retries, make_client
 from dtkg_assets.core.types import InputProblem, WorkRecord
 from dtkg_assets.core.works import parse_identifier, parse_work
 from dtkg_assets.settings import Settings
@@ -90,7 +89,7 @@ class OpenAlexClient:
         self.client = client if client is not None else make_client(settings, for_metadata=True)
         self.base_url = settings.openalex.base_url.rstrip("/")
         self.provenance: QueryProvenance | None = None
-        self.requests = 0  # HTTP requests made (retries included)
+        self.requests = 0  # logical requests (pages and lookups), retries not counted
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -106,36 +105,25 @@ class OpenAlexClient:
         """GET with retries; returns (status, JSON body or None for 404, served from cache)."""
         url = f"{self.base_url}{path}"
         full = {**params, **self._auth_params()}
-        for attempt in retrying(self.settings.http):
-            with attempt:
-                self.requests += 1
-                try:
-                    response = self.client.get(url, params=full)
-                except (httpx.HTTPError, DtkgError) as exc:
-                    raise request_error(exc) from exc
-                status = response.status_code
-                if status == 404:
-                    return status, None, False
-                if status >= 400:
-                    detail = f"OpenAlex {path} answered HTTP {status}"
-                    if status in (401, 403):
-                        detail += " (set OPENALEX_API_KEY to a valid key; DTKG_MAILTO for the contact)"
-                    raise DtkgError(
-                        reason_for_status(status),
-                        detail,
-                        status=status,
-                        retry_after=parse_retry_after(response.headers.get("retry-after")),
-                    )
-                try:
-                    body = response.json()
-                except ValueError as exc:
-                    raise DtkgError(Reason.HTTP_5XX, f"OpenAlex {path} returned invalid JSON: {exc}") from exc
-                if not isinstance(body, dict):
-                    raise DtkgError(Reason.HTTP_5XX, f"OpenAlex {path} returned a non-object JSON body")
-                caching = response.extensions.get("caching")
-                from_cache = bool(caching.get("from_cache")) if isinstance(caching, dict) else False
-                return status, body, from_cache
-        raise AssertionError("unreachable: retrying re-raises the last error")
+        self.requests += 1
+        response = get_with_retries(self.client, url, self.settings, params=full)
+        status = response.status_code
+        if status == 404:
+            return status, None, False
+        if status >= 400:
+            detail = f"OpenAlex {path} answered HTTP {status}"
+            if status in (401, 403):
+                detail += " (set OPENALEX_API_KEY to a valid key; DTKG_MAILTO for the contact)"
+            raise DtkgError(reason_for_status(status), detail, status=status)
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise DtkgError(Reason.HTTP_5XX, f"OpenAlex {path} returned invalid JSON: {exc}") from exc
+        if not isinstance(body, dict):
+            raise DtkgError(Reason.HTTP_5XX, f"OpenAlex {path} returned a non-object JSON body")
+        caching = response.extensions.get("caching")
+        from_cache = bool(caching.get("from_cache")) if isinstance(caching, dict) else False
+        return status, body, from_cache
 
     # -- queries ------------------------------------------------------------------------------
 
