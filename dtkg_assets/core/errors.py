@@ -35,6 +35,8 @@ class Reason(StrEnum):
     NO_CANDIDATES = "no_candidates"
     BAD_INPUT = "bad_input"
     HASH_MISMATCH = "hash_mismatch"
+    # A transient failure that kept happening past settings.ledger.max_attempts.
+    RETRIES_EXHAUSTED = "retries_exhausted"
 
 
 TRANSIENT_REASONS: frozenset[Reason] = frozenset(

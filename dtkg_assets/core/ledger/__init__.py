@@ -1,0 +1,46 @@
+"""DuckDB ledger: schema and migrations, state machine, leases and fencing, exactly-once ops,
+single-writer concurrency with a published read snapshot, analyst views."""
+
+from dtkg_assets.core.ledger.db import (
+    HolderInfo,
+    Job,
+    LeaseLost,
+    Ledger,
+    LedgerBusy,
+    LedgerStats,
+    LedgerUnavailable,
+    canonical_url,
+    default_owner,
+    host_of,
+    job_id_for,
+    lock_path,
+    op_key_for,
+    reason_is_transient,
+    stable_hash,
+)
+from dtkg_assets.core.ledger.schema import LATEST as SCHEMA_VERSION
+from dtkg_assets.core.ledger.states import COMPLETE, IN_FLIGHT, TRANSITIONS, IllegalTransition, State
+
+__all__ = [
+    "COMPLETE",
+    "IN_FLIGHT",
+    "SCHEMA_VERSION",
+    "TRANSITIONS",
+    "HolderInfo",
+    "IllegalTransition",
+    "Job",
+    "LeaseLost",
+    "Ledger",
+    "LedgerBusy",
+    "LedgerStats",
+    "LedgerUnavailable",
+    "State",
+    "canonical_url",
+    "default_owner",
+    "host_of",
+    "job_id_for",
+    "lock_path",
+    "op_key_for",
+    "reason_is_transient",
+    "stable_hash",
+]

@@ -1,0 +1,886 @@
+"""The ledger: one writer process, serialized write transactions, a published read snapshot.
+
+See docs/ledger-concurrency.md for the design. In short:
+- `Ledger.open_writer` takes an exclusive `flock` on `$DTKG_HOME/ledger.lock` before DuckDB opens
+  the file read-write, waiting with a clear message (never a raw DuckDB lock error).
+- Inside the writer process all threads share one connection through per-thread cursors; write
+  transactions are serialized by one lock, so read-check-write sequences (fencing, transitions)
+  are atomic.
+- Readers open the snapshot that the writer publishes atomically (CHECKPOINT, copy, fsync,
+  rename) and never touch the live file while a writer may hold it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TextIO
+
+import duckdb
+
+from dtkg_assets.core import crashpoints
+from dtkg_assets.core.errors import TRANSIENT_REASONS, DtkgError, Reason
+from dtkg_assets.core.ledger import schema
+from dtkg_assets.core.ledger.states import COMPLETE, IN_FLIGHT, State, check_transition
+from dtkg_assets.core.types import FetchResult, HttpAttempt, InputProblem, WorkRecord
+from dtkg_assets.settings import Settings
+
+SNAPSHOT_MIN_INTERVAL_S = 2.0
+
+
+class LedgerBusy(Exception):
+    """The single-writer lock stayed held for the whole wait."""
+
+
+class LedgerUnavailable(Exception):
+    """No readable ledger (no snapshot yet while a writer holds the live file)."""
+
+
+class LeaseLost(DtkgError):
+    """This worker's lease was taken over (stale fencing token) or released: it must not commit."""
+
+    def __init__(self, job_id: str, detail: str) -> None:
+        super().__init__(Reason.LEASE_LOST, f"job {job_id}: {detail}")
+        self.job_id = job_id
+
+
+def stable_hash(obj: Any) -> str:
+    """SHA-256 of canonical JSON (sorted keys, no spaces): deterministic across processes."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def canonical_url(url: str) -> str:
+    """Scheme and host lower-cased, default port and fragment dropped (path and query kept as is)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    port = parts.port
+    if port and not ((scheme == "http" and port == 80) or (scheme == "https" and port == 443)):
+        host = f"{host}:{port}"
+    if parts.username:
+        host = f"{parts.username}@{host}"
+    return urlunsplit((scheme, host, parts.path or "/", parts.query, ""))
+
+
+def job_id_for(work_id: str, url: str, artifact: str = "pdf") -> str:
+    return stable_hash({"work_id": work_id, "artifact": artifact, "url": canonical_url(url)})
+
+
+def op_key_for(job_id: str, op_type: str, effect_key: str) -> str:
+    return stable_hash({"job_id": job_id, "op_type": op_type, "key": effect_key})
+
+
+def host_of(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return f"{host}:{parts.port}" if parts.port else host
+
+
+def reason_is_transient(reason: str) -> bool:
+    return reason in {r.value for r in TRANSIENT_REASONS}
+
+
+@dataclass
+class Job:
+    job_id: str
+    idempotency_key: str
+    work_id: str
+    artifact: str
+    url: str
+    host: str | None
+    candidate_rank: int | None
+    candidate_source: str | None
+    state: str
+    lease_owner: str | None
+    lease_expires_at: float | None
+    fencing_token: int
+    attempts: int
+    failure_class: str | None
+    last_error: str | None
+    last_reason: str | None
+    next_eligible_at: float | None
+    sha256: str | None
+    path: str | None
+    bytes: int | None
+    final_url: str | None
+    http_status: int | None
+    decision: str | None
+    resumed_from: int | None
+    elapsed_s: float | None
+    etag: str | None
+    last_modified: str | None
+    result: Any
+    created_at: float | None
+    updated_at: float | None
+    finished_at: float | None
+    run_id: str | None
+
+    @property
+    def complete(self) -> bool:
+        return self.state in COMPLETE
+
+
+_JOB_COLS = ", ".join(f.name for f in fields(Job))
+
+
+@dataclass
+class LedgerStats:
+    """Time spent inside ledger calls (wall and this thread's CPU), for cost-per-artifact reports."""
+
+    calls: int = 0
+    transactions: int = 0
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+
+
+@dataclass
+class HolderInfo:
+    pid: int | None
+    owner: str
+    host: str
+    since: float | None
+
+    def describe(self) -> str:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since)) if self.since else "?"
+        return f"pid {self.pid} (owner {self.owner or '?'} on {self.host or '?'}) since {since}"
+
+
+def _read_holder(lock_path: Path) -> HolderInfo:
+    try:
+        data = json.loads(lock_path.read_text() or "{}")
+    except (OSError, ValueError):
+        data = {}
+    return HolderInfo(data.get("pid"), data.get("owner", ""), data.get("host", ""), data.get("since"))
+
+
+class _FileLock:
+    """An flock on `$DTKG_HOME/ledger.lock`; exclusive for the writer, shared for live readers."""
+
+    def __init__(self, path: Path, fd: int, exclusive: bool) -> None:
+        self.path, self.fd, self.exclusive = path, fd, exclusive
+
+    @classmethod
+    def try_take(cls, path: Path, *, exclusive: bool, owner: str) -> _FileLock | None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        if exclusive:
+            info = {"pid": os.getpid(), "owner": owner, "host": socket.gethostname(), "since": time.time()}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+        return cls(path, fd, exclusive)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = -1
+
+
+class Ledger:
+    """A DuckDB ledger handle: a writer (read-write, holds the lock) or a reader (read-only)."""
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        settings: Settings,
+        *,
+        path: Path,
+        lock: _FileLock | None,
+        writable: bool,
+        owner: str,
+    ) -> None:
+        self._con = con
+        self.settings = settings
+        self.path = path
+        self._lock = lock
+        self.writable = writable
+        self.owner = owner
+        self._wlock = threading.RLock()
+        self._local = threading.local()
+        self._closed = False
+        self._last_publish = 0.0
+        self.stats = LedgerStats()
+
+    # ---------------------------------------------------------------- opening and closing
+
+    @classmethod
+    def try_open_writer(cls, settings: Settings, *, owner: str | None = None) -> Ledger | None:
+        """Open for writing if nobody holds the writer lock right now, else None (sensors skip)."""
+        owner = owner or default_owner()
+        lock = _FileLock.try_take(lock_path(settings), exclusive=True, owner=owner)
+        return None if lock is None else cls._open_locked(settings, lock, owner)
+
+    @classmethod
+    def open_writer(
+        cls,
+        settings: Settings,
+        *,
+        wait_s: float | None = None,
+        owner: str | None = None,
+        notify: Callable[[str], None] | None = None,
+    ) -> Ledger:
+        """Take the single-writer lock (waiting up to `wait_s` with one message), then open read-write."""
+        owner = owner or default_owner()
+        wait_s = settings.ledger.writer_wait_s if wait_s is None else wait_s
+        path = lock_path(settings)
+        deadline = time.monotonic() + wait_s
+        told = False
+        delay = 0.05
+        while True:
+            lock = _FileLock.try_take(path, exclusive=True, owner=owner)
+            if lock is not None:
+                return cls._open_locked(settings, lock, owner)
+            holder = _read_holder(path)
+            if time.monotonic() >= deadline:
+                raise LedgerBusy(
+                    f"the ledger {settings.ledger_path} is in use by {holder.describe()} "
+                    f"(or by a live reader); gave up after waiting {wait_s:g} s. Wait for that process "
+                    "to finish (or stop it), or raise DTKG_LEDGER_WRITER_WAIT_S; analysts can read "
+                    f"the published snapshot {settings.snapshot_path} meanwhile."
+                )
+            if not told:
+                (notify or _stderr)(
+                    f"ledger is in use by {holder.describe()}; waiting up to {wait_s:g} s for it to finish"
+                )
+                told = True
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 1.0)
+
+    @classmethod
+    def _open_locked(cls, settings: Settings, lock: _FileLock, owner: str) -> Ledger:
+        try:
+            settings.ledger_path.parent.mkdir(parents=True, exist_ok=True)
+            con = duckdb.connect(str(settings.ledger_path))
+            schema.migrate(con)
+        except BaseException:
+            lock.release()
+            raise
+        ledger = cls(con, settings, path=settings.ledger_path, lock=lock, writable=True, owner=owner)
+        ledger.publish_snapshot(force=True)
+        return ledger
+
+    @classmethod
+    def open_reader(cls, settings: Settings, *, live: bool = False) -> Ledger:
+        """Read-only access that never blocks or breaks a writer.
+
+        Default: the published snapshot (refreshed first when no writer holds the lock). With
+        `live=True`, the live file read-only under a shared lock; fails with `LedgerBusy` while a
+        writer holds it (writers then wait for this reader to close).
+        """
+        path = lock_path(settings)
+        if live:
+            lock = _FileLock.try_take(path, exclusive=False, owner="reader")
+            if lock is None:
+                raise LedgerBusy(
+                    f"the ledger is being written by {_read_holder(path).describe()}; "
+                    f"open the snapshot instead (Ledger.open_reader(settings))"
+                )
+            if not settings.ledger_path.exists():
+                lock.release()
+                raise LedgerUnavailable(f"no ledger at {settings.ledger_path} yet")
+            con = duckdb.connect(str(settings.ledger_path), read_only=True)
+            return cls(con, settings, path=settings.ledger_path, lock=lock, writable=False, owner="reader")
+        writer = cls.try_open_writer(settings, owner="snapshot-refresh")
+        if writer is not None:
+            writer.close()  # close publishes a fresh snapshot
+        snap = settings.snapshot_path
+        if not snap.exists():
+            raise LedgerUnavailable(
+                f"no ledger snapshot at {snap} yet and the ledger is held by {_read_holder(path).describe()}; "
+                "retry in a moment"
+            )
+        con = duckdb.connect(str(snap), read_only=True)
+        return cls(con, settings, path=snap, lock=None, writable=False, owner="reader")
+
+    @property
+    def snapshot_age_s(self) -> float | None:
+        """Age of the data a snapshot reader sees (None for the live file)."""
+        if self.path != self.settings.snapshot_path:
+            return None
+        try:
+            return max(0.0, time.time() - self.path.stat().st_mtime)
+        except OSError:
+            return None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.writable:
+                with contextlib.suppress(duckdb.Error, OSError):
+                    self.publish_snapshot(force=True)
+            self._con.close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- snapshot
+
+    def publish_snapshot(self, *, force: bool = False) -> bool:
+        """CHECKPOINT, copy the file beside the snapshot, fsync, rename over it (atomic for readers)."""
+        if not self.writable:
+            return False
+        if not force and time.monotonic() - self._last_publish < SNAPSHOT_MIN_INTERVAL_S:
+            return False
+        snap = self.settings.snapshot_path
+        tmp = snap.with_name(f".{snap.name}.{os.getpid()}.tmp")
+        with self._wlock:
+            self._cur().execute("CHECKPOINT")
+            # No write can happen while we hold the write lock, so the checkpointed file is stable.
+            shutil.copyfile(self.path, tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, snap)
+        dir_fd = os.open(snap.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        self._last_publish = time.monotonic()
+        return True
+
+    # ---------------------------------------------------------------- plumbing
+
+    def _cur(self) -> duckdb.DuckDBPyConnection:
+        cur = getattr(self._local, "cur", None)
+        if cur is None:
+            cur = self._con.cursor()
+            self._local.cur = cur
+        return cur
+
+    @contextlib.contextmanager
+    def _timed(self) -> Iterator[None]:
+        w0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            yield
+        finally:
+            with self._wlock:
+                self.stats.calls += 1
+                self.stats.wall_s += time.perf_counter() - w0
+                self.stats.cpu_s += time.thread_time() - c0
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One serialized write transaction on this thread's cursor."""
+        if not self.writable:
+            raise PermissionError("this ledger handle is read-only (open it with Ledger.open_writer)")
+        with self._timed(), self._wlock:
+            cur = self._cur()
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+            self.stats.transactions += 1
+
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        with self._timed():
+            return self._cur().execute(sql, params or []).fetchall()
+
+    def query_dicts(self, sql: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+        with self._timed():
+            cur = self._cur().execute(sql, params or [])
+            names = [d[0] for d in cur.description or []]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor for ad-hoc analyst queries (read-only handles cannot write anyway)."""
+        return self._con.cursor()
+
+    # ---------------------------------------------------------------- schema maintenance
+
+    def validate(self) -> list[str]:
+        return schema.validate(self._cur())
+
+    def health(self) -> dict[str, Any]:
+        report = schema.health(self._cur())
+        report["path"] = str(self.path)
+        report["snapshot_age_s"] = self.snapshot_age_s
+        return report
+
+    def repair(self) -> list[str]:
+        with self._write() as cur:
+            return schema.repair(cur)
+
+    # ---------------------------------------------------------------- works and jobs
+
+    def plan(self, works: Iterable[WorkRecord], *, now: float | None = None) -> tuple[int, int]:
+        """Upsert works and one job per candidate URL (rank order), in bulk. Returns (new works, new jobs)."""
+        now = time.time() if now is None else now
+        by_id: dict[str, WorkRecord] = {}
+        for w in works:
+            by_id[w.work_id] = w  # last record for an id wins
+        if not by_id:
+            return 0, 0
+        recs = list(by_id.values())
+        jobs: dict[str, tuple[str, str, str, int, str]] = {}
+        for w in recs:
+            seen: set[str] = set()
+            for rank, cand in enumerate(w.candidates):
+                canon = canonical_url(cand.url)
+                if canon in seen:
+                    continue
+                seen.add(canon)
+                jid = job_id_for(w.work_id, cand.url)
+                jobs[jid] = (w.work_id, cand.url, host_of(cand.url), rank, cand.source)
+        with self._write() as cur:
+            before = _count(cur, "works"), _count(cur, "artifact_jobs")
+            cur.execute(
+                """
+                INSERT INTO works
+                SELECT unnest($1), unnest($2), unnest($3), unnest($4), unnest($5)::JSON, unnest($6),
+                       unnest($7)::JSON, $8, $8
+                ON CONFLICT (work_id) DO UPDATE SET doi = excluded.doi, title = excluded.title,
+                    publication_year = excluded.publication_year, candidates = excluded.candidates,
+                    origin = excluded.origin, raw = excluded.raw, last_seen = excluded.last_seen
+                """,
+                [
+                    [w.work_id for w in recs],
+                    [w.doi for w in recs],
+                    [w.title for w in recs],
+                    [w.publication_year for w in recs],
+                    [json.dumps([{"url": c.url, "source": c.source} for c in w.candidates]) for w in recs],
+                    [w.origin for w in recs],
+                    [json.dumps(w.raw, default=str) for w in recs],
+                    now,
+                ],
+            )
+            if jobs:
+                ids = list(jobs)
+                vals = list(jobs.values())
+                cur.execute(
+                    """
+                    INSERT INTO artifact_jobs (job_id, idempotency_key, work_id, artifact, url, host,
+                        candidate_rank, candidate_source, state, created_at, updated_at)
+                    SELECT unnest($1), unnest($1), unnest($2), 'pdf', unnest($3), unnest($4), unnest($5),
+                           unnest($6), 'PLANNED', $7, $7
+                    ON CONFLICT DO NOTHING
+                    """,
+                    [ids, [v[0] for v in vals], [v[1] for v in vals], [v[2] for v in vals],
+                     [v[3] for v in vals], [v[4] for v in vals], now],
+                )
+            after = _count(cur, "works"), _count(cur, "artifact_jobs")
+        return after[0] - before[0], after[1] - before[1]
+
+    def add_input_problems(self, problems: Sequence[InputProblem], *, now: float | None = None) -> int:
+        if not problems:
+            return 0
+        now = time.time() if now is None else now
+        with self._write() as cur:
+            cur.execute(
+                "INSERT INTO input_problems SELECT unnest($1), unnest($2), unnest($3), unnest($4), unnest($5), $6",
+                [[p.origin for p in problems], [p.line for p in problems], [p.work_id for p in problems],
+                 [p.reason for p in problems], [p.detail for p in problems], now],
+            )
+        return len(problems)
+
+    def job(self, job_id: str) -> Job | None:
+        with self._timed():
+            return _job(self._cur(), job_id)
+
+    def jobs_for_work(self, work_id: str) -> list[Job]:
+        with self._timed():
+            rows = self._cur().execute(
+                f"SELECT {_JOB_COLS} FROM artifact_jobs WHERE work_id = ? ORDER BY candidate_rank, job_id", [work_id]
+            ).fetchall()
+        return [Job(*r) for r in rows]
+
+    def complete_work_ids(self, work_ids: Sequence[str]) -> set[str]:
+        if not work_ids:
+            return set()
+        rows = self.query(
+            "SELECT DISTINCT work_id FROM artifact_jobs WHERE work_id IN (SELECT unnest($1)) "
+            "AND state IN ('INDEXED', 'DEDUPED')",
+            [list(work_ids)],
+        )
+        return {r[0] for r in rows}
+
+    # ---------------------------------------------------------------- leases and state
+
+    def acquire(self, job_id: str, owner: str, *, ttl_s: float | None = None, run_id: str | None = None,
+                now: float | None = None) -> int | None:
+        """Lease a job; returns the new fencing token, or None if it is not leasable now."""
+        now = time.time() if now is None else now
+        ttl = self.settings.ledger.lease_ttl_s if ttl_s is None else ttl_s
+        max_attempts = self.settings.ledger.max_attempts
+        with self._write() as cur:
+            job = _job(cur, job_id)
+            if job is None:
+                raise KeyError(f"no job {job_id}")
+            state = State(job.state)
+            if state == State.PLANNED:
+                pass
+            elif state == State.FAILED:
+                eligible = job.next_eligible_at is None or job.next_eligible_at <= now
+                if job.failure_class != "transient" or not eligible or job.attempts >= max_attempts:
+                    return None
+            elif state in IN_FLIGHT:
+                if job.lease_expires_at is not None and job.lease_expires_at > now:
+                    return None  # someone holds a live lease
+                if job.attempts >= max_attempts:
+                    why = f"lease expired on attempt {job.attempts} (state {job.state})"
+                    self._set_failed(cur, job, Reason.RETRIES_EXHAUSTED.value, why, now, permanent=True)
+                    return None
+            else:
+                return None
+            check_transition(job_id, job.state, State.LEASED)
+            row = cur.execute(
+                """UPDATE artifact_jobs SET state = 'LEASED', lease_owner = ?, lease_expires_at = ?,
+                       fencing_token = fencing_token + 1, attempts = attempts + 1, updated_at = ?,
+                       run_id = coalesce(?, run_id)
+                   WHERE job_id = ? RETURNING fencing_token""",
+                [owner, now + ttl, now, run_id, job_id],
+            ).fetchone()
+            assert row is not None
+            return int(row[0])
+
+    def _fenced(self, cur: duckdb.DuckDBPyConnection, job_id: str, owner: str, token: int) -> Job:
+        job = _job(cur, job_id)
+        if job is None:
+            raise KeyError(f"no job {job_id}")
+        if job.fencing_token != token or job.lease_owner != owner:
+            raise LeaseLost(
+                job_id,
+                f"fencing token {token} of {owner} is stale (job holds token {job.fencing_token}, "
+                f"owner {job.lease_owner}, state {job.state})",
+            )
+        return job
+
+    def check_fence(self, job_id: str, owner: str, token: int) -> None:
+        with self._timed(), self._wlock:
+            self._fenced(self._cur(), job_id, owner, token)
+
+    def renew(self, job_id: str, owner: str, token: int, *, ttl_s: float | None = None,
+              now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        ttl = self.settings.ledger.lease_ttl_s if ttl_s is None else ttl_s
+        with self._write() as cur:
+            self._fenced(cur, job_id, owner, token)
+            cur.execute("UPDATE artifact_jobs SET lease_expires_at = ? WHERE job_id = ?", [now + ttl, job_id])
+
+    def release(self, job_id: str, owner: str, token: int, *, now: float | None = None) -> None:
+        """Give an in-flight job back (PLANNED); the token is bumped so the old holder is fenced."""
+        now = time.time() if now is None else now
+        with self._write() as cur:
+            job = self._fenced(cur, job_id, owner, token)
+            if State(job.state) in IN_FLIGHT:
+                self._set_state(cur, job, State.PLANNED, now, {"lease_owner": None, "lease_expires_at": None},
+                                bump=True)
+
+    def transition(self, job_id: str, to: State | str, *, owner: str, token: int,
+                   fields: dict[str, Any] | None = None, now: float | None = None) -> None:
+        """A fenced state write: the table must allow it and the token must be current."""
+        now = time.time() if now is None else now
+        with self._write() as cur:
+            job = self._fenced(cur, job_id, owner, token)
+            self._set_state(cur, job, State(to), now, fields or {})
+
+    def _set_state(self, cur: duckdb.DuckDBPyConnection, job: Job, to: State, now: float,
+                   values: dict[str, Any], *, bump: bool = False) -> None:
+        check_transition(job.job_id, job.state, to)
+        cols = {"state": to.value, "updated_at": now, **values}
+        sets = ", ".join(f"{k} = ?" for k in cols)
+        if bump:
+            sets += ", fencing_token = fencing_token + 1"
+        cur.execute(f"UPDATE artifact_jobs SET {sets} WHERE job_id = ?", [*cols.values(), job.job_id])
+        job.state = to.value
+
+    def _set_failed(self, cur: duckdb.DuckDBPyConnection, job: Job, reason: str, detail: str | None,
+                    now: float, *, permanent: bool = False, retry_after: float | None = None) -> str:
+        cfg = self.settings.ledger
+        transient = reason_is_transient(reason) and not permanent
+        if transient and job.attempts >= cfg.max_attempts:
+            detail = f"{reason}: {detail or ''}".strip().rstrip(":")
+            reason, transient = Reason.RETRIES_EXHAUSTED.value, False
+        next_at = None
+        if transient:
+            backoff = min(cfg.retry_backoff_s * 2 ** max(0, job.attempts - 1), cfg.retry_backoff_max_s)
+            next_at = now + max(backoff, retry_after or 0.0)
+        self._set_state(
+            cur, job, State.FAILED, now,
+            {"failure_class": "transient" if transient else "permanent", "last_reason": reason,
+             "last_error": detail, "next_eligible_at": next_at, "lease_owner": None, "lease_expires_at": None,
+             "finished_at": None if transient else now},
+            bump=True,
+        )
+        return "transient" if transient else "permanent"
+
+    def fail(self, job_id: str, *, owner: str, token: int, reason: str, detail: str | None = None,
+             result: FetchResult | None = None, retry_after: float | None = None, now: float | None = None) -> str:
+        """FAILED with class transient (backoff, retried later) or permanent. Returns the class."""
+        now = time.time() if now is None else now
+        with self._write() as cur:
+            job = self._fenced(cur, job_id, owner, token)
+            if result is not None:
+                cur.execute(
+                    "UPDATE artifact_jobs SET http_status = ?, final_url = ?, elapsed_s = ?, result = ? "
+                    "WHERE job_id = ?",
+                    [result.http_status, result.final_url, result.elapsed_s, json.dumps(result.to_json()), job_id],
+                )
+                self._insert_attempts(cur, job_id, job.run_id, result.http_attempts)
+            return self._set_failed(cur, job, reason, detail, now, retry_after=retry_after)
+
+    def complete(self, job_id: str, *, owner: str, token: int, result: FetchResult,
+                 now: float | None = None) -> State:
+        """Record a stored (FINALIZED → INDEXED) or deduped (→ DEDUPED) artifact, its blob and attempts,
+        and mark the work's other untried candidates SKIPPED_DUPLICATE — all in one transaction."""
+        now = time.time() if now is None else now
+        if not result.ok or not result.sha256:
+            raise ValueError(f"complete() needs a successful result with a sha256, got {result.status}")
+        values = {
+            "sha256": result.sha256, "path": result.path, "bytes": result.bytes, "final_url": result.final_url,
+            "http_status": result.http_status, "decision": result.decision, "resumed_from": result.resumed_from,
+            "elapsed_s": result.elapsed_s, "etag": result.etag, "last_modified": result.last_modified,
+            "result": json.dumps(result.to_json()), "failure_class": None, "last_reason": "ok",
+            "last_error": None, "next_eligible_at": None,
+        }
+        done = {"lease_owner": None, "lease_expires_at": None, "finished_at": now}
+        with self._write() as cur:
+            job = self._fenced(cur, job_id, owner, token)
+            if result.status == "stored":
+                self._set_state(cur, job, State.FINALIZED, now, values)
+                self._set_state(cur, job, State.INDEXED, now, done, bump=True)
+                final = State.INDEXED
+            else:
+                self._set_state(cur, job, State.DEDUPED, now, {**values, **done}, bump=True)
+                final = State.DEDUPED
+            blob_path = result.blob_path or result.path
+            cur.execute(
+                """INSERT INTO blobs VALUES (?, ?, ?, 1, ?, ?)
+                   ON CONFLICT (sha256) DO UPDATE SET ref_count = blobs.ref_count + 1,
+                       verified_at = excluded.verified_at""",
+                [result.sha256, blob_path, result.bytes, now, now],
+            )
+            cur.execute(
+                "INSERT INTO work_versions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [job.work_id, result.final_url or result.url, result.sha256, result.etag, result.last_modified,
+                 result.bytes, now],
+            )
+            self._insert_attempts(cur, job_id, job.run_id, result.http_attempts)
+            cur.execute(
+                """UPDATE artifact_jobs SET state = 'SKIPPED_DUPLICATE', updated_at = ?, next_eligible_at = NULL
+                   WHERE work_id = ? AND job_id <> ? AND state IN ('PLANNED', 'FAILED')""",
+                [now, job.work_id, job_id],
+            )
+        return final
+
+    def requeue(self, job_id: str, *, reason: str, detail: str = "", now: float | None = None) -> bool:
+        """Explicit reopen of a finished or failed job (missing/corrupt file, changed object, operator)."""
+        now = time.time() if now is None else now
+        with self._write() as cur:
+            job = _job(cur, job_id)
+            if job is None or State(job.state) in IN_FLIGHT - {State.FINALIZED} or job.state == State.PLANNED:
+                return False
+            if job.state in COMPLETE and job.sha256:
+                cur.execute("UPDATE blobs SET ref_count = greatest(ref_count - 1, 0) WHERE sha256 = ?", [job.sha256])
+            self._set_state(cur, job, State.PLANNED, now,
+                            {"last_reason": reason, "last_error": detail or None, "failure_class": None,
+                             "next_eligible_at": None, "lease_owner": None, "lease_expires_at": None,
+                             "finished_at": None, "attempts": 0},
+                            bump=True)
+            # The work's other candidates become eligible again too.
+            cur.execute(
+                "UPDATE artifact_jobs SET state = 'PLANNED', updated_at = ? WHERE work_id = ? "
+                "AND state = 'SKIPPED_DUPLICATE'", [now, job.work_id],
+            )
+        return True
+
+    def expire_leases(self, *, now: float | None = None) -> int:
+        """In-flight jobs whose lease expired → PLANNED (or FAILED retries_exhausted); token bumped."""
+        now = time.time() if now is None else now
+        with self._write() as cur:
+            rows = cur.execute(
+                f"SELECT {_JOB_COLS} FROM artifact_jobs WHERE state IN ('LEASED','HEAD_DONE','RESUME_OK',"
+                "'STREAMING','FINALIZED') AND (lease_expires_at IS NULL OR lease_expires_at <= ?)",
+                [now],
+            ).fetchall()
+            for r in rows:
+                self._expire(cur, Job(*r), now, "lease expired")
+        return len(rows)
+
+    def _expire(self, cur: duckdb.DuckDBPyConnection, job: Job, now: float, why: str) -> None:
+        if job.attempts >= self.settings.ledger.max_attempts:
+            self._set_failed(cur, job, Reason.RETRIES_EXHAUSTED.value, f"{why} in {job.state}", now, permanent=True)
+        else:
+            self._set_state(cur, job, State.PLANNED, now,
+                            {"lease_owner": None, "lease_expires_at": None, "last_reason": Reason.LEASE_LOST.value,
+                             "last_error": f"{why} in {job.state} (owner {job.lease_owner})"}, bump=True)
+
+    def release_leases(self, *, owner: str | None = None, run_id: str | None = None,
+                       now: float | None = None) -> int:
+        """Release every in-flight lease held by an owner or a run (e.g. a failed run)."""
+        if owner is None and run_id is None:
+            raise ValueError("release_leases needs an owner or a run_id")
+        now = time.time() if now is None else now
+        with self._write() as cur:
+            rows = cur.execute(
+                f"SELECT {_JOB_COLS} FROM artifact_jobs WHERE state IN ('LEASED','HEAD_DONE','RESUME_OK',"
+                "'STREAMING','FINALIZED') AND (lease_owner = ? OR run_id = ?)",
+                [owner, run_id],
+            ).fetchall()
+            for r in rows:
+                self._expire(cur, Job(*r), now, "lease released")
+        return len(rows)
+
+    # ---------------------------------------------------------------- exactly-once effects
+
+    def run_effect(self, job_id: str, op_type: str, key: str, *, owner: str, token: int,
+                   fn: Callable[[], dict[str, Any]], now: float | None = None) -> dict[str, Any]:
+        """Claim the op row (fenced), run `fn` unless a finished row exists (replay), record the result.
+
+        An unfinished row means an earlier holder died mid-effect (its lease is gone, or we could not
+        hold the fence): the effect is re-executed, which is safe because effects on disk are idempotent.
+        """
+        op_key = op_key_for(job_id, op_type, key)
+        now = time.time() if now is None else now
+        with self._write() as cur:
+            self._fenced(cur, job_id, owner, token)
+            row = cur.execute(
+                "SELECT finished_at, result_json::VARCHAR FROM artifact_ops WHERE op_key = ?", [op_key]
+            ).fetchone()
+            if row is not None and row[0] is not None:
+                return dict(json.loads(row[1]))
+            if row is None:
+                cur.execute(
+                    "INSERT INTO artifact_ops (op_key, job_id, op_type, effect_key, started_at, owner, fencing_token, "
+                    "result_code, result_json) VALUES (?, ?, ?, ?, ?, ?, ?, 'STARTED', '{}')",
+                    [op_key, job_id, op_type, key, now, owner, token],
+                )
+            else:
+                cur.execute(
+                    "UPDATE artifact_ops SET started_at = ?, owner = ?, fencing_token = ?, runs = runs + 1, "
+                    "result_code = 'RERUN' WHERE op_key = ?",
+                    [now, owner, token, op_key],
+                )
+        try:
+            result = fn()
+        except BaseException as exc:
+            with contextlib.suppress(Exception), self._write() as cur:
+                cur.execute(
+                    "UPDATE artifact_ops SET result_code = 'ERROR', result_json = ? WHERE op_key = ?",
+                    [json.dumps({"error": f"{type(exc).__name__}: {exc}"}), op_key],
+                )
+            raise
+        crashpoints.crash_point(f"effect_done:{op_type}")
+        text = json.dumps(result, default=str)
+        with self._write() as cur:
+            self._fenced(cur, job_id, owner, token)
+            cur.execute(
+                "UPDATE artifact_ops SET finished_at = ?, result_code = 'OK', result_json = ? WHERE op_key = ?",
+                [time.time(), text, op_key],
+            )
+        return dict(json.loads(text))
+
+    def abandon_ops(self, *, now: float | None = None) -> int:
+        """Ops started but not finished whose job is no longer leased by the op's owner/token."""
+        now = time.time() if now is None else now
+        with self._write() as cur:
+            rows = cur.execute(
+                """UPDATE artifact_ops SET result_code = 'ABANDONED'
+                   WHERE finished_at IS NULL AND coalesce(result_code, '') <> 'ABANDONED' AND op_key IN (
+                     SELECT o.op_key FROM artifact_ops o JOIN artifact_jobs j USING (job_id)
+                     WHERE o.finished_at IS NULL AND (j.fencing_token <> o.fencing_token
+                        OR j.lease_owner IS DISTINCT FROM o.owner OR j.lease_expires_at IS NULL
+                        OR j.lease_expires_at <= ?))
+                   RETURNING op_key""",
+                [now],
+            ).fetchall()
+        return len(rows)
+
+    # ---------------------------------------------------------------- attempts and runs
+
+    @staticmethod
+    def _insert_attempts(cur: duckdb.DuckDBPyConnection, job_id: str, run_id: str | None,
+                         attempts: Sequence[HttpAttempt]) -> None:
+        if not attempts:
+            return
+        cur.execute(
+            "INSERT INTO http_attempts SELECT $1, $2, unnest($3), unnest($4), unnest($5), unnest($6), unnest($7), "
+            "unnest($8), unnest($9), unnest($10)",
+            [job_id, run_id, [a.method for a in attempts], [a.url for a in attempts], [a.host for a in attempts],
+             [a.status for a in attempts], [a.bytes for a in attempts], [a.elapsed_s for a in attempts],
+             [a.error for a in attempts], [a.started_at for a in attempts]],
+        )
+
+    def record_attempts(self, job_id: str, run_id: str | None, attempts: Sequence[HttpAttempt]) -> None:
+        if attempts:
+            with self._write() as cur:
+                self._insert_attempts(cur, job_id, run_id, attempts)
+
+    def start_run(self, run_id: str, *, kind: str, owner: str, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self._write() as cur:
+            cur.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, NULL, '{}') ON CONFLICT (run_id) DO NOTHING",
+                [run_id, kind, owner, socket.gethostname(), os.getpid(), now],
+            )
+
+    def finish_run(self, run_id: str, counts: dict[str, Any], *, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self._write() as cur:
+            cur.execute("UPDATE runs SET finished_at = ?, counts = ? WHERE run_id = ?",
+                        [now, json.dumps(counts), run_id])
+
+    def upsert_blob(self, sha256: str, path: str, size: int, *, ref_count: int = 0,
+                    now: float | None = None) -> bool:
+        """Adopt a blob found on disk; returns True when a row was created."""
+        now = time.time() if now is None else now
+        with self._write() as cur:
+            row = cur.execute(
+                "INSERT INTO blobs VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING sha256",
+                [sha256, path, size, ref_count, now, now],
+            ).fetchone()
+        return row is not None
+
+
+def _count(cur: duckdb.DuckDBPyConnection, table: str) -> int:
+    row = cur.execute(f"SELECT count(*) FROM {table}").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _job(cur: duckdb.DuckDBPyConnection, job_id: str) -> Job | None:
+    row = cur.execute(f"SELECT {_JOB_COLS} FROM artifact_jobs WHERE job_id = ?", [job_id]).fetchone()
+    return Job(*row) if row else None
+
+
+def lock_path(settings: Settings) -> Path:
+    return settings.home / "ledger.lock"
+
+
+def default_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+def _stderr(message: str, stream: TextIO | None = None) -> None:
+    print(message, file=stream or sys.stderr, flush=True)

@@ -1,0 +1,418 @@
+"""Ledger schema: forward-only migrations, validation, non-destructive repair, health.
+
+Times are stored as DOUBLE seconds since the epoch (cheap to compare, easy to inject in tests);
+the views expose them as timestamps for analysts. Repair only ever *adds* (missing tables,
+columns, indexes, views); it never drops or rewrites rows, and records each action in
+`maintenance_log`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import duckdb
+
+Column = tuple[str, str]  # (name, type with constraints)
+
+TABLES: dict[str, list[Column]] = {
+    "works": [
+        ("work_id", "VARCHAR PRIMARY KEY"),
+        ("doi", "VARCHAR"),
+        ("title", "VARCHAR"),
+        ("publication_year", "INTEGER"),
+        ("candidates", "JSON"),
+        ("origin", "VARCHAR"),
+        ("raw", "JSON"),
+        ("first_seen", "DOUBLE"),
+        ("last_seen", "DOUBLE"),
+    ],
+    "input_problems": [
+        ("origin", "VARCHAR"),
+        ("line", "INTEGER"),
+        ("work_id", "VARCHAR"),
+        ("reason", "VARCHAR"),
+        ("detail", "VARCHAR"),
+        ("recorded_at", "DOUBLE"),
+    ],
+    "artifact_jobs": [
+        ("job_id", "VARCHAR PRIMARY KEY"),
+        ("idempotency_key", "VARCHAR NOT NULL UNIQUE"),
+        ("work_id", "VARCHAR NOT NULL"),
+        ("artifact", "VARCHAR NOT NULL DEFAULT 'pdf'"),
+        ("url", "VARCHAR NOT NULL"),
+        ("host", "VARCHAR"),
+        ("candidate_rank", "INTEGER"),
+        ("candidate_source", "VARCHAR"),
+        ("state", "VARCHAR NOT NULL"),
+        ("lease_owner", "VARCHAR"),
+        ("lease_expires_at", "DOUBLE"),
+        ("fencing_token", "BIGINT NOT NULL DEFAULT 0"),
+        ("attempts", "INTEGER NOT NULL DEFAULT 0"),
+        ("failure_class", "VARCHAR"),
+        ("last_error", "VARCHAR"),
+        ("last_reason", "VARCHAR"),
+        ("next_eligible_at", "DOUBLE"),
+        ("sha256", "VARCHAR"),
+        ("path", "VARCHAR"),
+        ("bytes", "BIGINT"),
+        ("final_url", "VARCHAR"),
+        ("http_status", "INTEGER"),
+        ("decision", "VARCHAR"),
+        ("resumed_from", "BIGINT"),
+        ("elapsed_s", "DOUBLE"),
+        ("etag", "VARCHAR"),
+        ("last_modified", "VARCHAR"),
+        ("result", "JSON"),
+        ("created_at", "DOUBLE"),
+        ("updated_at", "DOUBLE"),
+        ("finished_at", "DOUBLE"),
+        ("run_id", "VARCHAR"),
+    ],
+    "artifact_ops": [
+        ("op_key", "VARCHAR PRIMARY KEY"),
+        ("job_id", "VARCHAR NOT NULL"),
+        ("op_type", "VARCHAR NOT NULL"),
+        ("effect_key", "VARCHAR"),
+        ("started_at", "DOUBLE"),
+        ("finished_at", "DOUBLE"),
+        ("owner", "VARCHAR"),
+        ("fencing_token", "BIGINT"),
+        ("runs", "INTEGER NOT NULL DEFAULT 1"),
+        ("result_code", "VARCHAR"),
+        ("result_json", "JSON NOT NULL DEFAULT '{}'"),
+    ],
+    "blobs": [
+        ("sha256", "VARCHAR PRIMARY KEY"),
+        ("path", "VARCHAR NOT NULL"),
+        ("size", "BIGINT NOT NULL"),
+        ("ref_count", "INTEGER NOT NULL DEFAULT 0"),
+        ("created_at", "DOUBLE"),
+        ("verified_at", "DOUBLE"),
+    ],
+    "http_attempts": [
+        ("job_id", "VARCHAR"),
+        ("run_id", "VARCHAR"),
+        ("method", "VARCHAR"),
+        ("url", "VARCHAR"),
+        ("host", "VARCHAR"),
+        ("status", "INTEGER"),
+        ("bytes", "BIGINT"),
+        ("elapsed_s", "DOUBLE"),
+        ("error", "VARCHAR"),
+        ("started_at", "DOUBLE"),
+    ],
+    "runs": [
+        ("run_id", "VARCHAR PRIMARY KEY"),
+        ("kind", "VARCHAR"),
+        ("owner", "VARCHAR"),
+        ("host", "VARCHAR"),
+        ("pid", "INTEGER"),
+        ("started_at", "DOUBLE"),
+        ("finished_at", "DOUBLE"),
+        ("counts", "JSON"),
+    ],
+    "work_versions": [
+        ("work_id", "VARCHAR NOT NULL"),
+        ("url", "VARCHAR"),
+        ("sha256", "VARCHAR"),
+        ("etag", "VARCHAR"),
+        ("last_modified", "VARCHAR"),
+        ("bytes", "BIGINT"),
+        ("recorded_at", "DOUBLE"),
+    ],
+    "maintenance_log": [
+        ("logged_at", "DOUBLE"),
+        ("action", "VARCHAR"),
+        ("object", "VARCHAR"),
+        ("detail", "VARCHAR"),
+    ],
+}
+
+INDEXES: dict[str, str] = {
+    "idx_jobs_state_eligible": (
+        "CREATE INDEX IF NOT EXISTS idx_jobs_state_eligible ON artifact_jobs(state, next_eligible_at)"
+    ),
+    "idx_jobs_lease": "CREATE INDEX IF NOT EXISTS idx_jobs_lease ON artifact_jobs(lease_expires_at)",
+    "idx_jobs_work": "CREATE INDEX IF NOT EXISTS idx_jobs_work ON artifact_jobs(work_id)",
+    "idx_ops_job": "CREATE INDEX IF NOT EXISTS idx_ops_job ON artifact_ops(job_id)",
+}
+
+_COMPLETE = "('INDEXED', 'DEDUPED')"
+
+VIEWS: dict[str, str] = {
+    # One row per work: the job that decides the work's state (complete first, then in flight,
+    # then failed; lower candidate rank first), with totals over all its candidates.
+    "v_artifacts": f"""
+        CREATE OR REPLACE VIEW v_artifacts AS
+        WITH ranked AS (
+            SELECT j.*, row_number() OVER (
+                PARTITION BY work_id ORDER BY
+                  CASE WHEN state IN {_COMPLETE} THEN 0
+                       WHEN state IN ('LEASED','HEAD_DONE','RESUME_OK','STREAMING','FINALIZED') THEN 1
+                       WHEN state = 'PLANNED' THEN 2 WHEN state = 'FAILED' THEN 3 ELSE 4 END,
+                  candidate_rank) AS rn,
+              sum(attempts) OVER (PARTITION BY work_id) AS total_attempts,
+              count(*) OVER (PARTITION BY work_id) AS candidates
+            FROM artifact_jobs j)
+        SELECT w.work_id, w.doi, w.title, w.publication_year,
+               coalesce(r.state, 'NO_JOB') AS state, r.state IN {_COMPLETE} AS complete,
+               r.job_id, r.url, r.final_url, r.host, r.candidate_rank, r.candidates,
+               r.sha256, r.path, r.bytes, r.total_attempts AS attempts, r.failure_class,
+               r.last_reason AS reason, r.last_error, r.http_status, r.decision, r.resumed_from,
+               r.elapsed_s,
+               CASE WHEN r.elapsed_s > 0 THEN r.bytes / 1048576.0 / r.elapsed_s END AS mib_s,
+               r.etag, r.last_modified, r.run_id,
+               to_timestamp(r.finished_at) AS finished_at, to_timestamp(r.updated_at) AS updated_at
+        FROM works w LEFT JOIN ranked r ON r.work_id = w.work_id AND r.rn = 1
+    """,
+    "v_failures": """
+        CREATE OR REPLACE VIEW v_failures AS
+        SELECT last_reason AS reason, failure_class, host, count(*) AS jobs,
+               count(DISTINCT work_id) AS works, sum(attempts) AS attempts,
+               to_timestamp(max(updated_at)) AS last_seen
+        FROM artifact_jobs WHERE state = 'FAILED'
+        GROUP BY ALL ORDER BY jobs DESC, reason, host
+    """,
+    "v_hosts": """
+        CREATE OR REPLACE VIEW v_hosts AS
+        SELECT host, count(*) AS requests, count(DISTINCT job_id) AS jobs,
+               coalesce(sum(bytes), 0) AS bytes,
+               count(*) FILTER (WHERE error IS NOT NULL OR status >= 400 OR status IS NULL) AS errors,
+               round(count(*) FILTER (WHERE error IS NOT NULL OR status >= 400 OR status IS NULL)
+                     / count(*), 4) AS error_rate,
+               quantile_cont(elapsed_s, 0.5) AS p50_s, quantile_cont(elapsed_s, 0.95) AS p95_s,
+               quantile_cont(elapsed_s, 0.99) AS p99_s
+        FROM http_attempts GROUP BY host ORDER BY requests DESC
+    """,
+    "v_runs": f"""
+        CREATE OR REPLACE VIEW v_runs AS
+        WITH per_run AS (
+            SELECT run_id,
+                   count(*) FILTER (WHERE state IN {_COMPLETE}) AS artifacts,
+                   count(*) FILTER (WHERE state = 'DEDUPED') AS deduped,
+                   count(*) FILTER (WHERE state = 'FAILED') AS failed,
+                   coalesce(sum(bytes) FILTER (WHERE state = 'INDEXED'), 0) AS bytes
+            FROM artifact_jobs GROUP BY run_id)
+        SELECT r.run_id, r.kind, r.owner, r.host, r.pid,
+               to_timestamp(r.started_at) AS started_at, to_timestamp(r.finished_at) AS finished_at,
+               r.finished_at - r.started_at AS elapsed_s,
+               coalesce(p.artifacts, 0) AS artifacts, coalesce(p.deduped, 0) AS deduped,
+               coalesce(p.failed, 0) AS failed, coalesce(p.bytes, 0) AS bytes,
+               CASE WHEN r.finished_at > r.started_at
+                    THEN coalesce(p.bytes, 0) / 1048576.0 / (r.finished_at - r.started_at) END AS mib_s,
+               r.counts
+        FROM runs r LEFT JOIN per_run p USING (run_id)
+        ORDER BY r.started_at
+    """,
+}
+
+
+def _create_table_sql(name: str) -> str:
+    cols = ", ".join(f"{col} {typ}" for col, typ in TABLES[name])
+    return f"CREATE TABLE IF NOT EXISTS {name} ({cols})"
+
+
+def _v1(con: duckdb.DuckDBPyConnection) -> None:
+    for name in TABLES:
+        con.execute(_create_table_sql(name))
+    for sql in INDEXES.values():
+        con.execute(sql)
+    for sql in VIEWS.values():
+        con.execute(sql)
+
+
+# Forward-only: append new (version, description, function) entries; never edit applied ones.
+MIGRATIONS: list[tuple[int, str, Any]] = [
+    (1, "initial ledger: works, jobs, ops, blobs, attempts, runs, versions, views", _v1),
+]
+LATEST = MIGRATIONS[-1][0]
+
+_VERSION_DDL = (
+    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at DOUBLE, description VARCHAR)"
+)
+
+
+def current_version(con: duckdb.DuckDBPyConnection) -> int:
+    if "schema_version" not in _tables(con):
+        return 0
+    row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
+    """Apply pending migrations, each in its own transaction. Returns the versions applied."""
+    con.execute(_VERSION_DDL)
+    applied: list[int] = []
+    for version, description, fn in MIGRATIONS:
+        if version <= current_version(con):
+            continue
+        con.execute("BEGIN")
+        try:
+            fn(con)
+            con.execute("INSERT INTO schema_version VALUES (?, ?, ?)", [version, time.time(), description])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        applied.append(version)
+    return applied
+
+
+def _tables(con: duckdb.DuckDBPyConnection) -> set[str]:
+    rows = con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() AND schema_name = 'main'"
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def _columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
+    rows = con.execute(
+        "SELECT column_name FROM duckdb_columns() WHERE database_name = current_database() AND table_name = ?",
+        [table],
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def _indexes(con: duckdb.DuckDBPyConnection) -> set[str]:
+    rows = con.execute("SELECT index_name FROM duckdb_indexes() WHERE database_name = current_database()").fetchall()
+    return {r[0] for r in rows}
+
+
+def _views(con: duckdb.DuckDBPyConnection) -> set[str]:
+    rows = con.execute(
+        "SELECT view_name FROM duckdb_views() WHERE database_name = current_database() AND NOT internal"
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def schema_problems(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Structural problems: version, missing tables/columns/indexes/views, broken views."""
+    problems: list[str] = []
+    version = current_version(con)
+    if version != LATEST:
+        problems.append(f"schema version is {version}, expected {LATEST}")
+    tables = _tables(con)
+    for name, cols in TABLES.items():
+        if name not in tables:
+            problems.append(f"missing table {name}")
+            continue
+        have = _columns(con, name)
+        problems.extend(f"missing column {name}.{col}" for col, _ in cols if col not in have)
+    indexes = _indexes(con)
+    problems.extend(f"missing index {name}" for name in INDEXES if name not in indexes)
+    views = _views(con)
+    for name in VIEWS:
+        if name not in views:
+            problems.append(f"missing view {name}")
+            continue
+        try:
+            con.execute(f"SELECT * FROM {name} LIMIT 0").fetchall()
+        except duckdb.Error as exc:
+            problems.append(f"broken view {name}: {exc}")
+    return problems
+
+
+def data_problems(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Consistency problems in the rows (only checked when the structure is sound)."""
+    checks: Sequence[tuple[str, str]] = (
+        (
+            "SELECT count(*) FROM artifact_jobs WHERE state NOT IN ('PLANNED','LEASED','HEAD_DONE','RESUME_OK',"
+            "'STREAMING','FINALIZED','INDEXED','DEDUPED','SKIPPED_DUPLICATE','FAILED')",
+            "jobs with an unknown state",
+        ),
+        (
+            f"SELECT count(*) FROM artifact_jobs WHERE state IN {_COMPLETE} AND (sha256 IS NULL OR path IS NULL)",
+            "complete jobs without sha256/path",
+        ),
+        ("SELECT count(*) FROM artifact_ops WHERE NOT json_valid(result_json::VARCHAR)", "ops with invalid JSON"),
+        ("SELECT count(*) FROM blobs WHERE ref_count < 0", "blobs with a negative ref_count"),
+        (
+            "SELECT count(*) FROM artifact_jobs WHERE state IN ('PLANNED','INDEXED','DEDUPED','SKIPPED_DUPLICATE') "
+            "AND lease_owner IS NOT NULL",
+            "jobs holding a lease outside the in-flight states",
+        ),
+        (
+            "SELECT count(*) FROM artifact_jobs WHERE state = 'FAILED' AND failure_class IS NULL",
+            "failed jobs without a failure class",
+        ),
+    )
+    problems: list[str] = []
+    for sql, label in checks:
+        row = con.execute(sql).fetchone()
+        n = int(row[0]) if row else 0
+        if n:
+            problems.append(f"{n} {label}")
+    return problems
+
+
+def validate(con: duckdb.DuckDBPyConnection) -> list[str]:
+    problems = schema_problems(con)
+    if not problems:
+        problems = data_problems(con)
+    return problems
+
+
+def repair(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Restore missing objects without dropping or rewriting data. Returns the actions taken."""
+    actions: list[str] = []
+    migrate(con)  # brings an empty or old file to the latest version first
+    tables = _tables(con)
+    for name, cols in TABLES.items():
+        if name not in tables:
+            con.execute(_create_table_sql(name))
+            actions.append(f"created table {name}")
+            continue
+        have = _columns(con, name)
+        for col, typ in cols:
+            if col not in have:
+                # Constraints cannot be added to existing rows; the bare type keeps every row.
+                bare = typ.split()[0]
+                con.execute(f"ALTER TABLE {name} ADD COLUMN {col} {bare}")
+                actions.append(f"added column {name}.{col}")
+    indexes = _indexes(con)
+    for name, sql in INDEXES.items():
+        if name not in indexes:
+            con.execute(sql)
+            actions.append(f"created index {name}")
+    views = _views(con)
+    for name, sql in VIEWS.items():
+        broken = name not in views
+        if not broken:
+            try:
+                con.execute(f"SELECT * FROM {name} LIMIT 0").fetchall()
+            except duckdb.Error:
+                broken = True
+        if broken:
+            con.execute(sql)  # views hold no data: CREATE OR REPLACE is safe
+            actions.append(f"recreated view {name}")
+    now = time.time()
+    for action in actions:
+        verb, _, obj = action.partition(" ")
+        con.execute("INSERT INTO maintenance_log VALUES (?, ?, ?, ?)", [now, "repair", obj, action])
+    return actions
+
+
+def row_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    tables = _tables(con)
+    for name in TABLES:
+        if name in tables:
+            row = con.execute(f"SELECT count(*) FROM {name}").fetchone()
+            counts[name] = int(row[0]) if row else 0
+    return counts
+
+
+def health(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """status: healthy (no problems) | degraded (data problems) | unhealthy (structure broken)."""
+    structural = schema_problems(con)
+    problems = structural or data_problems(con)
+    status = "unhealthy" if structural else ("degraded" if problems else "healthy")
+    return {
+        "status": status,
+        "version": current_version(con),
+        "expected_version": LATEST,
+        "row_counts": row_counts(con),
+        "problems": problems,
+    }
