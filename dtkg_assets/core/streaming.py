@@ -1,0 +1,834 @@
+"""The streaming engine: one candidate URL -> a verified PDF in the content-addressed store.
+
+Pipeline: HEAD precheck -> resume decision (from the `.part` and its sidecar) -> ranged GET with
+`If-Range` -> raw bytes appended to the `.part` with a rolling SHA-256 -> PDF validation ->
+atomic finalize into the store -> per-work link. Every step reports through `FetchHooks` so the
+orchestrator can record it in the ledger; on its own the engine uses `NullHooks`.
+
+Invariants:
+- The rolling hash covers exactly the bytes on disk. On resume it is seeded by re-reading the
+  part; preallocated space beyond the bytes written is cut off before hashing or finalizing.
+- The sidecar never claims more bytes than are durable: it is rewritten (atomically) only after
+  the part has been fsynced up to that point, so a crash resumes from bytes that really exist.
+- Only strong ETags and Last-Modified are sent in `If-Range` (nginx compares strongly; a weak
+  ETag would make it send the whole body, and a lenient server could splice two versions).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+
+from dtkg_assets.core.errors import DtkgError, Reason, reason_for_status
+from dtkg_assets.core.pdf import validate_pdf
+from dtkg_assets.core.retrying import error_from_httpx, parse_retry_after, retrying
+from dtkg_assets.core.store import Store, check_work_id, sha256_file
+from dtkg_assets.core.types import FetchHooks, FetchResult, HttpAttempt, NullHooks
+from dtkg_assets.settings import Settings
+
+MiB = 1024 * 1024
+PROGRESS_EVERY = 1 * MiB
+# Durable checkpoint (fsync part + rewrite sidecar) interval while streaming.
+CHECKPOINT_EVERY = 32 * MiB
+# A response that contradicts the request (bad Content-Range, 416 with another total) restarts the
+# download from zero; past this many restarts in one attempt the server is broken.
+MAX_RESTARTS = 2
+
+ResumeMode = Literal["fresh", "resume", "discard_part"]
+
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+_UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.IGNORECASE)
+
+
+# ---- server validators ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerValidators:
+    """What the server says about the object (from HEAD, or from a GET's headers)."""
+
+    status: int | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    content_length: int | None = None  # size of the whole object when known
+    accept_ranges: str | None = None
+    content_type: str | None = None
+    final_url: str | None = None
+
+    @property
+    def strong_etag(self) -> str | None:
+        if self.etag and not self.etag.startswith("W/"):
+            return self.etag
+        return None
+
+    @property
+    def weak_etag(self) -> str | None:
+        if self.etag and self.etag.startswith("W/"):
+            return self.etag
+        return None
+
+    def if_range_value(self) -> str | None:
+        """Strong ETag, else Last-Modified, else None. Never a weak ETag."""
+        return self.strong_etag or self.last_modified or None
+
+    @classmethod
+    def from_response(cls, response: httpx.Response, total: int | None = None) -> ServerValidators:
+        if total is None:
+            total = _int_or_none(response.headers.get("content-length"))
+        return cls(
+            status=response.status_code,
+            etag=response.headers.get("etag"),
+            last_modified=response.headers.get("last-modified"),
+            content_length=total,
+            accept_ranges=response.headers.get("accept-ranges"),
+            content_type=response.headers.get("content-type"),
+            final_url=str(response.url),
+        )
+
+
+def _int_or_none(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        number = int(value.strip())
+    except ValueError:
+        return None
+    return number if number >= 0 else None
+
+
+def _error_for_status(response: httpx.Response, what: str) -> DtkgError:
+    status = response.status_code
+    return DtkgError(
+        reason_for_status(status),
+        f"{what} {response.url} answered HTTP {status}",
+        status=status,
+        retry_after=parse_retry_after(response.headers.get("retry-after")),
+    )
+
+
+def _attempt_record(method: str, url: str) -> HttpAttempt:
+    return HttpAttempt(
+        method=method,
+        url=url,
+        host=httpx.URL(url).host,
+        status=None,
+        bytes=0,
+        elapsed_s=0.0,
+        started_at=time.time(),
+    )
+
+
+def head_precheck(
+    client: httpx.Client, url: str, attempts: list[HttpAttempt] | None = None
+) -> ServerValidators | None:
+    """HEAD the URL. None when the server does not do HEAD (405/501) or gives no usable answer.
+
+    404/410 raise a permanent DtkgError; 429/5xx a transient one carrying Retry-After.
+    """
+    t0 = time.perf_counter()
+    record = _attempt_record("HEAD", url)
+    if attempts is not None:
+        attempts.append(record)
+    try:
+        response = client.head(url, headers={"Accept-Encoding": "identity"})
+    except httpx.HTTPError as exc:
+        err = error_from_httpx(exc)
+        record.error, record.elapsed_s = err.reason.value, time.perf_counter() - t0
+        raise err from exc
+    except DtkgError as exc:
+        record.error, record.elapsed_s = exc.reason.value, time.perf_counter() - t0
+        raise
+    record.status, record.elapsed_s = response.status_code, time.perf_counter() - t0
+    status = response.status_code
+    if 200 <= status < 300:
+        return ServerValidators.from_response(response)
+    if status in (404, 410, 429) or (status >= 500 and status != 501):
+        err = _error_for_status(response, "HEAD")
+        record.error = err.reason.value
+        raise err
+    # 405/501 and other refusals of HEAD (some CDNs answer 403/400): the GET decides.
+    return None
+
+
+# ---- the sidecar ----------------------------------------------------------------------------
+
+
+@dataclass
+class PartState:
+    """The `.part` sidecar: what the partial bytes are and how many of them are durable."""
+
+    url: str
+    etag: str | None = None
+    last_modified: str | None = None
+    expected_size: int | None = None
+    bytes_on_disk: int = 0
+    prefix_sha256: str | None = None
+    prefix_bytes: int = 0
+    updated_at: float = 0.0
+
+    @property
+    def strong_etag(self) -> str | None:
+        return self.etag if self.etag and not self.etag.startswith("W/") else None
+
+    @classmethod
+    def read(cls, path: Path) -> PartState | None:
+        """The sidecar at `path`, or None when missing or unreadable (then the part is untrusted)."""
+        try:
+            data = json.loads(path.read_text())
+            names = {f.name for f in dataclasses.fields(cls)}
+            return cls(**{k: v for k, v in data.items() if k in names})
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def write(self, path: Path, fsync: bool = True) -> None:
+        """Atomically replace the sidecar: tmp file, fsync, rename."""
+        self.updated_at = time.time()
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        data = json.dumps(dataclasses.asdict(self)).encode()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, data)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
+
+# ---- resume decision ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResumeDecision:
+    mode: ResumeMode
+    reason: str
+    offset: int = 0
+    if_range: str | None = None
+
+    @property
+    def needs_prefix_check(self) -> bool:
+        return self.mode == "resume" and self.if_range is None
+
+
+def decide_resume(
+    validators: ServerValidators | None,
+    part_state: PartState | None,
+    part_size_on_disk: int,
+    settings: Settings,
+    *,
+    url: str | None = None,
+) -> ResumeDecision:
+    """Decide what to do with an existing `.part`, with a reason an analyst can group by.
+
+    `validators` is the server's current view (None when HEAD was refused). Resumes without
+    `If-Range` (no strong validator) are allowed only with `resume.allow_without_validators`; the
+    engine then checks the server's first bytes against the sidecar's prefix hash.
+    """
+    if part_size_on_disk <= 0:
+        return ResumeDecision("fresh", "no_part")
+    if part_state is None:
+        return ResumeDecision("discard_part", "sidecar_missing")
+    if url is not None and part_state.url != url:
+        return ResumeDecision("discard_part", "url_changed")
+    if part_size_on_disk < part_state.bytes_on_disk:
+        return ResumeDecision("discard_part", "part_shorter_than_sidecar")
+    offset = part_state.bytes_on_disk
+    if offset <= 0:
+        return ResumeDecision("discard_part", "no_durable_bytes")
+    total = validators.content_length if validators else None
+    if total is not None and offset > total:
+        return ResumeDecision("discard_part", "part_larger_than_object")
+    if total is not None and part_state.expected_size is not None and total != part_state.expected_size:
+        return ResumeDecision("discard_part", "size_changed")
+
+    if part_state.strong_etag:
+        if validators is None:
+            # No HEAD: let the server judge with If-Range (200 if it changed).
+            return ResumeDecision("resume", "head_unavailable_if_range", offset, part_state.strong_etag)
+        if validators.strong_etag == part_state.strong_etag:
+            return ResumeDecision("resume", "validators_match", offset, part_state.strong_etag)
+        return ResumeDecision("discard_part", "etag_changed")
+    # The server has a strong ETag now but did not when the part was written: something changed.
+    if (
+        validators is not None
+        and validators.strong_etag
+        and not part_state.etag
+        and (not part_state.last_modified or validators.last_modified != part_state.last_modified)
+    ):
+        return ResumeDecision("discard_part", "etag_changed")
+    if part_state.last_modified:
+        if validators is None:
+            return ResumeDecision("resume", "head_unavailable_if_range", offset, part_state.last_modified)
+        if validators.last_modified == part_state.last_modified:
+            if part_state.etag and validators.etag and validators.etag != part_state.etag:
+                return ResumeDecision("discard_part", "etag_changed")
+            return ResumeDecision("resume", "validators_match", offset, part_state.last_modified)
+        return ResumeDecision("discard_part", "last_modified_changed")
+
+    weak = part_state.etag is not None  # only a weak ETag remains possible here
+    if weak and validators is not None and validators.etag and validators.etag != part_state.etag:
+        return ResumeDecision("discard_part", "etag_changed")
+    if not settings.resume.allow_without_validators:
+        return ResumeDecision("discard_part", "weak_etag_only" if weak else "no_validators_disallowed")
+    if not part_state.prefix_sha256 or part_state.prefix_bytes <= 0:
+        return ResumeDecision("discard_part", "no_prefix_hash")
+    return ResumeDecision("resume", "weak_etag_prefix_ok" if weak else "no_validators_prefix_ok", offset, None)
+
+
+# ---- the engine -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Download:
+    """Per-fetch state (the Engine itself holds none, so one Engine serves many threads)."""
+
+    url: str
+    work_id: str | None
+    part: Path
+    sidecar: Path
+    hooks: FetchHooks
+    result: FetchResult
+    validators: ServerValidators | None = None
+    fd: int = -1
+    pos: int = 0  # logical bytes written to the part (preallocated space excluded)
+    durable: int = 0  # bytes covered by the last fsync + sidecar
+    total: int | None = None
+    hasher: Any = None
+    prefix_sha256: str | None = None
+    prefix_bytes: int = 0
+    preallocated: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class _Restart(Exception):
+    """The response contradicts what is on disk: truncate the part and ask again from zero."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class _ContentRange:
+    start: int
+    end: int
+    total: int | None
+
+
+def parse_content_range(value: str | None) -> _ContentRange | None:
+    if not value:
+        return None
+    m = _CONTENT_RANGE.match(value)
+    if not m:
+        return None
+    start, end = int(m.group(1)), int(m.group(2))
+    total = None if m.group(3) == "*" else int(m.group(3))
+    if end < start or (total is not None and end >= total):
+        return None
+    return _ContentRange(start, end, total)
+
+
+def check_url(url: str) -> httpx.URL:
+    """Refuse what cannot be fetched before touching the network or the disk."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:
+        raise DtkgError(Reason.BAD_INPUT, f"malformed URL {url!r}: {exc}") from exc
+    if parsed.scheme not in ("http", "https"):
+        raise DtkgError(
+            Reason.UNSUPPORTED_SCHEME,
+            f"URL {url!r} has scheme {parsed.scheme or '(none)'!r}; only http:// and https:// are fetched",
+        )
+    if not parsed.host:
+        raise DtkgError(Reason.BAD_INPUT, f"URL {url!r} has no host")
+    return parsed
+
+
+class Engine:
+    """Downloads candidate URLs into the store. Thread-safe: share one Engine and one client."""
+
+    def __init__(self, client: httpx.Client, settings: Settings, store: Store | None = None) -> None:
+        self.client = client
+        self.settings = settings
+        self.store = store or Store(settings)
+
+    # ---- public -------------------------------------------------------------------------------
+    def fetch(
+        self,
+        url: str,
+        *,
+        work_id: str | None = None,
+        hooks: FetchHooks | None = None,
+        known_sha256: str | None = None,
+    ) -> FetchResult:
+        """Fetch one URL. Expected failures come back as `FetchResult(status="failed", reason=...)`."""
+        hooks = hooks or NullHooks()
+        t0 = time.perf_counter()
+        result = FetchResult(status="failed", reason="", decision=None, url=url, work_id=work_id)
+        try:
+            check_url(url)
+            if work_id is not None:
+                check_work_id(work_id)
+                if self._already_complete(work_id, known_sha256, result):
+                    return result
+            self._fetch(url, work_id, hooks, result)
+        except DtkgError as exc:
+            self._fail(result, exc)
+        except httpx.HTTPError as exc:
+            self._fail(result, error_from_httpx(exc))
+        except OSError as exc:
+            if exc.errno in (28, 122):  # ENOSPC, EDQUOT
+                self._fail(result, DtkgError(Reason.DISK_FULL, str(exc)))
+            else:
+                raise
+        finally:
+            result.elapsed_s = time.perf_counter() - t0
+            if result.elapsed_s > 0:
+                result.mib_s = result.body_bytes_received / MiB / result.elapsed_s
+        return result
+
+    # ---- steps --------------------------------------------------------------------------------
+    @staticmethod
+    def _fail(result: FetchResult, exc: DtkgError) -> None:
+        result.status = "failed"
+        result.reason = exc.reason.value
+        result.detail = exc.detail or None
+        if exc.status is not None:
+            result.http_status = exc.status
+
+    def _already_complete(self, work_id: str, known_sha256: str | None, result: FetchResult) -> bool:
+        """A finished work is answered from disk with no network at all."""
+        store = self.store
+        path = store.work_path(work_id)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return False
+        sha: str | None = None
+        if known_sha256:
+            try:
+                blob_st = store.blob_path(known_sha256).stat()
+            except (FileNotFoundError, ValueError):
+                blob_st = None
+            if blob_st is not None and blob_st.st_size == st.st_size:
+                sha = known_sha256
+        if sha is None:
+            try:
+                validate_pdf(path, self.settings.validation)
+            except DtkgError:
+                return False
+            sha = sha256_file(path)
+            blob = store.blob_path(sha)
+            if not blob.exists():
+                # The blob went missing but the work's bytes are intact: restore the address.
+                blob.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileExistsError):
+                    os.link(path, blob)
+        result.status = "stored"
+        result.reason = "ok"
+        result.decision = "already_complete"
+        result.decision_reason = "work_file_present"
+        result.sha256 = sha
+        result.path = str(path)
+        result.blob_path = str(store.blob_path(sha))
+        result.bytes = st.st_size
+        return True
+
+    def _head(self, dl: _Download) -> ServerValidators | None:
+        for attempt in retrying(self.settings.http):
+            with attempt:
+                return head_precheck(self.client, dl.url, dl.result.http_attempts)
+        return None  # pragma: no cover - tenacity re-raises
+
+    def _fetch(self, url: str, work_id: str | None, hooks: FetchHooks, result: FetchResult) -> None:
+        settings, store = self.settings, self.store
+        part, sidecar = store.part_paths(work_id, url)
+        dl = _Download(url=url, work_id=work_id, part=part, sidecar=sidecar, hooks=hooks, result=result)
+
+        validators = self._head(dl)
+        dl.validators = validators
+        if validators is not None:
+            result.etag, result.last_modified = validators.etag, validators.last_modified
+            result.content_type, result.http_status = validators.content_type, validators.status
+            result.final_url = validators.final_url
+        hooks.stage(
+            "HEAD_DONE",
+            {"validators": dataclasses.asdict(validators) if validators else None, "head_supported": bool(validators)},
+        )
+        max_bytes = settings.quota.max_bytes
+        if validators is not None and validators.content_length is not None and validators.content_length > max_bytes:
+            raise DtkgError(Reason.TOO_LARGE, f"Content-Length {validators.content_length} > max_bytes {max_bytes}")
+
+        decision = self._decide(dl)
+        hooks.stage("RESUME_OK", {"decision": decision.mode, "reason": decision.reason, "offset": decision.offset})
+
+        expected = validators.content_length if validators else None
+        remaining = None if expected is None else max(0, expected - decision.offset)
+        with store.quota.reserve(remaining):
+            for attempt in retrying(settings.http):
+                with attempt:
+                    result.attempts += 1
+                    if result.attempts > 1:
+                        decision = self._decide(dl)
+                    self._attempt(dl, decision)
+
+        sha = dl.hasher.hexdigest()
+        result.sha256 = sha
+        result.bytes = dl.pos
+        try:
+            validate_pdf(part, settings.validation)
+        except DtkgError:
+            store.discard_part(part, sidecar)
+            raise
+        hooks.check_fence()
+        t_fin = time.perf_counter()
+        fin = hooks.effect("FINALIZE", sha, lambda: self._finalize_effect(part, sha))
+        result.fsync_s += time.perf_counter() - t_fin
+        result.blob_path = str(fin["path"])
+        created = bool(fin["created"])
+        sidecar.unlink(missing_ok=True)
+        if work_id is not None:
+            link = hooks.effect("LINK", f"{work_id}:{sha}", lambda: self._link_effect(work_id, sha))
+            result.path = str(link["path"])
+        else:
+            result.path = result.blob_path
+        result.status = "stored" if created else "deduped"
+        result.reason = "ok"
+
+    def _finalize_effect(self, part: Path, sha: str) -> dict[str, Any]:
+        fin = self.store.finalize(part, sha)
+        return {"path": str(fin.path), "created": fin.created}
+
+    def _link_effect(self, work_id: str, sha: str) -> dict[str, Any]:
+        link = self.store.link_work(work_id, sha)
+        return {"path": str(link.path), "mode": link.mode}
+
+    def _decide(self, dl: _Download) -> ResumeDecision:
+        state = PartState.read(dl.sidecar)
+        try:
+            size = dl.part.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        decision = decide_resume(dl.validators, state, size, self.settings, url=dl.url)
+        if decision.mode == "resume" and state is not None:
+            dl.prefix_sha256, dl.prefix_bytes = state.prefix_sha256, state.prefix_bytes
+            dl.total = state.expected_size
+        dl.result.decision, dl.result.decision_reason = decision.mode, decision.reason
+        return decision
+
+    # ---- one attempt ----------------------------------------------------------------------------
+    def _open_part(self, dl: _Download, offset: int) -> int:
+        """Open the part, drop anything past `offset`, and seed the hash with the kept bytes."""
+        if dl.fd < 0:
+            dl.fd = os.open(dl.part, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = dl.fd
+        os.ftruncate(fd, offset)
+        dl.preallocated = False
+        h = hashlib.sha256()
+        pos = 0
+        while pos < offset:
+            block = os.pread(fd, min(4 * MiB, offset - pos), pos)
+            if not block:
+                raise DtkgError(Reason.HASH_MISMATCH, f"part {dl.part} shorter than {offset} while seeding")
+            h.update(block)
+            pos += len(block)
+        prefix_len = min(self.settings.resume.prefix_check_bytes, offset)
+        prefix_hash = sha256_file(dl.part, prefix_len) if offset else None
+        dl.hasher = h
+        dl.pos = dl.durable = offset
+        dl.prefix_bytes = prefix_len
+        dl.prefix_sha256 = prefix_hash
+        os.lseek(fd, offset, os.SEEK_SET)
+        return offset
+
+    def _close_part(self, dl: _Download) -> None:
+        if dl.fd >= 0:
+            os.close(dl.fd)
+            dl.fd = -1
+
+    def _attempt(self, dl: _Download, decision: ResumeDecision) -> None:
+        store = self.store
+        if decision.mode != "resume":
+            store.discard_part(dl.part, dl.sidecar)
+            dl.total = None
+        offset = decision.offset if decision.mode == "resume" else 0
+        if_range = decision.if_range if decision.mode == "resume" else None
+        try:
+            self._open_part(dl, offset)
+            if offset and decision.needs_prefix_check and not self._prefix_matches(dl, decision):
+                dl.result.decision, dl.result.decision_reason = "discard_part", "prefix_mismatch"
+                offset, if_range = self._restart(dl), None
+            restarts = 0
+            while True:
+                try:
+                    dl.result.resumed_from = offset
+                    self._get(dl, offset, if_range)
+                    break
+                except _Restart as restart:
+                    restarts += 1
+                    dl.result.decision, dl.result.decision_reason = "discard_part", restart.reason
+                    if restarts > MAX_RESTARTS:
+                        detail = f"server keeps contradicting ranges ({restart.reason})"
+                        raise DtkgError(Reason.BAD_RANGE, detail) from None
+                    offset, if_range = self._restart(dl), None
+        except DtkgError as exc:
+            if exc.transient:
+                self._save_progress(dl)
+            else:
+                # Permanent (too large, 404 on resume, broken ranges): the part is worthless.
+                self._close_part(dl)
+                store.discard_part(dl.part, dl.sidecar)
+            raise
+        except BaseException:
+            self._save_progress(dl)
+            raise
+        finally:
+            self._close_part(dl)
+
+    def _restart(self, dl: _Download) -> int:
+        dl.sidecar.unlink(missing_ok=True)
+        dl.total = None
+        return self._open_part(dl, 0)
+
+    def _prefix_matches(self, dl: _Download, decision: ResumeDecision) -> bool:
+        """Resume without validators: the server's first bytes must hash like ours did."""
+        want = dl.prefix_bytes
+        if want <= 0 or dl.prefix_sha256 is None:
+            return False
+        state = PartState.read(dl.sidecar)
+        if state is None or state.prefix_sha256 != dl.prefix_sha256 or state.prefix_bytes != want:
+            return False  # the part on disk no longer matches its own sidecar
+        headers = {"Accept-Encoding": "identity", "Range": f"bytes=0-{want - 1}"}
+        t0 = time.perf_counter()
+        record = _attempt_record("GET", dl.url)
+        dl.result.http_attempts.append(record)
+        try:
+            with self.client.stream("GET", dl.url, headers=headers) as response:
+                record.status = response.status_code
+                if response.status_code not in (200, 206):
+                    if response.status_code == 429 or response.status_code >= 500:
+                        raise _error_for_status(response, "GET")
+                    return False
+                h = hashlib.sha256()
+                got = 0
+                for chunk in response.iter_raw():
+                    take = chunk[: want - got]
+                    h.update(take)
+                    got += len(take)
+                    if got >= want:
+                        break
+                record.bytes = got
+                dl.result.body_bytes_received += got
+        except httpx.HTTPError as exc:
+            raise error_from_httpx(exc) from exc
+        finally:
+            record.elapsed_s = time.perf_counter() - t0
+        return got == want and h.hexdigest() == dl.prefix_sha256
+
+    def _get(self, dl: _Download, offset: int, if_range: str | None) -> None:
+        headers = {"Accept-Encoding": "identity"}
+        if offset > 0:
+            headers["Range"] = f"bytes={offset}-"
+            if if_range:
+                headers["If-Range"] = if_range
+        result = dl.result
+        t0 = time.perf_counter()
+        record = _attempt_record("GET", dl.url)
+        result.http_attempts.append(record)
+        received_before = result.body_bytes_received
+        try:
+            with self.client.stream("GET", dl.url, headers=headers) as response:
+                status = response.status_code
+                record.status = result.http_status = status
+                result.final_url = str(response.url)
+                self._check_status(dl, response, offset)
+                if status == 416:
+                    self._complete_from_416(dl, response, offset)
+                    return
+                encoding = response.headers.get("content-encoding", "identity").strip().lower()
+                if status == 206:
+                    cr = parse_content_range(response.headers.get("content-range"))
+                    if cr is None:
+                        raise _Restart("bad_range")
+                    if cr.start != offset:
+                        raise _Restart("content_range_mismatch")
+                    if cr.total is not None and cr.end + 1 != cr.total:
+                        raise _Restart("bad_range")
+                    length = _int_or_none(response.headers.get("content-length"))
+                    if length is not None and length != cr.end - cr.start + 1:
+                        raise _Restart("bad_range")
+                    if dl.total is not None and cr.total is not None and cr.total != dl.total:
+                        raise _Restart("size_changed")
+                    if encoding not in ("identity", ""):
+                        raise _Restart("encoded_range")
+                    total = cr.total
+                else:  # 200: the whole object
+                    if offset > 0:
+                        sent = if_range
+                        new_tag = response.headers.get("etag")
+                        changed = sent is not None and sent != new_tag and sent != response.headers.get("last-modified")
+                        result.decision = "discard_part"
+                        result.decision_reason = "validator_changed" if changed else "range_ignored"
+                        offset = self._restart(dl)
+                        result.resumed_from = 0
+                    identity = encoding in ("identity", "")
+                    total = _int_or_none(response.headers.get("content-length")) if identity else None
+                max_bytes = self.settings.quota.max_bytes
+                if total is not None and total > max_bytes:
+                    raise DtkgError(Reason.TOO_LARGE, f"object of {total} bytes > max_bytes {max_bytes}")
+                dl.total = total
+                dl.validators = ServerValidators.from_response(response, total=total)
+                result.etag, result.last_modified = dl.validators.etag, dl.validators.last_modified
+                result.content_type = dl.validators.content_type
+                self._checkpoint(dl, sync=False)  # sidecar now names the validators of these bytes
+                self._preallocate(dl)
+                dl.hooks.stage("STREAMING", {"offset": offset, "total": total, "status": status})
+                chunks = response.iter_raw() if encoding in ("identity", "") else response.iter_bytes()
+                self._stream(dl, chunks)
+        except httpx.HTTPError as exc:
+            err = error_from_httpx(exc)
+            record.error = err.reason.value
+            raise err from exc
+        except DtkgError as exc:
+            record.error = exc.reason.value
+            raise
+        finally:
+            record.elapsed_s = time.perf_counter() - t0
+            record.bytes = result.body_bytes_received - received_before
+        if dl.total is not None and dl.pos != dl.total:
+            if dl.pos < dl.total:
+                raise DtkgError(Reason.TRUNCATED, f"body ended at {dl.pos} of {dl.total} bytes")
+            raise _Restart("longer_than_announced")
+        self._finish_part(dl)
+
+    def _check_status(self, dl: _Download, response: httpx.Response, offset: int) -> None:
+        status = response.status_code
+        if status in (200, 206) or (status == 416 and offset > 0):
+            return
+        if status == 429 or status >= 500:
+            raise _error_for_status(response, "GET")
+        if 300 <= status < 400:
+            raise DtkgError(Reason.TOO_MANY_REDIRECTS, f"GET {response.url} answered HTTP {status}", status=status)
+        if 200 <= status < 300:
+            raise DtkgError(Reason.NOT_PDF, f"GET {response.url} answered HTTP {status} without a body", status=status)
+        raise _error_for_status(response, "GET")
+
+    def _complete_from_416(self, dl: _Download, response: httpx.Response, offset: int) -> None:
+        """416 to `bytes=N-`: the part is complete only if the server's total is N and it verifies."""
+        m = _UNSATISFIED_RANGE.match(response.headers.get("content-range", ""))
+        total = int(m.group(1)) if m else None
+        if total != offset:
+            raise _Restart("range_not_satisfiable")
+        dl.total = total
+        try:
+            validate_pdf(dl.part, self.settings.validation)
+        except DtkgError:
+            raise _Restart("range_not_satisfiable_invalid_part") from None
+        self._finish_part(dl)
+
+    def _preallocate(self, dl: _Download) -> None:
+        io = self.settings.io
+        total = dl.total
+        if not io.preallocate or total is None or total < io.preallocate_min_size_bytes or total <= dl.pos:
+            return
+        if not hasattr(os, "posix_fallocate"):
+            return
+        try:
+            os.posix_fallocate(dl.fd, dl.pos, total - dl.pos)
+            dl.preallocated = True
+        except OSError as exc:
+            if exc.errno in (28, 122):
+                raise DtkgError(Reason.DISK_FULL, f"cannot preallocate {total} bytes: {exc}") from exc
+            # Filesystems without fallocate: stream without preallocation.
+
+    def _stream(self, dl: _Download, chunks: Iterator[bytes]) -> None:
+        """The hot loop: write + hash each chunk; everything else only every MiB."""
+        fd = dl.fd
+        update = dl.hasher.update
+        write = os.write
+        pos = start = dl.pos
+        limit = self.settings.quota.max_bytes
+        next_checkpoint = pos + CHECKPOINT_EVERY
+        next_mark = min(pos + PROGRESS_EVERY, limit + 1)
+        progress = dl.hooks.progress
+        try:
+            for chunk in chunks:
+                n = write(fd, chunk)
+                if n != len(chunk):
+                    self._write_rest(fd, chunk, n)
+                update(chunk)
+                pos += len(chunk)
+                if pos >= next_mark:
+                    dl.pos = pos
+                    if pos > limit:
+                        raise DtkgError(Reason.TOO_LARGE, f"body passed max_bytes {limit}")
+                    if pos >= next_checkpoint:
+                        self._checkpoint(dl)
+                        next_checkpoint = pos + CHECKPOINT_EVERY
+                    progress(pos)
+                    next_mark = min(pos + PROGRESS_EVERY, limit + 1)
+        finally:
+            dl.pos = pos
+            dl.result.body_bytes_received += pos - start
+
+    @staticmethod
+    def _write_rest(fd: int, chunk: bytes, written: int) -> None:
+        view = memoryview(chunk)
+        while written < len(chunk):
+            written += os.write(fd, view[written:])
+
+    def _checkpoint(self, dl: _Download, sync: bool = True) -> None:
+        """Make `dl.pos` bytes durable, then record them in the sidecar (never the other way round)."""
+        fsync = self.settings.io.fsync
+        if sync and fsync:
+            t0 = time.perf_counter()
+            os.fdatasync(dl.fd)
+            dl.result.fsync_s += time.perf_counter() - t0
+        durable = dl.pos if (sync or not fsync) else dl.durable
+        if dl.prefix_sha256 is None or dl.prefix_bytes < min(self.settings.resume.prefix_check_bytes, durable):
+            n = min(self.settings.resume.prefix_check_bytes, durable)
+            dl.prefix_sha256 = hashlib.sha256(os.pread(dl.fd, n, 0)).hexdigest() if n else None
+            dl.prefix_bytes = n
+        v = dl.validators
+        PartState(
+            url=dl.url,
+            etag=v.etag if v else None,
+            last_modified=v.last_modified if v else None,
+            expected_size=dl.total,
+            bytes_on_disk=durable,
+            prefix_sha256=dl.prefix_sha256,
+            prefix_bytes=dl.prefix_bytes,
+        ).write(dl.sidecar, fsync=fsync)
+        dl.durable = durable
+
+    def _save_progress(self, dl: _Download) -> None:
+        """After an error: cut preallocated space and record what is durable, for the next attempt."""
+        if dl.fd < 0:
+            return
+        try:
+            os.ftruncate(dl.fd, dl.pos)
+            if dl.pos > 0:
+                self._checkpoint(dl)
+        except OSError:
+            pass
+
+    def _finish_part(self, dl: _Download) -> None:
+        """Body complete: cut any preallocation, fsync, and record the final size."""
+        os.ftruncate(dl.fd, dl.pos)
+        self._checkpoint(dl)
+        if self.settings.io.fsync:
+            t0 = time.perf_counter()
+            os.fsync(dl.fd)
+            dl.result.fsync_s += time.perf_counter() - t0
