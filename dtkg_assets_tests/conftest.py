@@ -1,0 +1,83 @@
+"""Shared fixtures: local origin, nginx, isolated settings, the sample corpus, PDF bytes."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from dtkg_assets.nginx import NginxServer
+from dtkg_assets.origin import OriginServer
+from dtkg_assets.sample import SampleCorpus, build_sample_corpus
+from dtkg_assets.settings import Settings
+
+
+def pdf_bytes(size: int, seed: int = 0) -> bytes:
+    """A valid-looking PDF of exactly `size` bytes (>= 32): `%PDF-1.7` header, incompressible
+    filler, `%%EOF` trailer. Fast enough for multi-MiB engine tests."""
+    head, tail = b"%PDF-1.7\n", b"\n%%EOF\n"
+    if size < len(head) + len(tail) + 16:
+        raise ValueError(f"pdf_bytes needs at least {len(head) + len(tail) + 16} bytes, got {size}")
+    filler = random.Random(seed).randbytes(size - len(head) - len(tail))
+    # Keep the filler free of the markers validation looks for, so only head/tail carry them.
+    filler = filler.replace(b"%", b"#").replace(b"<", b"(")
+    return head + filler + tail
+
+
+@pytest.fixture(name="pdf_bytes")
+def pdf_bytes_fixture() -> Callable[[int, int], bytes]:
+    return pdf_bytes
+
+
+@pytest.fixture
+def origin() -> Iterator[OriginServer]:
+    server = OriginServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def nginx_root(tmp_path: Path) -> Path:
+    root = tmp_path / "nginx-root"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def nginx(nginx_root: Path) -> Iterator[NginxServer]:
+    server = NginxServer(nginx_root).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Isolated home, no quota floor, loopback allowed, no rate limits/robots/cache, fast backoff."""
+    return (
+        Settings()
+        .with_home(tmp_path / "home")
+        .replace(
+            quota={"free_bytes_min": 0},
+            io={"fsync": True},
+            http={
+                "allow_hosts": ("127.0.0.1", "localhost", "::1"),
+                "rate_limits": {"*": 0.0},
+                "robots_enabled": False,
+                "backoff_initial_s": 0.01,
+                "backoff_max_s": 0.05,
+                "retry_after_cap_s": 2.0,
+                "cache_enabled": False,
+            },
+        )
+    )
+
+
+@pytest.fixture(scope="session")
+def sample_corpus(tmp_path_factory: pytest.TempPathFactory) -> SampleCorpus:
+    return build_sample_corpus(tmp_path_factory.mktemp("sample-corpus"))
