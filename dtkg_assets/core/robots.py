@@ -121,12 +121,15 @@ class RobotsCache:
             try:
                 status = response.status_code
                 if status in (301, 302, 303, 307, 308) and "location" in response.headers:
+                    _read_limited(response, 64 * 1024)
                     url = urljoin(url, response.headers["location"])
                     continue
                 if 200 <= status < 300:
                     body = _read_limited(response, MAX_ROBOTS_BYTES)
                     text = body.decode("utf-8", errors="replace")
                     return RobotsVerdict(status, Protego.parse(text), True, now, now + self._ttl_s)
+                # Drain small error bodies so the pooled connection can be reused.
+                _read_limited(response, 64 * 1024)
                 if 400 <= status < 500 and status != 429:
                     return RobotsVerdict(status, None, True, now, now + self._ttl_s, f"HTTP {status}: allow all")
                 return RobotsVerdict(status, None, False, now, failure_expiry, f"HTTP {status}")
