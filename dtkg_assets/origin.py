@@ -8,7 +8,8 @@ redirect chains, HEAD rejected. Every request and every body byte written is cou
 tests can assert what was actually served.
 
 Only the standard library is used, so the demo can run it without test dependencies.
-Command line: ``python -m dtkg_assets.origin --root DIR --port N`` serves a directory.
+Command line: ``python -m dtkg_assets.origin --root DIR --port N`` serves a directory;
+``--sample DIR`` serves the sample corpus with its faults and writes ``DIR/works.jsonl``.
 """
 
 from __future__ import annotations
@@ -661,17 +662,35 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Serve a directory over HTTP/1.1 on loopback (with ranges).")
-    parser.add_argument("--root", type=Path, required=True, help="directory to serve")
+    parser = argparse.ArgumentParser(
+        description="Serve a directory (or the sample corpus with its faults) over HTTP/1.1 on loopback."
+    )
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--root", type=Path, help="directory to serve at /<relative path>")
+    what.add_argument(
+        "--sample", type=Path, metavar="DIR", help="build the sample corpus in DIR, serve it, write DIR/works.jsonl"
+    )
+    parser.add_argument("--no-faults", action="store_true", help="with --sample: leave out the recoverable faults")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
-    if not args.root.is_dir():
+    if args.root is not None and not args.root.is_dir():
         parser.error(f"--root {args.root} is not a directory")
     origin = OriginServer(args.host, args.port)
-    origin.serve_dir(args.root)
+    if args.root is not None:
+        origin.serve_dir(args.root)
     origin.start()
+    works_path: Path | None = None
+    if args.sample is not None:
+        from dtkg_assets.sample import build_sample_corpus, configure_origin, sample_works, write_sample_jsonl
+
+        corpus = build_sample_corpus(args.sample)
+        configure_origin(origin, corpus, faults=not args.no_faults)
+        works_path = write_sample_jsonl(sample_works(corpus, origin.base_url), args.sample / "works.jsonl")
+    # First line: the URL (scripts read it); then, with --sample, the works file.
     print(origin.base_url, flush=True)
+    if works_path is not None:
+        print(works_path, flush=True)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

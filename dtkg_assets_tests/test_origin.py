@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
+from dtkg_assets.nginx import NginxServer
 from dtkg_assets.origin import FaultMode, OriginServer
 
 BODY = b"%PDF-1.7\n" + os.urandom(200_000) + b"\n%%EOF\n"
@@ -18,9 +25,8 @@ IDENTITY = {"Accept-Encoding": "identity"}
 
 
 @pytest.fixture
-def srv():
-    with OriginServer() as server:
-        yield server
+def srv(origin: OriginServer) -> OriginServer:
+    return origin
 
 
 def get(url: str, **headers: str) -> httpx.Response:
@@ -346,7 +352,7 @@ def test_keep_alive_and_reset_stats(srv: OriginServer) -> None:
     assert srv.stats("/k.pdf").requests == 0 and srv.total_body_bytes() == 0
 
 
-def test_serve_dir_cli_mode(tmp_path) -> None:
+def test_serve_dir(tmp_path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "x.pdf").write_bytes(BODY)
     with OriginServer() as s:
@@ -364,3 +370,92 @@ def test_concurrent_clients_counted(srv: OriginServer) -> None:
         bodies = list(pool.map(lambda u: c.get(u, headers=IDENTITY).content, urls * 3))
     assert all(b == BODY for b in bodies)
     assert srv.total_body_bytes() == SIZE * 24
+
+
+def _start_cli(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
+    proc = subprocess.Popen([sys.executable, "-m", "dtkg_assets.origin", *args], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    lines = [proc.stdout.readline().strip()]
+    return proc, lines
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+
+
+def test_cli_serves_a_directory(tmp_path) -> None:
+    (tmp_path / "x.pdf").write_bytes(BODY)
+    proc, lines = _start_cli("--root", str(tmp_path), "--port", "0")
+    try:
+        assert lines[0].startswith("http://127.0.0.1:")
+        r = get(lines[0] + "/x.pdf", Range="bytes=100-")
+        assert r.status_code == 206 and r.content == BODY[100:]
+    finally:
+        _stop(proc)
+
+
+def test_cli_serves_the_sample(tmp_path, sample_corpus) -> None:
+    proc, lines = _start_cli("--sample", str(sample_corpus.dir), "--no-faults")
+    try:
+        assert proc.stdout is not None
+        works = Path(proc.stdout.readline().strip())
+        first = json.loads(works.read_text().splitlines()[0])
+        url = first["best_oa_location"]["pdf_url"]
+        assert url.startswith(lines[0])
+        exp = sample_corpus.expected[first["id"].rsplit("/", 1)[1]]
+        assert hashlib.sha256(get(url).content).hexdigest() == exp.sha256
+    finally:
+        _stop(proc)
+
+
+class TestNginxHelper:
+    """The nginx helper really runs nginx, with RFC behaviour the origin mirrors."""
+
+    def test_ranges_if_range_and_416(self, nginx, nginx_root) -> None:
+        (nginx_root / "a.pdf").write_bytes(BODY)
+        url = nginx.url("a.pdf")
+        r = get(url, Range="bytes=100-")
+        assert r.status_code == 206 and r.content == BODY[100:]
+        etag = r.headers["etag"]
+        assert get(url, Range="bytes=100-", **{"If-Range": etag}).status_code == 206
+        assert get(url, Range="bytes=100-", **{"If-Range": "W/" + etag}).status_code == 200
+        r = get(url, Range=f"bytes={SIZE}-")
+        assert r.status_code == 416 and r.headers["content-range"] == f"bytes */{SIZE}"
+        assert nginx.access_log.read_text().count("GET /a.pdf") == 4
+
+    def test_gzip_flag(self, nginx_root) -> None:
+        body = b"%PDF-1.7\n" + b"compressible " * 10_000 + b"\n%%EOF\n"
+        (nginx_root / "g.pdf").write_bytes(body)
+        with NginxServer(nginx_root, gzip=True) as n:
+            with httpx.Client(timeout=30) as c:
+                r = c.get(n.url("g.pdf"), headers={"Range": "bytes=10-"})  # httpx offers gzip by default
+                assert r.status_code == 200 and r.headers["content-encoding"] == "gzip" and r.content == body
+                r = c.get(n.url("g.pdf"), headers={"Range": "bytes=10-", "Accept-Encoding": "identity"})
+                assert r.status_code == 206 and r.content == body[10:]
+            port = n.port
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/g.pdf")
+
+    def test_missing_binary_names_the_fix(self, nginx_root, monkeypatch) -> None:
+        import dtkg_assets.nginx as mod
+
+        monkeypatch.setattr(mod, "NGINX_BIN", "/nonexistent/nginx")
+        monkeypatch.setattr(mod.shutil, "which", lambda _: None)
+        with pytest.raises(RuntimeError, match="make system-deps"):
+            NginxServer(nginx_root).start()
+
+
+def test_pdf_bytes_helper(pdf_bytes) -> None:
+    data = pdf_bytes(8 * 1024 * 1024, 3)
+    assert len(data) == 8 * 1024 * 1024
+    assert data.startswith(b"%PDF-1.7\n") and data.endswith(b"\n%%EOF\n")
+    assert data.count(b"%") == 3  # markers only in head and tail
+    assert data == pdf_bytes(8 * 1024 * 1024, 3) and data != pdf_bytes(8 * 1024 * 1024, 4)
+    assert len(gzip.compress(data[:1_000_000], 1)) > 990_000  # incompressible
+
+
+def test_settings_fixture(settings, tmp_path) -> None:
+    assert settings.home == tmp_path / "home"
+    assert settings.quota.free_bytes_min == 0 and not settings.http.robots_enabled
+    assert "127.0.0.1" in settings.http.allow_hosts and dict(settings.http.rate_limits) == {"*": 0.0}
