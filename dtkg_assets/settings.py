@@ -116,6 +116,13 @@ class OpenAlexSettings:
 
 
 @dataclass(frozen=True)
+class RunSettings:
+    # Partitions per Dagster run (the backfill policy's batch) and download threads per run.
+    batch_size: int = 100
+    workers: int = 8
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path = Path(".dtkg")
     io: IOSettings = field(default_factory=IOSettings)
@@ -126,6 +133,7 @@ class Settings:
     http: HttpSettings = field(default_factory=HttpSettings)
     ledger: LedgerSettings = field(default_factory=LedgerSettings)
     openalex: OpenAlexSettings = field(default_factory=OpenAlexSettings)
+    run: RunSettings = field(default_factory=RunSettings)
 
     # Where things live under DTKG_HOME.
     @property
