@@ -335,7 +335,7 @@ def parse_content_range(value: str | None) -> _ContentRange | None:
         return None
     start, end = int(m.group(1)), int(m.group(2))
     total = None if m.group(3) == "*" else int(m.group(3))
-    if end < start or (total is not None and end >= total):
+    if end < start:
         return None
     return _ContentRange(start, end, total)
 
