@@ -1,0 +1,109 @@
+"""Single writer across processes (clear wait / LedgerBusy, never a DuckDB lock error), snapshot readers,
+threads sharing the writer's connection."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from dtkg_assets.core.ledger import Ledger, LedgerBusy, State
+from dtkg_assets.core.types import Candidate, WorkRecord
+from dtkg_assets.settings import Settings
+
+HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from dtkg_assets.core.ledger import Ledger
+    from dtkg_assets.core.types import Candidate, WorkRecord
+    from dtkg_assets.settings import Settings
+    s = Settings().with_home(sys.argv[1])
+    led = Ledger.open_writer(s, owner="holder-proc")
+    led.plan([WorkRecord(f"H{i}", [Candidate(f"http://127.0.0.1:9/h{i}.pdf", "x")]) for i in range(10)])
+    led.publish_snapshot(force=True)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    led.close()
+    """
+)
+
+
+@pytest.fixture
+def lsettings(tmp_path):
+    return Settings().with_home(tmp_path)
+
+
+def test_second_writer_waits_with_message_then_busy_and_readers_use_snapshot(lsettings):
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(lsettings.home)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        messages: list[str] = []
+        t0 = time.monotonic()
+        with pytest.raises(LedgerBusy) as info:
+            Ledger.open_writer(lsettings, wait_s=0.5, notify=messages.append)
+        assert time.monotonic() - t0 >= 0.5
+        assert len(messages) == 1 and f"pid {proc.pid}" in messages[0] and "holder-proc" in messages[0]
+        assert f"pid {proc.pid}" in str(info.value) and "DTKG_LEDGER_WRITER_WAIT_S" in str(info.value)
+        assert Ledger.try_open_writer(lsettings) is None
+        with pytest.raises(LedgerBusy):
+            Ledger.open_reader(lsettings, live=True)
+        with Ledger.open_reader(lsettings) as reader:  # the snapshot: no lock error
+            assert reader.query("SELECT count(*) FROM works") == [(10,)]
+            assert reader.snapshot_age_s is not None and reader.snapshot_age_s < 600
+            with pytest.raises(PermissionError):
+                reader.plan([WorkRecord("X", [])])
+        # A writer waiting long enough gets the lock when the holder leaves.
+        threading.Timer(0.5, lambda: (proc.stdin.write("\n"), proc.stdin.flush())).start()
+        with Ledger.open_writer(lsettings, wait_s=60, notify=messages.append) as led:
+            assert led.query("SELECT count(*) FROM works") == [(10,)]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_reader_refreshes_snapshot_when_no_writer_and_live_reader(lsettings):
+    with Ledger.open_writer(lsettings) as led:
+        led.plan([WorkRecord("W1", [Candidate("http://127.0.0.1:9/a.pdf", "x")])])
+        led.publish_snapshot(force=True)
+        led.plan([WorkRecord("W2", [Candidate("http://127.0.0.1:9/b.pdf", "x")])])  # not yet published
+    with Ledger.open_reader(lsettings) as reader:
+        assert reader.query("SELECT count(*) FROM works") == [(2,)]
+    with Ledger.open_reader(lsettings, live=True) as live:
+        assert live.query("SELECT count(*) FROM artifact_jobs") == [(2,)]
+        assert Ledger.try_open_writer(lsettings) is None  # live readers hold a shared lock
+
+
+def test_threads_share_the_writer_connection(lsettings):
+    works = [WorkRecord(f"W{i}", [Candidate(f"http://127.0.0.1:9/{i}.pdf", "x")]) for i in range(80)]
+    errors: list[BaseException] = []
+    with Ledger.open_writer(lsettings) as led:
+        led.plan(works)
+        ids = [led.jobs_for_work(w.work_id)[0].job_id for w in works]
+
+        def worker(chunk: list[str]) -> None:
+            try:
+                for jid in chunk:
+                    tok = led.acquire(jid, f"t{threading.get_ident()}")
+                    assert tok is not None
+                    for st in (State.HEAD_DONE, State.RESUME_OK, State.STREAMING):
+                        led.transition(jid, st, owner=f"t{threading.get_ident()}", token=tok)
+                    led.run_effect(jid, "FINALIZE", jid, owner=f"t{threading.get_ident()}", token=tok,
+                                   fn=lambda: {"ok": True})
+            except BaseException as exc:  # surfaced below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(ids[k::8],)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert led.query("SELECT state, count(*) FROM artifact_jobs GROUP BY state") == [("STREAMING", 80)]
+        assert led.query("SELECT count(*) FROM artifact_ops WHERE result_code = 'OK'") == [(80,)]
+    assert not os.path.exists(str(lsettings.snapshot_path) + ".tmp")
