@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import httpx
 
+from dtkg_assets.core.crashpoints import crash_point
 from dtkg_assets.core.errors import DtkgError, Reason, reason_for_status
 from dtkg_assets.core.pdf import validate_pdf
 from dtkg_assets.core.retrying import error_from_httpx, parse_retry_after, retrying
@@ -776,8 +777,10 @@ class Engine:
                         raise DtkgError(Reason.TOO_LARGE, f"body passed max_bytes {limit}")
                     if pos >= next_checkpoint:
                         self._checkpoint(dl)
+                        crash_point("body_checkpoint")  # dies with the sidecar durable at `pos`
                         next_checkpoint = pos + CHECKPOINT_EVERY
                     progress(pos)
+                    crash_point("body_mib")  # crash tests: DTKG_CRASH_AT=body_mib:N dies after ~N MiB
                     next_mark = min(pos + PROGRESS_EVERY, limit + 1)
         finally:
             dl.pos = pos
@@ -832,3 +835,4 @@ class Engine:
             t0 = time.perf_counter()
             os.fsync(dl.fd)
             dl.result.fsync_s += time.perf_counter() - t0
+        crash_point("part_fsynced")
