@@ -20,30 +20,13 @@ from dtkg_assets.core.http import (
     request_error,
     user_agent,
 )
-from dtkg_assets.origin import FaultMode, OriginServer
+from dtkg_assets.origin import FaultMode
 from dtkg_assets.settings import Settings
 
 
-@pytest.fixture
-def origin():
-    server = OriginServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def make_settings(tmp_path, **http) -> Settings:
-    base = {
-        "allow_hosts": ("127.0.0.0/8", "localhost"),
-        "rate_limits": {"*": 0.0},
-        "robots_enabled": False,
-        "backoff_initial_s": 0.01,
-        "backoff_max_s": 0.05,
-        "mailto": "tests@example.org",
-    }
-    base.update(http)
-    return Settings().with_home(tmp_path).replace(http=base)
+def make_settings(settings: Settings, **http) -> Settings:
+    """The shared test settings (loopback allowed, no limits/robots/cache) plus a contact and overrides."""
+    return settings.replace(http={"mailto": "tests@example.org", **http})
 
 
 def as_localhost(url: str) -> str:
@@ -78,18 +61,18 @@ def gaps(times: list[float]) -> list[float]:
     return [b - a for a, b in zip(ordered, ordered[1:], strict=False)]
 
 
-def test_user_agent_names_project_and_contact(tmp_path, origin):
+def test_user_agent_names_project_and_contact(settings, origin):
     url = origin.add("/ua", b"x" * 10)
-    with make_client(make_settings(tmp_path)) as client:
+    with make_client(make_settings(settings)) as client:
         assert client.get(url).status_code == 200
     ua = origin.stats("/ua").user_agents[0]
     assert ua == "dtkg-assets/0.1 (+https://github.com/dtkg-assets/dtkg-assets; mailto:tests@example.org)"
-    assert user_agent(make_settings(tmp_path, mailto="").http) == "dtkg-assets/0.1 (+https://github.com/dtkg-assets/dtkg-assets)"
+    assert user_agent(make_settings(settings, mailto="").http) == "dtkg-assets/0.1 (+https://github.com/dtkg-assets/dtkg-assets)"
 
 
-def test_rate_limit_spaces_requests_across_8_threads(tmp_path, origin):
+def test_rate_limit_spaces_requests_across_8_threads(settings, origin):
     url = origin.add("/limited", b"x" * 100)
-    settings = make_settings(tmp_path, rate_limits={"127.0.0.1": 5.0, "*": 0.0})
+    settings = make_settings(settings, rate_limits={"127.0.0.1": 5.0, "*": 0.0})
     with make_client(settings) as client:
         statuses = fetch_all(client, [url] * 12)
     assert statuses == [200] * 12
@@ -100,10 +83,10 @@ def test_rate_limit_spaces_requests_across_8_threads(tmp_path, origin):
     assert max(times) - min(times) >= 11 * 0.2 - 0.05
 
 
-def test_fractional_rate_means_what_it_says(tmp_path, origin):
+def test_fractional_rate_means_what_it_says(settings, origin):
     url = origin.add("/slow", b"x" * 100)
     # One request per 0.6 s (rate 1/0.6 = 1.67 req/s): the interval is rounded up, never down.
-    settings = make_settings(tmp_path, rate_limits={"127.0.0.1": 1 / 0.6, "*": 0.0})
+    settings = make_settings(settings, rate_limits={"127.0.0.1": 1 / 0.6, "*": 0.0})
     with make_client(settings) as client:
         assert fetch_all(client, [url] * 4) == [200] * 4
     assert min(gaps(origin.stats("/slow").request_times)) >= 0.6 - 0.03
@@ -112,10 +95,10 @@ def test_fractional_rate_means_what_it_says(tmp_path, origin):
     assert rate_for("unknown.example", Settings().http.rate_limits) == 5.0
 
 
-def test_rate_limits_are_per_host(tmp_path, origin):
+def test_rate_limits_are_per_host(settings, origin):
     a = origin.add("/a", b"a" * 100)
     b = as_localhost(origin.add("/b", b"b" * 100))
-    settings = make_settings(tmp_path, rate_limits={"*": 2.0})
+    settings = make_settings(settings, rate_limits={"*": 2.0})
     with make_client(settings) as client:
         assert fetch_all(client, [a] * 4 + [b] * 4) == [200] * 8
     ta, tb = origin.stats("/a").request_times, origin.stats("/b").request_times
@@ -125,9 +108,9 @@ def test_rate_limits_are_per_host(tmp_path, origin):
     assert max(ta + tb) - min(ta + tb) < 3.0
 
 
-def test_retry_after_seconds_is_honoured(tmp_path, origin):
+def test_retry_after_seconds_is_honoured(settings, origin):
     url = origin.add("/busy", b"y" * 100, FaultMode(status_sequence=[503], retry_after="1"))
-    settings = make_settings(tmp_path, retry_after_cap_s=10.0)
+    settings = make_settings(settings, retry_after_cap_s=10.0)
     with make_client(settings) as client:
         start = time.monotonic()
         response = get_with_retries(client, url, settings)
@@ -139,10 +122,10 @@ def test_retry_after_seconds_is_honoured(tmp_path, origin):
     assert times[1] - times[0] >= 1.0 - 0.03
 
 
-def test_retry_after_http_date_is_honoured(tmp_path, origin):
+def test_retry_after_http_date_is_honoured(settings, origin):
     when = formatdate(time.time() + 3, usegmt=True)  # whole seconds: the wait is between 2 and 3 s
     url = origin.add("/busy-date", b"z" * 100, FaultMode(status_sequence=[429], retry_after=when))
-    settings = make_settings(tmp_path, retry_after_cap_s=20.0)
+    settings = make_settings(settings, retry_after_cap_s=20.0)
     with make_client(settings) as client:
         start = time.monotonic()
         assert get_with_retries(client, url, settings).status_code == 200
@@ -151,9 +134,9 @@ def test_retry_after_http_date_is_honoured(tmp_path, origin):
     assert 1.9 <= elapsed < 20.0
 
 
-def test_retry_after_is_capped(tmp_path, origin):
+def test_retry_after_is_capped(settings, origin):
     url = origin.add("/greedy", b"w" * 100, FaultMode(status_sequence=[503], retry_after="3600"))
-    settings = make_settings(tmp_path, retry_after_cap_s=1.0)
+    settings = make_settings(settings, retry_after_cap_s=1.0)
     with make_client(settings) as client:
         start = time.monotonic()
         assert get_with_retries(client, url, settings).status_code == 200
@@ -161,18 +144,18 @@ def test_retry_after_is_capped(tmp_path, origin):
     assert 1.0 <= elapsed < 1.0 + 10.0
 
 
-def test_retries_run_out_with_a_reason(tmp_path, origin):
+def test_retries_run_out_with_a_reason(settings, origin):
     url = origin.add("/down", b"v", FaultMode(status=503))
-    settings = make_settings(tmp_path, max_attempts=3, breaker_fail_max=0)
+    settings = make_settings(settings, max_attempts=3, breaker_fail_max=0)
     with make_client(settings) as client, pytest.raises(DtkgError) as info:
         get_with_retries(client, url, settings)
     assert info.value.reason is Reason.HTTP_5XX and info.value.transient
     assert origin.stats("/down").requests == 3
 
 
-def test_breaker_opens_defers_half_opens_and_closes(tmp_path, origin):
+def test_breaker_opens_defers_half_opens_and_closes(settings, origin):
     url = origin.add("/flaky", b"f" * 100, FaultMode(status=503))
-    settings = make_settings(tmp_path, breaker_fail_max=3, breaker_reset_s=1.0)
+    settings = make_settings(settings, breaker_fail_max=3, breaker_reset_s=1.0)
     with make_client(settings) as client:
         for _ in range(3):
             assert client.get(url).status_code == 503
@@ -202,14 +185,14 @@ def test_breaker_opens_defers_half_opens_and_closes(tmp_path, origin):
     assert origin.stats("/flaky").statuses == [503, 503, 503, 503, 200, 200]
 
 
-def test_breaker_counts_connect_errors(tmp_path):
+def test_breaker_counts_connect_errors(settings):
     # A port nobody listens on: connection refused, counted as failures.
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    settings = make_settings(tmp_path, breaker_fail_max=2, breaker_reset_s=60.0)
+    settings = make_settings(settings, breaker_fail_max=2, breaker_reset_s=60.0)
     with make_client(settings) as client:
         for _ in range(2):
             with pytest.raises(httpx.ConnectError) as info:
@@ -220,9 +203,9 @@ def test_breaker_counts_connect_errors(tmp_path):
     assert opened.value.reason is Reason.BREAKER_OPEN
 
 
-def test_offline_mode_makes_no_connection(tmp_path, origin):
+def test_offline_mode_makes_no_connection(settings, origin):
     url = origin.add("/offline", b"o" * 100)
-    settings = make_settings(tmp_path, offline=True, robots_enabled=True)
+    settings = make_settings(settings, offline=True, robots_enabled=True, cache_enabled=True)
     for metadata in (False, True):
         with make_client(settings, for_metadata=metadata) as client, pytest.raises(DtkgError) as info:
             client.get(url)
@@ -231,9 +214,9 @@ def test_offline_mode_makes_no_connection(tmp_path, origin):
     assert client_features(settings)["offline"] is True
 
 
-def test_metadata_cache_hit_serves_zero_origin_requests(tmp_path, origin):
+def test_metadata_cache_hit_serves_zero_origin_requests(settings, origin):
     url = origin.add("/works.json", b'{"results": []}', FaultMode(content_type="application/json"))
-    settings = make_settings(tmp_path)
+    settings = make_settings(settings, cache_enabled=True)
     with make_client(settings, for_metadata=True) as client:
         first = client.get(url)
         second = client.get(url)
@@ -248,19 +231,19 @@ def test_metadata_cache_hit_serves_zero_origin_requests(tmp_path, origin):
     assert (settings.http_cache_dir / "metadata-cache.sqlite").exists()
 
 
-def test_pdf_clients_never_cache(tmp_path, origin):
+def test_pdf_clients_never_cache(settings, origin):
     url = origin.add("/paper.pdf", b"%PDF-1.7 body")
-    with make_client(make_settings(tmp_path)) as client:
+    with make_client(make_settings(settings)) as client:
         client.get(url)
         client.get(url)
     assert origin.stats("/paper.pdf").requests == 2
-    assert not (tmp_path / "http-cache").exists()
+    assert not settings.http_cache_dir.exists()
 
 
-def test_range_and_if_range_survive_every_redirect_hop(tmp_path, origin):
+def test_range_and_if_range_survive_every_redirect_hop(settings, origin):
     body = bytes(range(256)) * 40
     url = origin.add("/moved.pdf", body, FaultMode(redirects=2))
-    with make_client(make_settings(tmp_path)) as client:
+    with make_client(make_settings(settings)) as client:
         head = client.head(url)
         etag = head.headers["etag"]
         response = client.get(url, headers={"Range": "bytes=100-", "If-Range": etag, "Accept-Encoding": "identity"})
@@ -272,14 +255,14 @@ def test_range_and_if_range_survive_every_redirect_hop(tmp_path, origin):
     assert stats.if_ranges == [etag] * 3
 
 
-def test_too_many_redirects_has_a_reason(tmp_path, origin):
+def test_too_many_redirects_has_a_reason(settings, origin):
     url = origin.add("/loop", b"l", FaultMode(redirects=10))
-    with make_client(make_settings(tmp_path, max_redirects=3)) as client, pytest.raises(httpx.TooManyRedirects) as info:
+    with make_client(make_settings(settings, max_redirects=3)) as client, pytest.raises(httpx.TooManyRedirects) as info:
         client.get(url)
     assert request_error(info.value).reason is Reason.TOO_MANY_REDIRECTS
 
 
-def test_client_features_and_host_of(tmp_path):
+def test_client_features_and_host_of():
     features = client_features(Settings())
     assert features["robots"] and features["breakers"] and features["metadata_cache"]
     assert features["rate_limits"]["arxiv.org"] == pytest.approx(1 / 3)

@@ -10,23 +10,12 @@ import pytest
 from dtkg_assets.core.errors import DtkgError, Reason
 from dtkg_assets.core.http import make_client, request_error
 from dtkg_assets.core.netguard import AllowList, check_host, is_private_address
-from dtkg_assets.origin import FaultMode, OriginServer
+from dtkg_assets.origin import FaultMode
 from dtkg_assets.settings import Settings
 
 
-@pytest.fixture
-def origin():
-    server = OriginServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def settings_allowing(tmp_path, *allow: str) -> Settings:
-    return Settings().with_home(tmp_path).replace(
-        http={"allow_hosts": allow, "rate_limits": {"*": 0.0}, "robots_enabled": False}
-    )
+def settings_allowing(settings: Settings, *allow: str) -> Settings:
+    return settings.replace(http={"allow_hosts": allow})
 
 
 @pytest.mark.parametrize(
@@ -63,30 +52,30 @@ def test_allow_list_parses_names_and_cidrs():
     assert not allow.allows_address(ipaddress.ip_address("10.0.0.1"))
 
 
-def test_loopback_refused_unless_allow_listed(tmp_path, origin):
+def test_loopback_refused_unless_allow_listed(settings, origin):
     url = origin.add("/secret", b"s" * 10)
-    with make_client(settings_allowing(tmp_path)) as client, pytest.raises(DtkgError) as info:
+    with make_client(settings_allowing(settings)) as client, pytest.raises(DtkgError) as info:
         client.get(url)
     assert info.value.reason is Reason.PRIVATE_ADDRESS and not info.value.transient
     assert origin.total_requests() == 0
-    with make_client(settings_allowing(tmp_path, "127.0.0.1/32")) as client:
+    with make_client(settings_allowing(settings, "127.0.0.1/32")) as client:
         assert client.get(url).content == b"s" * 10
 
 
 @pytest.mark.parametrize("target", ["http://127.0.0.2:{port}/x", "http://169.254.169.254/latest/meta-data/"])
-def test_redirect_to_private_address_is_refused(tmp_path, origin, target):
+def test_redirect_to_private_address_is_refused(settings, origin, target):
     # The origin is allow-listed by name (localhost), the redirect target is not: refused before connecting.
     port = int(origin.url("/").rsplit(":", 1)[1].split("/")[0])
     url = origin.add("/hop", b"h", FaultMode(redirect_to=target.format(port=port))).replace("127.0.0.1", "localhost")
-    with make_client(settings_allowing(tmp_path, "localhost")) as client, pytest.raises(DtkgError) as info:
+    with make_client(settings_allowing(settings, "localhost")) as client, pytest.raises(DtkgError) as info:
         client.get(url)
     assert info.value.reason is Reason.PRIVATE_ADDRESS
     assert origin.stats("/hop").requests == 1
 
 
-def test_redirect_to_file_scheme_is_refused(tmp_path, origin):
+def test_redirect_to_file_scheme_is_refused(settings, origin):
     url = origin.add("/to-file", b"f", FaultMode(redirect_to="file:///etc/passwd"))
-    with make_client(settings_allowing(tmp_path, "127.0.0.1")) as client:
+    with make_client(settings_allowing(settings, "127.0.0.1")) as client:
         with pytest.raises((httpx.HTTPError, DtkgError)) as info:
             client.get(url)
         assert request_error(info.value).reason is Reason.UNSUPPORTED_SCHEME

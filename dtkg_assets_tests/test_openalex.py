@@ -21,26 +21,15 @@ def fake():
         server.stop()
 
 
-def oa_settings(tmp_path, fake, *, api_key="test-key", cache=False, **http):
-    from dtkg_assets.settings import Settings
-
-    base = {
-        "allow_hosts": ("127.0.0.0/8",),
-        "rate_limits": {"*": 0.0},
-        "robots_enabled": False,
-        "backoff_initial_s": 0.01,
-        "backoff_max_s": 0.05,
-        "mailto": "tests@example.org",
-        "cache_enabled": cache,
-    }
-    base.update(http)
-    return Settings().with_home(tmp_path).replace(
-        http=base, openalex={"base_url": fake.base_url, "api_key": api_key}
+def oa_settings(settings, fake, *, api_key="test-key", cache=False, **http):
+    return settings.replace(
+        http={"mailto": "tests@example.org", "cache_enabled": cache, **http},
+        openalex={"base_url": fake.base_url, "api_key": api_key},
     )
 
 
-def test_paging_with_a_429_in_the_middle_yields_every_work_once(tmp_path, fake):
-    with OpenAlexClient(oa_settings(tmp_path, fake)) as client:
+def test_paging_with_a_429_in_the_middle_yields_every_work_once(settings, fake):
+    with OpenAlexClient(oa_settings(settings, fake)) as client:
         start = time.monotonic()
         items = list(client.query_works("open_access.is_oa:true", per_page=5))
         elapsed = time.monotonic() - start
@@ -66,16 +55,16 @@ def test_paging_with_a_429_in_the_middle_yields_every_work_once(tmp_path, fake):
     assert works[0].origin == "openalex:filter=open_access.is_oa:true"
 
 
-def test_max_results_stops_paging(tmp_path, fake):
+def test_max_results_stops_paging(settings, fake):
     fake.throttle_page = None
-    with OpenAlexClient(oa_settings(tmp_path, fake)) as client:
+    with OpenAlexClient(oa_settings(settings, fake)) as client:
         works = list(client.query_works(max_results=7, per_page=5))
     assert len(works) == 7
     assert len(fake.page_requests()) == 2
 
 
-def test_per_page_is_validated(tmp_path, fake):
-    with OpenAlexClient(oa_settings(tmp_path, fake)) as client:
+def test_per_page_is_validated(settings, fake):
+    with OpenAlexClient(oa_settings(settings, fake)) as client:
         for bad in (0, 101, 200, -1):
             with pytest.raises(ValueError, match="per_page"):
                 list(client.query_works(per_page=bad))
@@ -95,16 +84,16 @@ def test_filter_building():
 
 
 @pytest.mark.parametrize(("key", "status"), [("", 401), ("wrong", 403)])
-def test_missing_or_wrong_key_fails_clearly(tmp_path, fake, key, status):
-    with OpenAlexClient(oa_settings(tmp_path, fake, api_key=key)) as client, pytest.raises(DtkgError) as info:
+def test_missing_or_wrong_key_fails_clearly(settings, fake, key, status):
+    with OpenAlexClient(oa_settings(settings, fake, api_key=key)) as client, pytest.raises(DtkgError) as info:
         list(client.query_works())
     assert info.value.reason is Reason.HTTP_4XX and info.value.status == status
     assert "OPENALEX_API_KEY" in info.value.detail
     assert len(fake.requests) == 1  # permanent: not retried
 
 
-def test_get_work_by_id_and_doi_forms(tmp_path, fake):
-    with OpenAlexClient(oa_settings(tmp_path, fake)) as client:
+def test_get_work_by_id_and_doi_forms(settings, fake):
+    with OpenAlexClient(oa_settings(settings, fake)) as client:
         for ident in ["W2741809807", "https://openalex.org/W2741809807", "10.7717/peerj.4375",
                       "doi:10.7717/PEERJ.4375", "https://doi.org/10.7717/peerj.4375"]:
             work = client.get_work(ident)
@@ -118,12 +107,12 @@ def test_get_work_by_id_and_doi_forms(tmp_path, fake):
     assert len(fake.requests) == 6  # "hello" never reached the API
 
 
-def test_resolve_id_list(tmp_path, fake):
+def test_resolve_id_list(tmp_path, settings, fake):
     from dtkg_assets.core.works import read_id_list
 
     path = tmp_path / "ids.txt"
     path.write_text("W9000000003\n10.5555/dtkg.5\nnonsense\nW42\n")
-    with OpenAlexClient(oa_settings(tmp_path, fake)) as client:
+    with OpenAlexClient(oa_settings(settings, fake)) as client:
         items = list(client.resolve_ids(read_id_list(path), origin=f"ids:{path}"))
     assert [(type(i).__name__, getattr(i, "work_id", None)) for i in items] == [
         ("WorkRecord", "W9000000003"), ("WorkRecord", "W9000000005"), ("InputProblem", None), ("InputProblem", None)
@@ -132,9 +121,9 @@ def test_resolve_id_list(tmp_path, fake):
     assert items[2].line == 3
 
 
-def test_repeated_query_is_served_from_the_metadata_cache(tmp_path, fake):
+def test_repeated_query_is_served_from_the_metadata_cache(settings, fake):
     fake.throttle_page = None
-    settings = oa_settings(tmp_path, fake, cache=True)
+    settings = oa_settings(settings, fake, cache=True)
     with OpenAlexClient(settings) as client:
         first = [w.work_id for w in client.query_works(per_page=10) if isinstance(w, WorkRecord)]
     served = len(fake.requests)

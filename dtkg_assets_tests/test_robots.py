@@ -8,7 +8,6 @@ import pytest
 
 from dtkg_assets.core.errors import DtkgError, Reason
 from dtkg_assets.core.http import make_client
-from dtkg_assets.origin import OriginServer
 from dtkg_assets.settings import Settings
 
 ROBOTS = """\
@@ -23,27 +22,16 @@ Disallow: /
 """
 
 
-@pytest.fixture
-def origin():
-    server = OriginServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def robots_settings(settings: Settings, **http) -> Settings:
+    return settings.replace(http={"robots_enabled": True, **http})
 
 
-def robots_settings(tmp_path, **http) -> Settings:
-    base = {"allow_hosts": ("127.0.0.0/8",), "rate_limits": {"*": 0.0}, "robots_enabled": True}
-    base.update(http)
-    return Settings().with_home(tmp_path).replace(http=base)
-
-
-def test_disallowed_paths_are_never_requested(tmp_path, origin):
+def test_disallowed_paths_are_never_requested(settings, origin):
     origin.add_robots(ROBOTS)
     urls = {p: origin.add(p, b"x" * 10) for p in ["/public", "/private/paper", "/private/open", "/private/open2",
                                                    "/a.tmp", "/a.tmp.pdf"]}
     outcomes: dict[str, str] = {}
-    with make_client(robots_settings(tmp_path)) as client:
+    with make_client(robots_settings(settings)) as client:
         for path, url in urls.items():
             try:
                 outcomes[path] = str(client.get(url).status_code)
@@ -63,11 +51,11 @@ def test_disallowed_paths_are_never_requested(tmp_path, origin):
     assert origin.stats("/robots.txt").user_agents[0].startswith("dtkg-assets/")
 
 
-def test_robots_fetched_once_per_host_across_threads(tmp_path, origin):
+def test_robots_fetched_once_per_host_across_threads(settings, origin):
     origin.add_robots(ROBOTS)
     url = origin.add("/public", b"p" * 10)
     errors: list[BaseException] = []
-    with make_client(robots_settings(tmp_path)) as client:
+    with make_client(robots_settings(settings)) as client:
 
         def worker() -> None:
             try:
@@ -88,29 +76,29 @@ def test_robots_fetched_once_per_host_across_threads(tmp_path, origin):
     assert origin.stats("/robots.txt").requests == 2
 
 
-def test_robots_ttl_refetches(tmp_path, origin):
+def test_robots_ttl_refetches(settings, origin):
     origin.add_robots("User-agent: *\nDisallow:\n")
     url = origin.add("/doc", b"d" * 10)
-    with make_client(robots_settings(tmp_path, robots_ttl_s=0.0)) as client:
+    with make_client(robots_settings(settings, robots_ttl_s=0.0)) as client:
         client.get(url)
         client.get(url)
     assert origin.stats("/robots.txt").requests == 2
 
 
 @pytest.mark.parametrize("status", [404, 403, 410])
-def test_robots_4xx_allows_everything(tmp_path, origin, status):
+def test_robots_4xx_allows_everything(settings, origin, status):
     origin.add_robots("User-agent: *\nDisallow: /\n", status=status)
     url = origin.add("/paper", b"x" * 10)
-    with make_client(robots_settings(tmp_path)) as client:
+    with make_client(robots_settings(settings)) as client:
         assert client.get(url).status_code == 200
     assert origin.stats("/paper").requests == 1
 
 
 @pytest.mark.parametrize("status", [500, 503, 429])
-def test_robots_5xx_disallows_everything(tmp_path, origin, status):
+def test_robots_5xx_disallows_everything(settings, origin, status):
     origin.add_robots("User-agent: *\nDisallow:\n", status=status)
     url = origin.add("/paper", b"x" * 10)
-    with make_client(robots_settings(tmp_path)) as client:
+    with make_client(robots_settings(settings)) as client:
         for _ in range(2):
             with pytest.raises(DtkgError) as info:
                 client.get(url)
@@ -120,30 +108,30 @@ def test_robots_5xx_disallows_everything(tmp_path, origin, status):
     assert origin.stats("/robots.txt").requests == 1  # the verdict is cached for a while
 
 
-def test_robots_unreachable_disallows(tmp_path):
+def test_robots_unreachable_disallows(settings):
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with make_client(robots_settings(tmp_path)) as client, pytest.raises(DtkgError) as info:
+    with make_client(robots_settings(settings)) as client, pytest.raises(DtkgError) as info:
         client.get(f"http://127.0.0.1:{port}/paper.pdf")
     assert info.value.reason is Reason.ROBOTS_UNAVAILABLE
 
 
-def test_robots_can_be_turned_off(tmp_path, origin):
+def test_robots_can_be_turned_off(settings, origin):
     origin.add_robots("User-agent: *\nDisallow: /\n")
     url = origin.add("/paper", b"x" * 10)
-    with make_client(robots_settings(tmp_path, robots_enabled=False)) as client:
+    with make_client(robots_settings(settings, robots_enabled=False)) as client:
         assert client.get(url).status_code == 200
     assert origin.stats("/robots.txt").requests == 0
 
 
-def test_product_token_group_applies(tmp_path, origin):
+def test_product_token_group_applies(settings, origin):
     origin.add_robots("User-agent: *\nDisallow:\n\nUser-agent: dtkg-assets\nDisallow: /no-dtkg\n")
     ok = origin.add("/fine", b"x" * 10)
     blocked = origin.add("/no-dtkg/paper", b"x" * 10)
-    with make_client(robots_settings(tmp_path)) as client:
+    with make_client(robots_settings(settings)) as client:
         assert client.get(ok).status_code == 200
         with pytest.raises(DtkgError) as info:
             client.get(blocked)
