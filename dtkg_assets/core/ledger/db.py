@@ -129,6 +129,7 @@ class Job:
     created_at: float | None
     updated_at: float | None
     finished_at: float | None
+    reopened_at: float | None
     run_id: str | None
 
     @property
@@ -147,6 +148,7 @@ class LedgerStats:
     transactions: int = 0
     wall_s: float = 0.0
     cpu_s: float = 0.0
+    snapshot_skips: int = 0
 
 
 @dataclass
@@ -354,8 +356,18 @@ class Ledger:
         snap = self.settings.snapshot_path
         tmp = snap.with_name(f".{snap.name}.{os.getpid()}.tmp")
         with self._wlock:
-            self._cur().execute("CHECKPOINT")
-            # No write can happen while we hold the write lock, so the checkpointed file is stable.
+            # No write of ours can start while we hold the write lock; DuckDB may still report a
+            # transaction of another cursor as active for a moment, so retry briefly, then skip.
+            for delay in (0.0, 0.01, 0.05, 0.1, 0.25, 0.5):
+                time.sleep(delay)
+                try:
+                    self._cur().execute("CHECKPOINT")
+                    break
+                except duckdb.TransactionException:
+                    continue
+            else:
+                self.stats.snapshot_skips += 1
+                return False
             shutil.copyfile(self.path, tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -690,7 +702,8 @@ class Ledger:
             self._insert_attempts(cur, job_id, job.run_id, result.http_attempts)
             cur.execute(
                 """UPDATE artifact_jobs SET state = 'SKIPPED_DUPLICATE', updated_at = ?, next_eligible_at = NULL
-                   WHERE work_id = ? AND job_id <> ? AND state IN ('PLANNED', 'FAILED')""",
+                   WHERE work_id = ? AND job_id <> ?
+                     AND (state = 'PLANNED' OR (state = 'FAILED' AND failure_class = 'transient'))""",
                 [now, job.work_id, job_id],
             )
         return final
@@ -707,7 +720,7 @@ class Ledger:
             self._set_state(cur, job, State.PLANNED, now,
                             {"last_reason": reason, "last_error": detail or None, "failure_class": None,
                              "next_eligible_at": None, "lease_owner": None, "lease_expires_at": None,
-                             "finished_at": None, "attempts": 0},
+                             "finished_at": None, "attempts": 0, "reopened_at": now},
                             bump=True)
             # The work's other candidates become eligible again too.
             cur.execute(
@@ -765,11 +778,12 @@ class Ledger:
         op_key = op_key_for(job_id, op_type, key)
         now = time.time() if now is None else now
         with self._write() as cur:
-            self._fenced(cur, job_id, owner, token)
+            job = self._fenced(cur, job_id, owner, token)
             row = cur.execute(
                 "SELECT finished_at, result_json::VARCHAR FROM artifact_ops WHERE op_key = ?", [op_key]
             ).fetchone()
-            if row is not None and row[0] is not None:
+            # Replay a finished effect, unless the job was reopened since (file lost: do it again).
+            if row is not None and row[0] is not None and (job.reopened_at is None or row[0] > job.reopened_at):
                 return dict(json.loads(row[1]))
             if row is None:
                 cur.execute(
@@ -779,8 +793,8 @@ class Ledger:
                 )
             else:
                 cur.execute(
-                    "UPDATE artifact_ops SET started_at = ?, owner = ?, fencing_token = ?, runs = runs + 1, "
-                    "result_code = 'RERUN' WHERE op_key = ?",
+                    "UPDATE artifact_ops SET started_at = ?, finished_at = NULL, owner = ?, fencing_token = ?, "
+                    "runs = runs + 1, result_code = 'RERUN' WHERE op_key = ?",
                     [now, owner, token, op_key],
                 )
         try:

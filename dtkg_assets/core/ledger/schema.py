@@ -68,6 +68,7 @@ TABLES: dict[str, list[Column]] = {
         ("created_at", "DOUBLE"),
         ("updated_at", "DOUBLE"),
         ("finished_at", "DOUBLE"),
+        ("reopened_at", "DOUBLE"),  # last explicit requeue: ops finished before it run again
         ("run_id", "VARCHAR"),
     ],
     "artifact_ops": [

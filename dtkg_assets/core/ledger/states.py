@@ -5,8 +5,10 @@ Side exits: DEDUPED (the bytes were already stored for another work), SKIPPED_DU
 work completed through another candidate, so this one is not tried), FAILED (with a class).
 
 Decisions (documented in docs/ledger-concurrency.md):
-- LEASED may go straight to RESUME_OK (the engine skips HEAD when a server rejects it), and
-  RESUME_OK may go straight to FINALIZED/DEDUPED (the part was already complete).
+- LEASED may go straight to RESUME_OK (the engine skips HEAD when a server rejects it) or to
+  FINALIZED/DEDUPED (the work's file or a finalized blob is already on disk and verified, e.g.
+  after a crash between the rename and the ledger commit), and RESUME_OK may go straight to
+  FINALIZED/DEDUPED (the part was already complete).
 - In-flight states (LEASED … STREAMING, FINALIZED before INDEX) → LEASED is a lease takeover after
   expiry (new fencing token); → PLANNED is a release (run stopped, reconciler found the lease
   expired). Attempts are counted when a lease is acquired, so expiries are counted too.
@@ -43,6 +45,8 @@ _forward = {
     (S.PLANNED, S.LEASED),
     (S.LEASED, S.HEAD_DONE),
     (S.LEASED, S.RESUME_OK),  # HEAD rejected or skipped
+    (S.LEASED, S.FINALIZED),  # the work's file is already on disk and verified: no network
+    (S.LEASED, S.DEDUPED),
     (S.HEAD_DONE, S.RESUME_OK),
     (S.RESUME_OK, S.STREAMING),
     (S.RESUME_OK, S.FINALIZED),  # part already complete

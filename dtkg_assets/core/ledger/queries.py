@@ -1,0 +1,93 @@
+"""Read-only questions the automation asks of the ledger (sensors read them from the snapshot)."""
+
+from __future__ import annotations
+
+import time
+
+from dtkg_assets.core.ledger.db import Ledger
+
+
+def works_seen_since(ledger: Ledger, after: float, limit: int) -> list[tuple[str, float]]:
+    """Works first seen at or after `after` (epoch seconds), oldest first: (work_id, first_seen)."""
+    rows = ledger.query(
+        "SELECT work_id, first_seen FROM works WHERE first_seen >= ? ORDER BY first_seen, work_id LIMIT ?",
+        [after, limit],
+    )
+    return [(str(r[0]), float(r[1])) for r in rows]
+
+
+def works_needing_work(ledger: Ledger, *, now: float | None = None, limit: int = 100_000) -> list[str]:
+    """Works without a finished artifact that have something to do now: a planned candidate, a
+    transient failure whose backoff has passed, or an in-flight job whose lease has expired."""
+    now = time.time() if now is None else now
+    rows = ledger.query(
+        """
+        SELECT work_id FROM artifact_jobs
+        GROUP BY work_id
+        HAVING count(*) FILTER (WHERE state IN ('INDEXED', 'DEDUPED')) = 0
+           AND count(*) FILTER (
+                WHERE state = 'PLANNED'
+                   OR (state = 'FAILED' AND failure_class = 'transient' AND coalesce(next_eligible_at, 0) <= ?)
+                   OR (state IN ('LEASED', 'HEAD_DONE', 'RESUME_OK', 'STREAMING', 'FINALIZED')
+                       AND coalesce(lease_expires_at, 0) <= ?)
+               ) > 0
+        ORDER BY min(created_at), work_id
+        LIMIT ?
+        """,
+        [now, now, limit],
+    )
+    return [str(r[0]) for r in rows]
+
+
+def finished_artifacts(ledger: Ledger, *, run_id: str | None = None) -> list[tuple[str, str, str, int]]:
+    """(work_id, sha256, path, bytes) of every finished artifact, or only those a run finished."""
+    sql = (
+        "SELECT work_id, sha256, path, bytes FROM artifact_jobs WHERE state IN ('INDEXED', 'DEDUPED')"
+        + (" AND run_id = ?" if run_id else "")
+        + " ORDER BY work_id"
+    )
+    return [(str(r[0]), str(r[1]), str(r[2]), int(r[3] or 0)) for r in ledger.query(sql, [run_id] if run_id else [])]
+
+
+def summary(ledger: Ledger) -> dict[str, object]:
+    """Totals per work for reports: finished, deduplicated, failed by reason, bytes, input problems."""
+    states = dict(
+        ledger.query(
+            """
+            WITH per_work AS (
+                SELECT work_id,
+                       CASE WHEN bool_or(state = 'INDEXED') THEN 'downloaded'
+                            WHEN bool_or(state = 'DEDUPED') THEN 'deduplicated'
+                            WHEN bool_and(state = 'FAILED' AND failure_class = 'permanent') THEN 'failed'
+                            WHEN bool_or(state = 'FAILED') AND NOT bool_or(state = 'PLANNED') THEN 'retrying'
+                            ELSE 'pending' END AS outcome
+                FROM artifact_jobs GROUP BY work_id)
+            SELECT outcome, count(*) FROM per_work GROUP BY outcome
+            """
+        )
+    )
+    failed_by_reason = ledger.query(
+        """
+        WITH last_fail AS (
+            SELECT work_id, arg_max(last_reason, candidate_rank) AS reason FROM artifact_jobs
+            GROUP BY work_id
+            HAVING NOT bool_or(state IN ('INDEXED', 'DEDUPED', 'PLANNED')) AND bool_or(state = 'FAILED'))
+        SELECT reason, count(*) FROM last_fail GROUP BY reason ORDER BY count(*) DESC, reason
+        """
+    )
+    problems = ledger.query("SELECT reason, count(*) FROM input_problems GROUP BY reason ORDER BY reason")
+    stored = ledger.query(
+        "SELECT count(*), coalesce(sum(size), 0) FROM blobs"
+    )[0]
+    finished_bytes = ledger.query(
+        "SELECT coalesce(sum(bytes), 0) FROM artifact_jobs WHERE state IN ('INDEXED', 'DEDUPED')"
+    )[0][0]
+    return {
+        "works": int(ledger.query("SELECT count(*) FROM works")[0][0]),
+        "by_outcome": {str(k): int(v) for k, v in states.items()},
+        "failed_by_reason": {str(k): int(v) for k, v in failed_by_reason},
+        "input_problems": {str(k): int(v) for k, v in problems},
+        "blobs": int(stored[0]),
+        "blob_bytes": int(stored[1]),
+        "artifact_bytes": int(finished_bytes),
+    }

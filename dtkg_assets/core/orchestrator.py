@@ -1,0 +1,293 @@
+"""Pure-core orchestrator: drives works through the streaming engine with the ledger.
+
+Per work: candidates in rank order; per candidate: lease → engine.fetch (HEAD → resume decision →
+stream → finalize → link, reported through `LedgerHooks`) → FINALIZED → INDEXED, or DEDUPED.
+A permanent failure moves on to the next candidate; a transient one is recorded (FAILED transient
+with backoff) and the next candidate is tried too. Works the ledger marks complete are skipped
+without any network. `on_done` is called from worker threads as each work finishes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from dtkg_assets.core.crashpoints import crash_point
+from dtkg_assets.core.errors import Reason
+from dtkg_assets.core.ledger import IN_FLIGHT, Job, LeaseLost, Ledger, State
+from dtkg_assets.core.store import Store
+from dtkg_assets.core.types import EffectType, FetchHooks, FetchResult, Stage, WorkRecord
+from dtkg_assets.settings import Settings
+
+OutcomeStatus = Literal["downloaded", "deduped", "skipped_complete", "failed", "deferred"]
+
+# Reasons that say least about the work; any other reason is a better summary of why it failed.
+_WEAK_REASONS = {Reason.CONNECT_ERROR.value, Reason.TIMEOUT.value, Reason.BREAKER_OPEN.value, "internal_error"}
+
+
+class EngineLike(Protocol):
+    store: Store
+
+    def fetch(
+        self, url: str, *, work_id: str | None = ..., hooks: FetchHooks | None = ..., known_sha256: str | None = ...
+    ) -> FetchResult: ...
+
+
+@dataclass
+class PlanSummary:
+    works: int = 0
+    new_works: int = 0
+    new_jobs: int = 0
+    without_candidates: list[str] = field(default_factory=list)
+
+
+@dataclass
+class WorkOutcome:
+    work_id: str
+    status: OutcomeStatus
+    reason: str
+    result: FetchResult | None = None
+    sha256: str | None = None
+    path: str | None = None
+    bytes: int = 0
+    job_id: str | None = None
+    detail: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("downloaded", "deduped", "skipped_complete")
+
+
+class LedgerHooks:
+    """FetchHooks backed by the ledger: stages are fenced state writes, progress renews the lease,
+    effects are exactly-once ops."""
+
+    def __init__(self, ledger: Ledger, job: Job, owner: str, token: int) -> None:
+        self.ledger, self.job_id, self.owner, self.token = ledger, job.job_id, owner, token
+        self.state = State(job.state)
+        self.renew_every_s = max(1.0, ledger.settings.ledger.lease_ttl_s / 3)
+        self._last_renew = time.monotonic()
+
+    def stage(self, stage: Stage, info: dict[str, Any]) -> None:
+        target = State(stage)
+        if target == self.state:
+            return  # the engine re-enters STREAMING on each retry attempt: one state write is enough
+        fields: dict[str, Any] = {}
+        if stage == "HEAD_DONE" and info.get("validators"):
+            v = info["validators"]
+            fields = {"etag": v.get("etag"), "last_modified": v.get("last_modified"), "http_status": v.get("status")}
+        elif stage == "RESUME_OK":
+            fields = {"decision": info.get("decision"), "resumed_from": info.get("offset")}
+        self.ledger.transition(self.job_id, target, owner=self.owner, token=self.token, fields=fields)
+        self.state = target
+        self._last_renew = time.monotonic()
+
+    def progress(self, bytes_on_disk: int) -> None:
+        if time.monotonic() - self._last_renew >= self.renew_every_s:
+            self.ledger.renew(self.job_id, self.owner, self.token)
+            self._last_renew = time.monotonic()
+
+    def check_fence(self) -> None:
+        self.ledger.check_fence(self.job_id, self.owner, self.token)
+
+    def effect(self, effect_type: EffectType, key: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        return self.ledger.run_effect(self.job_id, effect_type, key, owner=self.owner, token=self.token, fn=fn)
+
+
+class Orchestrator:
+    def __init__(
+        self, ledger: Ledger, engine: EngineLike, settings: Settings, owner: str, run_id: str | None = None
+    ) -> None:
+        self.ledger = ledger
+        self.engine = engine
+        self.store = engine.store
+        self.settings = settings
+        self.owner = owner
+        self.run_id = run_id
+
+    # ---------------------------------------------------------------- planning
+
+    def plan(self, works: Iterable[WorkRecord]) -> PlanSummary:
+        records = list(works)
+        new_works, new_jobs = self.ledger.plan(records)
+        return PlanSummary(
+            works=len({w.work_id for w in records}),
+            new_works=new_works,
+            new_jobs=new_jobs,
+            without_candidates=[w.work_id for w in records if not w.candidates],
+        )
+
+    # ---------------------------------------------------------------- processing
+
+    def process(
+        self,
+        work_ids: Sequence[str],
+        *,
+        workers: int = 8,
+        on_done: Callable[[WorkOutcome], None] | None = None,
+    ) -> list[WorkOutcome]:
+        """Process works concurrently; returns outcomes in input order and publishes the snapshot."""
+        run_id = self.run_id or f"run-{uuid.uuid4().hex[:12]}"
+        self.run_id = run_id
+        t0 = time.time()
+        self.ledger.start_run(run_id, kind="process", owner=self.owner, now=t0)
+        ids = list(dict.fromkeys(work_ids))
+        complete = self.ledger.complete_work_ids(ids)
+        outcomes: dict[str, WorkOutcome] = {}
+        lock = threading.Lock()
+
+        def finish(outcome: WorkOutcome) -> WorkOutcome:
+            with lock:
+                outcomes[outcome.work_id] = outcome
+            if on_done is not None:
+                on_done(outcome)
+            return outcome
+
+        for wid in ids:
+            if wid in complete:
+                finish(self._skipped(wid))
+        todo = [wid for wid in ids if wid not in complete]
+        if todo:
+            with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="dtkg-work") as pool:
+                for _ in pool.map(lambda w: finish(self.process_one(w)), todo):
+                    pass
+        counts: dict[str, Any] = {}
+        for o in outcomes.values():
+            counts[o.status] = counts.get(o.status, 0) + 1
+        counts["bytes"] = sum(o.bytes for o in outcomes.values() if o.status == "downloaded")
+        counts["works"] = len(ids)
+        self.ledger.finish_run(run_id, counts)
+        self.ledger.publish_snapshot(force=True)
+        return [outcomes[w] for w in ids]
+
+    def _skipped(self, work_id: str) -> WorkOutcome:
+        done = [j for j in self.ledger.jobs_for_work(work_id) if j.complete]
+        j = done[0] if done else None
+        return WorkOutcome(
+            work_id, "skipped_complete", "ok", None, j.sha256 if j else None, j.path if j else None,
+            int(j.bytes or 0) if j else 0, j.job_id if j else None,
+        )
+
+    def process_one(self, work_id: str) -> WorkOutcome:
+        jobs = self.ledger.jobs_for_work(work_id)
+        if not jobs:
+            return WorkOutcome(work_id, "failed", Reason.NO_CANDIDATES.value, detail="the work has no candidate URL")
+        if any(j.complete for j in jobs):
+            return self._skipped(work_id)
+        failures: list[WorkOutcome] = []
+        deferred: WorkOutcome | None = None
+        for job in jobs:
+            if job.state == State.SKIPPED_DUPLICATE:
+                continue
+            token = self.ledger.acquire(job.job_id, self.owner, run_id=self.run_id)
+            if token is None:
+                now_job = self.ledger.job(job.job_id) or job
+                if State(now_job.state) in IN_FLIGHT:
+                    # Another worker holds this work: leave it to them rather than race on other candidates.
+                    return WorkOutcome(work_id, "deferred", "leased_elsewhere", job_id=job.job_id,
+                                       detail=f"leased by {now_job.lease_owner}")
+                if now_job.state == State.FAILED and now_job.failure_class == "transient":
+                    deferred = deferred or WorkOutcome(
+                        work_id, "deferred", now_job.last_reason or "backoff", job_id=job.job_id,
+                        detail=f"retry after {now_job.next_eligible_at}")
+                elif now_job.state == State.FAILED:
+                    failures.append(WorkOutcome(work_id, "failed", now_job.last_reason or "failed",
+                                                job_id=job.job_id, detail=now_job.last_error))
+                elif now_job.complete:
+                    return self._skipped(work_id)
+                continue
+            job = self.ledger.job(job.job_id) or job
+            outcome = self._run_job(job, token)
+            if outcome.ok or outcome.reason == Reason.LEASE_LOST.value:
+                return outcome
+            if outcome.status == "deferred":
+                deferred = deferred or outcome
+            else:
+                failures.append(outcome)
+        if deferred is not None:
+            return deferred
+        if failures:
+            strong = [f for f in failures if f.reason not in _WEAK_REASONS]
+            return (strong or failures)[-1]
+        return WorkOutcome(work_id, "failed", Reason.NO_CANDIDATES.value, detail="no candidate could be tried")
+
+    def _run_job(self, job: Job, token: int) -> WorkOutcome:
+        hooks = LedgerHooks(self.ledger, job, self.owner, token)
+        try:
+            result = self._recover_finalized(job, hooks) or self.engine.fetch(
+                job.url, work_id=job.work_id, hooks=hooks, known_sha256=job.sha256
+            )
+        except LeaseLost as exc:
+            return WorkOutcome(job.work_id, "deferred", Reason.LEASE_LOST.value, job_id=job.job_id, detail=str(exc))
+        except Exception as exc:  # a bug or an unexpected OS error: give the job back, keep the batch going
+            with contextlib.suppress(LeaseLost):
+                self.ledger.release(job.job_id, self.owner, token)
+            return WorkOutcome(job.work_id, "failed", "internal_error", job_id=job.job_id,
+                               detail=f"{type(exc).__name__}: {exc}")
+        try:
+            if result.ok:
+                final = self.ledger.complete(job.job_id, owner=self.owner, token=token, result=result)
+                crash_point("after_commit")
+                status: OutcomeStatus = "downloaded" if final == State.INDEXED else "deduped"
+                return WorkOutcome(job.work_id, status, "ok", result, result.sha256, result.path, result.bytes,
+                                   job.job_id)
+            if result.reason == Reason.LEASE_LOST.value:
+                return WorkOutcome(job.work_id, "deferred", result.reason, result, job_id=job.job_id,
+                                   detail=result.detail)
+            klass = self.ledger.fail(job.job_id, owner=self.owner, token=token, reason=result.reason,
+                                     detail=result.detail, result=result)
+        except LeaseLost as exc:
+            return WorkOutcome(job.work_id, "deferred", Reason.LEASE_LOST.value, result, job_id=job.job_id,
+                               detail=str(exc))
+        after = self.ledger.job(job.job_id)
+        reason = (after.last_reason if after else None) or result.reason
+        status = "deferred" if klass == "transient" else "failed"
+        return WorkOutcome(job.work_id, status, reason, result, job_id=job.job_id, detail=result.detail)
+
+    def _recover_finalized(self, job: Job, hooks: LedgerHooks) -> FetchResult | None:
+        """A crash after the blob was renamed into place but before the ledger commit: the part is
+        gone, the blob is there. Verify it and finish from disk instead of downloading again."""
+        rows = self.ledger.query(
+            "SELECT effect_key, result_json::VARCHAR FROM artifact_ops WHERE job_id = ? AND op_type = 'FINALIZE' "
+            "ORDER BY started_at DESC",
+            [job.job_id],
+        )
+        for sha, _result in rows:
+            try:
+                blob = self.store.blob_path(sha)
+            except ValueError:
+                continue
+            if not blob.exists() or not self.store.verify(sha):
+                continue
+            t0 = time.perf_counter()
+            fin = hooks.effect("FINALIZE", sha, _const({"path": str(blob), "created": False}))
+            link = hooks.effect("LINK", f"{job.work_id}:{sha}", _linker(self.store, job.work_id, sha))
+            others = self.ledger.query(
+                "SELECT count(*) FROM artifact_jobs WHERE sha256 = ? AND state IN ('INDEXED','DEDUPED') "
+                "AND work_id <> ?", [sha, job.work_id])[0][0]
+            return FetchResult(
+                status="deduped" if others else "stored", reason="ok", decision="already_complete", url=job.url,
+                work_id=job.work_id, sha256=sha, path=str(link["path"]), blob_path=str(fin["path"]),
+                bytes=blob.stat().st_size, decision_reason="finalized_before_crash",
+                elapsed_s=time.perf_counter() - t0, detail=json.dumps({"recovered_from": "FINALIZE op"}),
+            )
+        return None
+
+
+def _const(value: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    return lambda: value
+
+
+def _linker(store: Store, work_id: str, sha: str) -> Callable[[], dict[str, Any]]:
+    def run() -> dict[str, Any]:
+        link = store.link_work(work_id, sha)
+        return {"path": str(link.path), "mode": link.mode}
+
+    return run
