@@ -428,7 +428,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             phrase = http.HTTPStatus(code).phrase
         except ValueError:
             phrase = ""
-        data = f"{code} {phrase}\n".encode()
+        # 204 and 304 never carry a body (RFC 9110 §15.3.5, §15.4.5).
+        data = b"" if code in (204, 304) else f"{code} {phrase}\n".encode()
         self._status(code)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(data)))
@@ -532,6 +533,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except (TypeError, ValueError, IndexError):
             return False
 
+    def _not_modified(self, current: dict[str, str]) -> bool:
+        """RFC 9110 §13.1.2/§13.1.3: If-None-Match (weak comparison) wins over If-Modified-Since."""
+        inm = self.headers.get("If-None-Match")
+        if inm is not None:
+            etag = current.get("ETag")
+            if etag is None:
+                return False
+            opaque = etag.removeprefix("W/")
+            return any(t.strip() == "*" or t.strip().removeprefix("W/") == opaque for t in inm.split(","))
+        ims = self.headers.get("If-Modified-Since")
+        if ims is not None and "Last-Modified" in current:
+            try:
+                return parsedate_to_datetime(current["Last-Modified"]) <= parsedate_to_datetime(ims)
+            except (TypeError, ValueError, IndexError):
+                return False
+        return False
+
     def _send_object(self, method: str, entry: _Entry, mode: FaultMode, obj: _Object, plan: _Plan) -> None:
         origin = self.server.origin
         head = method == "HEAD"
@@ -559,6 +577,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             end = len(gz)
         else:
             headers.update(self._validator_headers(mode, obj))
+            if self._not_modified(headers):
+                self._simple(304, head, headers)
+                return
             if not head and range_header and mode.ranges:
                 if mode.force_416:
                     total = mode.total_416 if mode.total_416 is not None else size
@@ -645,19 +666,30 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(b"0\r\n\r\n")
         except OSError:  # the client went away
             self.close_connection = True
-        finally:
-            with origin._lock:
-                self._st.body_bytes += sent
 
     def _write(self, data: bytes, chunked: bool, limit: int | None, sent: int) -> int:
+        """Send one piece of body; returns the body bytes sent. The counter moves before the
+        send, so a client that has received bytes always finds them counted; a failed send
+        takes back what did not leave."""
         if limit is not None:
             data = data[: max(0, limit - sent)]
         if not data:
             return 0
-        if chunked:
-            self.wfile.write(b"%x\r\n" % len(data) + data + b"\r\n")
-        else:
-            self.wfile.write(data)
+        prefix = b"%x\r\n" % len(data) if chunked else b""
+        payload = prefix + data + b"\r\n" if chunked else data
+        origin = self.server.origin
+        with origin._lock:
+            self._st.body_bytes += len(data)
+        view = memoryview(payload)
+        done = 0
+        try:
+            while done < len(view):
+                done += self.connection.send(view[done:])
+        except OSError:
+            delivered = min(len(data), max(0, done - len(prefix)))
+            with origin._lock:
+                self._st.body_bytes -= len(data) - delivered
+            raise
         return len(data)
 
 

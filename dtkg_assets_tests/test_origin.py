@@ -238,8 +238,9 @@ def test_fixed_status_and_head_405(srv: OriginServer) -> None:
 
 
 def test_stall_before_body_and_mid_body(srv: OriginServer) -> None:
-    url = srv.add("/st.pdf", BODY, FaultMode(stall_s=5.0, stall_after_bytes=1000, stall_times=1))
-    with httpx.Client(timeout=httpx.Timeout(30, read=0.5)) as c:
+    # The stall outlasts the read timeout by far; stopping the origin ends it.
+    url = srv.add("/st.pdf", BODY, FaultMode(stall_s=120.0, stall_after_bytes=1000, stall_times=1))
+    with httpx.Client(timeout=httpx.Timeout(30, read=3.0)) as c:
         got = bytearray()
         with pytest.raises(httpx.ReadTimeout), c.stream("GET", url, headers=IDENTITY) as r:
             for chunk in r.iter_raw():
