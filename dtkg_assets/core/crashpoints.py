@@ -24,8 +24,12 @@ _env_seen: str | None = None
 def _parse(text: str) -> dict[str, int]:
     targets: dict[str, int] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
-        name, _, n = item.partition(":")
-        targets[name.strip()] = int(n) if n.strip() else 1
+        # Names may contain ':' (effect_done:FINALIZE); only a trailing number is a count.
+        name, _, n = item.rpartition(":")
+        if name and n.strip().isdigit():
+            targets[name.strip()] = int(n)
+        else:
+            targets[item] = 1
     return targets
 
 

@@ -224,6 +224,7 @@ class Ledger:
         self._closed = False
         self._last_publish = 0.0
         self.stats = LedgerStats()
+        self.recovered: dict[str, int] = {}
 
     # ---------------------------------------------------------------- opening and closing
 
@@ -280,8 +281,17 @@ class Ledger:
             lock.release()
             raise
         ledger = cls(con, settings, path=settings.ledger_path, lock=lock, writable=True, owner=owner)
+        ledger.recovered = ledger._void_dead_leases()
         ledger.publish_snapshot(force=True)
         return ledger
+
+    def _void_dead_leases(self) -> dict[str, int]:
+        """Every lease in the file was taken by an earlier writer process; that process no longer
+        holds the writer lock, so it has exited or crashed and cannot commit anything. Release its
+        leases now (attempts stay counted, tokens bumped) instead of waiting for their TTL."""
+        released = self.expire_leases(include_live=True)
+        abandoned = self.abandon_ops() if released else 0
+        return {"released_leases": released, "abandoned_ops": abandoned}
 
     @classmethod
     def open_reader(cls, settings: Settings, *, live: bool = False) -> Ledger:
@@ -729,17 +739,19 @@ class Ledger:
             )
         return True
 
-    def expire_leases(self, *, now: float | None = None) -> int:
-        """In-flight jobs whose lease expired → PLANNED (or FAILED retries_exhausted); token bumped."""
+    def expire_leases(self, *, now: float | None = None, include_live: bool = False) -> int:
+        """In-flight jobs whose lease expired (or all of them, for a dead writer) → PLANNED, or FAILED
+        retries_exhausted past the attempt limit; the token is bumped so the old holder is fenced."""
         now = time.time() if now is None else now
         with self._write() as cur:
             rows = cur.execute(
                 f"SELECT {_JOB_COLS} FROM artifact_jobs WHERE state IN ('LEASED','HEAD_DONE','RESUME_OK',"
-                "'STREAMING','FINALIZED') AND (lease_expires_at IS NULL OR lease_expires_at <= ?)",
-                [now],
+                "'STREAMING','FINALIZED') AND (? OR lease_expires_at IS NULL OR lease_expires_at <= ?)",
+                [include_live, now],
             ).fetchall()
+            why = "lease of an earlier writer process" if include_live else "lease expired"
             for r in rows:
-                self._expire(cur, Job(*r), now, "lease expired")
+                self._expire(cur, Job(*r), now, why)
         return len(rows)
 
     def _expire(self, cur: duckdb.DuckDBPyConnection, job: Job, now: float, why: str) -> None:
@@ -865,6 +877,18 @@ class Ledger:
         with self._write() as cur:
             cur.execute("UPDATE runs SET finished_at = ?, counts = ? WHERE run_id = ?",
                         [now, json.dumps(counts), run_id])
+
+    def mark_revalidated(self, job_ids: Sequence[str], *, now: float | None = None) -> None:
+        """Revalidation found these jobs' objects unchanged: stamp their blobs as verified."""
+        if not job_ids:
+            return
+        now = time.time() if now is None else now
+        with self._write() as cur:
+            cur.execute(
+                "UPDATE blobs SET verified_at = ? WHERE sha256 IN "
+                "(SELECT sha256 FROM artifact_jobs WHERE job_id IN (SELECT unnest($2)))".replace("?", "$1"),
+                [now, list(job_ids)],
+            )
 
     def upsert_blob(self, sha256: str, path: str, size: int, *, ref_count: int = 0,
                     now: float | None = None) -> bool:

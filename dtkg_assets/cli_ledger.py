@@ -1,0 +1,270 @@
+"""`dtkg reconcile`, `dtkg ledger health|validate|repair|export`, `dtkg works import|download`,
+and the ledger side of `dtkg fetch`.
+
+Commands that write take the single-writer lock (waiting with a message, then a clear error);
+commands that only read use the published snapshot, so they work while a run is writing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from dtkg_assets.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, load_settings
+from dtkg_assets.core.ledger import Ledger, LedgerBusy, LedgerUnavailable, default_owner
+from dtkg_assets.core.types import Candidate, FetchResult, InputProblem, WorkRecord
+from dtkg_assets.settings import Settings
+
+
+@contextmanager
+def writer(settings: Settings, what: str) -> Iterator[Ledger]:
+    try:
+        ledger = Ledger.open_writer(settings, owner=f"dtkg {what} ({default_owner()})")
+    except LedgerBusy as exc:
+        raise UsageError(f"dtkg {what}: {exc}") from None
+    try:
+        yield ledger
+    finally:
+        ledger.close()
+
+
+@contextmanager
+def reader(settings: Settings, what: str) -> Iterator[Ledger]:
+    try:
+        ledger = Ledger.open_reader(settings)
+    except (LedgerBusy, LedgerUnavailable) as exc:
+        raise UsageError(f"dtkg {what}: {exc}") from None
+    try:
+        yield ledger
+    finally:
+        ledger.close()
+
+
+def _print(data: Any, as_json: bool, human: str) -> None:
+    print(json.dumps(data, sort_keys=True, default=str) if as_json else human)
+
+
+# ---- reconcile ------------------------------------------------------------------------------
+
+
+def add_reconcile(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "reconcile",
+        help="heal the ledger and store after crashes (expired leases, abandoned ops, lost files, orphans)",
+        description="Idempotent: a second run reports zeros. Waits for the ledger if a run is writing.",
+    )
+    p.add_argument("--json", action="store_true", help="print counts as one JSON object")
+    p.set_defaults(func=cmd_reconcile)
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from dtkg_assets.core.reconciler import reconcile
+    from dtkg_assets.core.store import Store
+
+    settings = load_settings()
+    with writer(settings, "reconcile") as ledger:
+        counts = reconcile(ledger, Store(settings), settings)
+    _print(counts, args.json, "\n".join(f"{k:>18}: {v}" for k, v in counts.items()))
+    return EXIT_OK
+
+
+# ---- ledger ---------------------------------------------------------------------------------
+
+
+def add_ledger(subparsers: Any) -> None:
+    p = subparsers.add_parser("ledger", help="ledger health, validation, repair and export")
+    sub = p.add_subparsers(dest="ledger_command", metavar="ACTION", required=True)
+    h = sub.add_parser("health", help="status healthy|degraded|unhealthy, version, row counts, problems")
+    h.add_argument("--json", action="store_true")
+    h.set_defaults(func=cmd_ledger_health)
+    v = sub.add_parser("validate", help="list problems (exit 1 if any)")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_ledger_validate)
+    r = sub.add_parser("repair", help="recreate missing tables, columns, indexes and views; never drops data")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_ledger_repair)
+    e = sub.add_parser("export", help="write manifest.jsonl and metrics.json")
+    e.add_argument("--out", required=True, help="output directory")
+    e.add_argument("--json", action="store_true", help="print metrics.json to stdout too")
+    e.set_defaults(func=cmd_ledger_export)
+
+
+def cmd_ledger_health(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    with reader(settings, "ledger health") as ledger:
+        report = ledger.health()
+    human = [f"status: {report['status']}  version: {report['version']}  ({report['path']})"]
+    if report.get("snapshot_age_s") is not None:
+        human.append(f"data as of the snapshot published {report['snapshot_age_s']:.1f} s ago")
+    human += [f"  {k}: {v}" for k, v in report["row_counts"].items()]
+    human += [f"  problem: {p}" for p in report["problems"]]
+    _print(report, args.json, "\n".join(human))
+    return EXIT_OK if report["status"] == "healthy" else EXIT_FAILED
+
+
+def cmd_ledger_validate(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    with reader(settings, "ledger validate") as ledger:
+        problems = ledger.validate()
+    _print({"problems": problems}, args.json, "\n".join(problems) if problems else "ledger is valid")
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def cmd_ledger_repair(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    with writer(settings, "ledger repair") as ledger:
+        actions = ledger.repair()
+        problems = ledger.validate()
+    _print({"actions": actions, "problems": problems}, args.json,
+           "\n".join(actions or ["nothing to repair"]) + "".join(f"\nstill: {p}" for p in problems))
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def cmd_ledger_export(args: argparse.Namespace) -> int:
+    from dtkg_assets.core.export import export
+
+    settings = load_settings()
+    with reader(settings, "ledger export") as ledger:
+        metrics = export(ledger, Path(args.out))
+    human = (f"wrote {args.out}/manifest.jsonl ({metrics['manifest_lines']} works) and {args.out}/metrics.json: "
+             f"{metrics['stored']} stored, {metrics['deduped']} deduped, {metrics['failed']} failed, "
+             f"{metrics['pending']} pending")
+    _print(metrics, args.json, human)
+    return EXIT_OK
+
+
+# ---- works ----------------------------------------------------------------------------------
+
+
+def add_works(subparsers: Any) -> None:
+    p = subparsers.add_parser("works", help="load works into the ledger and download them")
+    sub = p.add_subparsers(dest="works_command", metavar="ACTION", required=True)
+    i = sub.add_parser("import", help="import a JSONL file of OpenAlex works (or an id list) into the ledger")
+    i.add_argument("file", help=".jsonl of OpenAlex work records, or a text file of OpenAlex ids / DOIs")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_works_import)
+    d = sub.add_parser("download", help="download every work that needs it (optionally importing FILE first)")
+    d.add_argument("file", nargs="?", help="works file to import first")
+    d.add_argument("--workers", type=int, default=8)
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_works_download)
+
+
+def import_works(ledger: Ledger, settings: Settings, file: str) -> tuple[dict[str, Any], list[InputProblem]]:
+    from dtkg_assets.core.sources import SourceError, WorksSource, iter_works
+
+    path = Path(file)
+    source = WorksSource(jsonl_path=file) if path.suffix in (".jsonl", ".json", ".ndjson") else WorksSource(
+        ids_path=file)
+    works: list[WorkRecord] = []
+    problems: list[InputProblem] = []
+    try:
+        for item in iter_works(source, settings):
+            (problems if isinstance(item, InputProblem) else works).append(item)  # type: ignore[arg-type]
+    except SourceError as exc:
+        raise UsageError(f"dtkg works import: {exc}") from None
+    new_works, new_jobs = ledger.plan(works)
+    ledger.add_input_problems(problems)
+    summary = {"file": file, "works": len(works), "new_works": new_works, "new_jobs": new_jobs,
+               "problems": len(problems)}
+    return summary, problems
+
+
+def cmd_works_import(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    with writer(settings, "works import") as ledger:
+        summary, problems = import_works(ledger, settings, args.file)
+    for p in problems:
+        print(f"{p.origin}:{p.line if p.line is not None else '-'}: {p.reason}: {p.detail}", file=sys.stderr)
+    _print(summary, args.json, f"{summary['works']} works ({summary['new_works']} new, {summary['new_jobs']} new "
+                               f"candidate jobs), {summary['problems']} input problems")
+    return EXIT_OK
+
+
+def works_needing_work(ledger: Ledger) -> list[str]:
+    """Works without a finished artifact that still have a candidate to try (now or later)."""
+    rows = ledger.query(
+        """SELECT work_id FROM artifact_jobs GROUP BY work_id
+           HAVING count(*) FILTER (WHERE state IN ('INDEXED', 'DEDUPED')) = 0
+              AND count(*) FILTER (WHERE state <> 'FAILED' OR failure_class = 'transient') > 0
+           ORDER BY min(created_at), work_id"""
+    )
+    return [r[0] for r in rows]
+
+
+def cmd_works_download(args: argparse.Namespace) -> int:
+    from dtkg_assets.core.http import make_client
+    from dtkg_assets.core.orchestrator import Orchestrator
+    from dtkg_assets.core.store import Store
+    from dtkg_assets.core.streaming import Engine
+
+    if args.workers < 1:
+        raise UsageError("dtkg works download: --workers must be at least 1")
+    settings = load_settings()
+    with writer(settings, "works download") as ledger:
+        if args.file:
+            import_works(ledger, settings, args.file)
+        ids = works_needing_work(ledger)
+        with make_client(settings) as client:
+            engine = Engine(client, settings, Store(settings))
+            orch = Orchestrator(ledger, engine, settings, owner=ledger.owner, run_id=f"cli-{uuid.uuid4().hex[:12]}")
+            outcomes = orch.process(ids, workers=args.workers)
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    summary = {"works": len(outcomes), **counts, "run_id": orch.run_id}
+    _print(summary, args.json, " ".join(f"{k}={v}" for k, v in summary.items()))
+    return EXIT_FAILED if counts.get("failed") else EXIT_OK
+
+
+# ---- fetch ----------------------------------------------------------------------------------
+
+
+def fetch_with_ledger(settings: Settings, url: str, work_id: str) -> FetchResult:
+    """`dtkg fetch URL`: a one-candidate work through the orchestrator, so the ledger records it.
+    A work the ledger already has complete is answered from the ledger with no network."""
+    from dtkg_assets.core.http import make_client
+    from dtkg_assets.core.orchestrator import Orchestrator
+    from dtkg_assets.core.store import Store
+    from dtkg_assets.core.streaming import Engine
+
+    with writer(settings, "fetch") as ledger, make_client(settings) as client:
+        engine = Engine(client, settings, Store(settings))
+        orch = Orchestrator(ledger, engine, settings, owner=ledger.owner, run_id=f"fetch-{uuid.uuid4().hex[:12]}")
+        orch.plan([WorkRecord(work_id, [Candidate(url, "cli")], origin="cli:fetch")])
+        outcome = orch.process([work_id], workers=1)[0]
+    if outcome.result is not None:
+        return outcome.result
+    if outcome.status == "skipped_complete":
+        return FetchResult(status="stored", reason="ok", decision="already_complete", url=url, work_id=work_id,
+                           sha256=outcome.sha256, path=outcome.path, bytes=outcome.bytes,
+                           decision_reason="ledger_complete")
+    return FetchResult(status="failed", reason=outcome.reason, decision=None, url=url, work_id=work_id,
+                       detail=outcome.detail)
+
+
+__all__ = ["add_ledger", "add_reconcile", "add_works", "fetch_with_ledger", "import_works"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m dtkg_assets.cli_ledger …`: these subcommands on their own (same as via `dtkg`)."""
+    parser = argparse.ArgumentParser(prog="dtkg")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (add_reconcile, add_ledger, add_works):
+        add(subparsers)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except UsageError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
