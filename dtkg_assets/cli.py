@@ -1,6 +1,6 @@
 """The `dtkg` command line: what is not a Dagster job.
 
-Each subcommand is one `add_<name>(subparsers)` builder listed in `SUBCOMMANDS`, which registers its
+Each subcommand is one `add_<name>(subparsers)` builder listed in `_subcommands()`, which registers its
 arguments and sets ``func`` to a `cmd_<name>(args) -> int` handler. Exit codes: 0 success, 1 the
 work failed, 2 bad input or configuration.
 """
@@ -96,13 +96,17 @@ def load_settings() -> Settings:
         raise UsageError(f"dtkg: {exc}") from None
 
 
-SUBCOMMANDS: list[Callable[[Any], None]] = [add_fetch]
+def _subcommands() -> list[Callable[[Any], None]]:
+    from dtkg_assets.cli_ledger import add_ledger, add_reconcile, add_works
+    from dtkg_assets.cli_runs import add_backfill, add_demo, add_status
+
+    return [add_fetch, add_demo, add_backfill, add_status, add_works, add_reconcile, add_ledger]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dtkg", description="dtkg-assets: verified, deduplicated PDFs")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in SUBCOMMANDS:
+    for add in _subcommands():
         add(subparsers)
     return parser
 

@@ -36,7 +36,8 @@ class EngineLike(Protocol):
     store: Store
 
     def fetch(
-        self, url: str, *, work_id: str | None = ..., hooks: FetchHooks | None = ..., known_sha256: str | None = ...
+        self, url: str, *, work_id: str | None = ..., hooks: FetchHooks | None = ...,
+        known_sha256: str | None = ..., refresh: bool = ...,
     ) -> FetchResult: ...
 
 
@@ -111,6 +112,7 @@ class Orchestrator:
         self.settings = settings
         self.owner = owner
         self.run_id = run_id
+        self._refresh = False
 
     # ---------------------------------------------------------------- planning
 
@@ -132,8 +134,12 @@ class Orchestrator:
         *,
         workers: int = 8,
         on_done: Callable[[WorkOutcome], None] | None = None,
+        refresh: bool = False,
     ) -> list[WorkOutcome]:
-        """Process works concurrently; returns outcomes in input order and publishes the snapshot."""
+        """Process works concurrently; returns outcomes in input order and publishes the snapshot.
+
+        `refresh` re-downloads even where the work's file exists (a revalidated, changed object)."""
+        self._refresh = refresh
         run_id = self.run_id or f"run-{uuid.uuid4().hex[:12]}"
         self.run_id = run_id
         t0 = time.time()
@@ -221,8 +227,10 @@ class Orchestrator:
     def _run_job(self, job: Job, token: int) -> WorkOutcome:
         hooks = LedgerHooks(self.ledger, job, self.owner, token)
         try:
-            result = self._recover_finalized(job, hooks) or self.engine.fetch(
-                job.url, work_id=job.work_id, hooks=hooks, known_sha256=job.sha256
+            # A refresh wants the new object, not a blob an earlier version left finalized.
+            recovered = None if self._refresh else self._recover_finalized(job, hooks)
+            result = recovered or self.engine.fetch(
+                job.url, work_id=job.work_id, hooks=hooks, known_sha256=job.sha256, refresh=self._refresh
             )
         except LeaseLost as exc:
             return WorkOutcome(job.work_id, "deferred", Reason.LEASE_LOST.value, job_id=job.job_id, detail=str(exc))

@@ -373,8 +373,11 @@ class Engine:
         work_id: str | None = None,
         hooks: FetchHooks | None = None,
         known_sha256: str | None = None,
+        refresh: bool = False,
     ) -> FetchResult:
-        """Fetch one URL. Expected failures come back as `FetchResult(status="failed", reason=...)`."""
+        """Fetch one URL. Expected failures come back as `FetchResult(status="failed", reason=...)`.
+
+        `refresh` downloads even when the work's file is present (revalidation found a new version)."""
         hooks = hooks or NullHooks()
         t0 = time.perf_counter()
         result = FetchResult(status="failed", reason="", decision=None, url=url, work_id=work_id)
@@ -382,7 +385,7 @@ class Engine:
             check_url(url)
             if work_id is not None:
                 check_work_id(work_id)
-                if self._already_complete(work_id, known_sha256, result):
+                if not refresh and self._already_complete(work_id, known_sha256, result):
                     return result
             self._fetch(url, work_id, hooks, result)
         except DtkgError as exc:

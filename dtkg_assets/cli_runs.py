@@ -1,0 +1,298 @@
+"""`dtkg demo`, `dtkg backfill` and `dtkg status`: the Dagster-backed and reporting commands.
+
+Dagster is imported inside the handlers so `dtkg fetch` and friends start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from dtkg_assets.cli import EXIT_FAILED, EXIT_OK, UsageError, load_settings
+from dtkg_assets.settings import Settings
+
+DEMO_PORT = 8787
+console = Console(stderr=False)
+
+
+# ---- demo -----------------------------------------------------------------------------------
+
+
+def add_demo(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="run the main job end to end on the bundled sample corpus",
+        description=(
+            "Start a local origin serving the sample PDFs, import the sample works, materialize every "
+            "partition of artifact_pdfs through Dagster in batch runs, reconcile, and print a summary. "
+            "Running it again downloads nothing."
+        ),
+    )
+    p.add_argument("--port", type=int, default=DEMO_PORT, help=f"origin port (default {DEMO_PORT}; 0 = any)")
+    p.add_argument("--workers", type=int, default=None, help="download threads per run (default DTKG_RUN_WORKERS)")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    # The demo's origin is on loopback: allow it explicitly, without a rate limit.
+    os.environ.setdefault("DTKG_ALLOW_HOSTS", "127.0.0.1,localhost")
+    os.environ.setdefault("DTKG_RATE_LIMITS", "127.0.0.1=0,localhost=0")
+    settings = load_settings()
+
+    from dtkg_assets.core.sources import WorksSource
+    from dtkg_assets.defs.launch import backfill, dagster_instance, ingest, run_reconcile
+    from dtkg_assets.sample import build_sample_corpus, configure_origin, sample_works, write_sample_jsonl
+
+    sample_dir = settings.home / "sample"
+    console.print(f"[bold]dtkg demo[/] — state in {settings.home}")
+    corpus = build_sample_corpus(sample_dir / "pdfs")
+    origin = _start_origin(args.port)
+    try:
+        configure_origin(origin, corpus)
+        jsonl = write_sample_jsonl(sample_works(corpus, origin.base_url), sample_dir / "works.jsonl")
+        console.print(f"origin {origin.base_url} serving {len(corpus.files)} PDFs; works in {jsonl}")
+        instance = dagster_instance(settings)
+        meta = ingest(instance, settings, WorksSource(jsonl_path=str(jsonl)))
+        console.print(
+            f"imported {meta.get('works', 0)} works ({meta.get('new_works', 0)} new), "
+            f"{meta.get('input_problems', 0)} input problems recorded"
+        )
+        started = time.perf_counter()
+        report = _backfill_with_progress(instance, settings, args.workers, backfill)
+        wall = time.perf_counter() - started
+        counts = run_reconcile(instance, settings)
+        console.print(f"reconcile: {counts}")
+    finally:
+        origin.stop()
+    downloaded_bytes = origin.total_body_bytes()
+    summary = _summary(settings)
+    _print_summary(summary, report.pending, wall, downloaded_bytes)
+    mismatches = _compare_expected(settings, corpus)
+    for line in mismatches:
+        console.print(f"[red]unexpected:[/] {line}")
+    console.print(
+        f"\nInspect it in the UI: DAGSTER_HOME={settings.dagster_home} .venv/bin/dagster dev -w workspace.yaml"
+    )
+    return EXIT_OK if not mismatches else EXIT_FAILED
+
+
+def _start_origin(port: int) -> Any:
+    from dtkg_assets.origin import OriginServer
+
+    try:
+        return OriginServer(port=port).start()
+    except OSError:
+        console.print(f"port {port} is busy; using a free port (the works will point there)")
+        return OriginServer(port=0).start()
+
+
+def _backfill_with_progress(instance: Any, settings: Settings, workers: int | None, backfill: Any) -> Any:
+    from dtkg_assets.defs.launch import pending_keys
+
+    keys = pending_keys(settings)
+    if not keys:
+        console.print("nothing to download: every work is finished or failed permanently")
+    with Progress(
+        TextColumn("[bold]artifact_pdfs"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[note]}"),
+        console=console,
+        disable=not keys,
+    ) as progress:
+        task = progress.add_task("works", total=len(keys), note="")
+
+        def on_batch(batch: Any, size: int) -> None:
+            state = "ok" if batch.success else "some failed"
+            progress.update(task, advance=size, note=f"run {batch.run_id[:8]} {state}")
+
+        return backfill(instance, settings, workers=workers, keys=keys, on_batch=on_batch)
+
+
+def _summary(settings: Settings) -> dict[str, Any]:
+    from dtkg_assets.core.ledger import Ledger
+    from dtkg_assets.core.ledger.queries import summary
+
+    led = Ledger.open_reader(settings)
+    try:
+        return summary(led)
+    finally:
+        led.close()
+
+
+def _print_summary(summary: dict[str, Any], attempted: int, wall: float, body_bytes: int) -> None:
+    outcomes = summary["by_outcome"]
+    table = Table(title="dtkg demo summary", show_header=True)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("works in ledger", str(summary["works"]))
+    table.add_row("works attempted this run", str(attempted))
+    table.add_row("downloaded (stored)", str(outcomes.get("downloaded", 0)))
+    table.add_row("deduplicated", str(outcomes.get("deduplicated", 0)))
+    for reason, n in summary["failed_by_reason"].items():
+        table.add_row(f"failed: {reason}", str(n))
+    for reason, n in summary["input_problems"].items():
+        table.add_row(f"input problem: {reason}", str(n))
+    for name in ("retrying", "pending"):
+        if outcomes.get(name):
+            table.add_row(name, str(outcomes[name]))
+    table.add_row("distinct PDFs in store", str(summary["blobs"]))
+    table.add_row("bytes in store", f"{summary['blob_bytes']:,}")
+    table.add_row("body bytes fetched this run", f"{body_bytes:,}")
+    rate = body_bytes / (1024 * 1024) / wall if wall > 0 and body_bytes else 0.0
+    table.add_row("MiB/s this run", f"{rate:.2f}")
+    console.print(table)
+
+
+def _compare_expected(settings: Settings, corpus: Any) -> list[str]:
+    """The sample corpus knows what should happen to each work; say where the ledger differs."""
+    from dtkg_assets.core.ledger import Ledger
+
+    led = Ledger.open_reader(settings)
+    try:
+        rows = led.query(
+            "SELECT work_id, bool_or(state IN ('INDEXED', 'DEDUPED')), "
+            "arg_max(last_reason, candidate_rank) FROM artifact_jobs GROUP BY work_id"
+        )
+        problems = {str(r[0]): str(r[1]) for r in led.query("SELECT work_id, reason FROM input_problems")}
+    finally:
+        led.close()
+    state = {str(r[0]): (bool(r[1]), r[2]) for r in rows}
+    out = []
+    for work_id, expected in corpus.expected.items():
+        if expected.input_problem:
+            if work_id not in problems and not any(p == expected.reason for p in problems.values()):
+                out.append(f"{work_id}: expected input problem {expected.reason}")
+            continue
+        ok, reason = state.get(work_id, (False, "not planned"))
+        if expected.ok and not ok:
+            out.append(f"{work_id}: expected a stored PDF, ledger says {reason}")
+        if not expected.ok and (ok or reason != expected.reason):
+            out.append(f"{work_id}: expected failure {expected.reason}, ledger says {'ok' if ok else reason}")
+    return out
+
+
+# ---- backfill -------------------------------------------------------------------------------
+
+
+def add_backfill(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "backfill",
+        help="materialize pending artifact_pdfs partitions through Dagster in batch runs",
+        description="Download every work the ledger says needs work, in batch runs on $DTKG_HOME/dagster.",
+    )
+    p.add_argument("--limit", type=int, default=None, help="at most this many works")
+    p.add_argument("--workers", type=int, default=None, help="download threads per run")
+    p.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    p.set_defaults(func=cmd_backfill)
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("dtkg backfill: --limit must be a positive number of works")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("dtkg backfill: --workers must be at least 1")
+    settings = load_settings()
+    from dtkg_assets.defs.launch import backfill, dagster_instance, pending_keys
+
+    instance = dagster_instance(settings)
+    keys = pending_keys(settings)
+    if args.limit is not None:
+        keys = keys[: args.limit]
+    started = time.perf_counter()
+    report = _backfill_with_progress(instance, settings, args.workers, lambda *a, **kw: backfill(*a, **kw))
+    wall = time.perf_counter() - started
+    data = {
+        "pending": report.pending,
+        "runs": len(report.batches),
+        "failed_runs": report.failed_runs,
+        "materialized": sum(b.materialized for b in report.batches),
+        "wall_s": round(wall, 3),
+        "summary": _summary(settings) if report.pending else None,
+    }
+    if args.json:
+        print(json.dumps(data, sort_keys=True))
+    else:
+        console.print(
+            f"{data['materialized']} of {data['pending']} works materialized in {data['runs']} runs "
+            f"({data['failed_runs']} runs with failed works) in {wall:.1f} s"
+        )
+    return EXIT_OK if report.failed_runs == 0 else EXIT_FAILED
+
+
+# ---- status ---------------------------------------------------------------------------------
+
+
+def add_status(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "status",
+        help="features that are on, ledger health and counts by state",
+        description="Which features are on (resume, dedupe, cache, robots, offline, rate limits), ledger health.",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_status)
+
+
+def status_report(settings: Settings) -> dict[str, Any]:
+    from dtkg_assets.core.http import client_features
+    from dtkg_assets.core.ledger import Ledger, LedgerBusy, LedgerUnavailable
+
+    features: dict[str, Any] = {
+        "resume": {
+            "prefix_check_bytes": settings.resume.prefix_check_bytes,
+            "allow_without_validators": settings.resume.allow_without_validators,
+        },
+        "dedupe": ("hardlink" if settings.store.dedupe_hardlink else "copy")
+        if settings.store.dedupe_enabled
+        else False,
+        "fsync": settings.io.fsync,
+        "preallocate": settings.io.preallocate_min_size_bytes if settings.io.preallocate else False,
+        "quota": {
+            "free_bytes_min": settings.quota.free_bytes_min,
+            "margin_factor": settings.quota.margin_factor,
+            "max_bytes": settings.quota.max_bytes,
+        },
+        **client_features(settings),
+    }
+    report: dict[str, Any] = {"home": str(settings.home), "features": features}
+    try:
+        led = Ledger.open_reader(settings)
+    except (LedgerUnavailable, LedgerBusy) as exc:
+        report["ledger"] = {"status": "unavailable", "detail": str(exc)}
+        return report
+    try:
+        report["ledger"] = led.health()
+        report["states"] = {
+            str(k): int(v)
+            for k, v in led.query("SELECT state, count(*) FROM artifact_jobs GROUP BY state ORDER BY state")
+        }
+    finally:
+        led.close()
+    return report
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    report = status_report(load_settings())
+    if args.json:
+        print(json.dumps(report, sort_keys=True, default=str))
+        return EXIT_OK
+    console.print(f"[bold]DTKG_HOME[/] {report['home']}")
+    table = Table(title="features")
+    table.add_column("feature")
+    table.add_column("setting")
+    for name, value in report["features"].items():
+        table.add_row(name, json.dumps(value, default=str) if not isinstance(value, str) else value)
+    console.print(table)
+    ledger = report["ledger"]
+    console.print(f"[bold]ledger[/] {ledger.get('status')} {json.dumps(ledger, default=str)}")
+    for state, n in report.get("states", {}).items():
+        console.print(f"  {state:<18} {n}")
+    return EXIT_OK

@@ -1,0 +1,27 @@
+"""The single Dagster entry point: `workspace.yaml` and `dagster dev` load `defs` from here."""
+
+import dagster as dg
+
+from dtkg_assets.defs.assets import artifact_pdfs, openalex_works
+from dtkg_assets.defs.checks import artifact_file_matches_ledger, artifact_is_pdf
+from dtkg_assets.defs.jobs import MAINTENANCE_JOBS, artifact_pdfs_job, openalex_works_job
+from dtkg_assets.defs.resources import default_resources
+from dtkg_assets.defs.schedules import SCHEDULES
+from dtkg_assets.defs.sensors import SENSORS
+
+
+def build_definitions(home: str | None = None) -> dg.Definitions:
+    """Definitions with resources rooted at `home` (default: $DTKG_HOME)."""
+    return dg.Definitions(
+        assets=[openalex_works, artifact_pdfs],
+        asset_checks=[artifact_file_matches_ledger, artifact_is_pdf],
+        jobs=[artifact_pdfs_job, openalex_works_job, *MAINTENANCE_JOBS],
+        sensors=list(SENSORS),
+        schedules=list(SCHEDULES),
+        resources=default_resources(home),
+        # Batches of partitions run threads inside one step: no per-step subprocess cost.
+        executor=dg.in_process_executor,
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,151 @@
+"""Running the Dagster definitions from the command line (`dtkg demo`, `dtkg backfill`).
+
+Runs execute in this process on a persistent instance under $DTKG_HOME/dagster, so `dagster dev`
+with the same DAGSTER_HOME shows them afterwards. Partitions are batched per run (range tags);
+keys the ledger marks complete are skipped by the asset itself.
+"""
+
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from dtkg_assets.core.ledger import Ledger, LedgerUnavailable
+from dtkg_assets.core.ledger.queries import works_needing_work
+from dtkg_assets.core.sources import WorksSource
+from dtkg_assets.defs.assets import artifact_pdfs, openalex_works
+from dtkg_assets.defs.batching import partition_batches
+from dtkg_assets.defs.checks import artifact_file_matches_ledger, artifact_is_pdf
+from dtkg_assets.defs.jobs import reconcile_job
+from dtkg_assets.defs.partitions import ARTIFACT_PARTITIONS_NAME
+from dtkg_assets.defs.resources import default_resources
+from dtkg_assets.settings import Settings
+
+REPO_DAGSTER_YAML = Path(__file__).resolve().parents[2] / "dagster.yaml"
+FALLBACK_DAGSTER_YAML = "telemetry:\n  enabled: false\n"
+
+
+def dagster_instance(settings: Settings) -> dg.DagsterInstance:
+    """The persistent instance under $DTKG_HOME/dagster, with the project's dagster.yaml."""
+    home = settings.dagster_home
+    home.mkdir(parents=True, exist_ok=True)
+    target = home / "dagster.yaml"
+    if REPO_DAGSTER_YAML.is_file():
+        if not target.exists() or target.read_bytes() != REPO_DAGSTER_YAML.read_bytes():
+            shutil.copyfile(REPO_DAGSTER_YAML, target)
+    elif not target.exists():
+        target.write_text(FALLBACK_DAGSTER_YAML)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return dg.DagsterInstance.get()
+
+
+def ingest(instance: dg.DagsterInstance, settings: Settings, source: WorksSource) -> dict[str, Any]:
+    """Materialize `openalex_works` from `source`; returns the asset's metadata values."""
+    source.check()
+    config = {k: v for k, v in vars(source).items() if v not in (None, False)}
+    result = dg.materialize(
+        [openalex_works],
+        instance=instance,
+        resources=default_resources(str(settings.home)),
+        run_config={"ops": {"openalex_works": {"config": config}}},
+    )
+    events = result.asset_materializations_for_node("openalex_works")
+    return {k: v.value for k, v in events[-1].metadata.items()} if events else {}
+
+
+@dataclass
+class BatchResult:
+    start: str
+    end: str
+    run_id: str
+    success: bool
+    materialized: int
+
+
+@dataclass
+class BackfillReport:
+    pending: int = 0
+    batches: list[BatchResult] = field(default_factory=list)
+
+    @property
+    def failed_runs(self) -> int:
+        return sum(1 for b in self.batches if not b.success)
+
+
+def pending_keys(settings: Settings) -> list[str]:
+    try:
+        with _reader(settings) as led:
+            return works_needing_work(led)
+    except LedgerUnavailable:
+        return []
+
+
+def backfill(
+    instance: dg.DagsterInstance,
+    settings: Settings,
+    *,
+    limit: int | None = None,
+    workers: int | None = None,
+    keys: Sequence[str] | None = None,
+    on_batch: Callable[[BatchResult, int], None] | None = None,
+) -> BackfillReport:
+    """Materialize pending partitions of `artifact_pdfs` in batch runs (range tags, in-process)."""
+    pending = list(keys) if keys is not None else pending_keys(settings)
+    if limit is not None:
+        pending = pending[:limit]
+    report = BackfillReport(pending=len(pending))
+    if not pending:
+        return report
+    # Works imported outside Dagster (e.g. `dtkg works import`) get their partitions here.
+    instance.add_dynamic_partitions(ARTIFACT_PARTITIONS_NAME, pending)
+    ordered = instance.get_dynamic_partitions(ARTIFACT_PARTITIONS_NAME)
+    resources = default_resources(str(settings.home))
+    run_config = {"ops": {"artifact_pdfs": {"config": {"workers": workers or settings.run.workers}}}}
+    pending_set = set(pending)
+    for start, end in partition_batches(ordered, pending_set, settings.run.batch_size):
+        result = dg.materialize(
+            [artifact_pdfs, artifact_file_matches_ledger, artifact_is_pdf],
+            instance=instance,
+            resources=resources,
+            run_config=run_config,
+            tags={"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end},
+            raise_on_error=False,
+        )
+        batch = BatchResult(
+            start=start,
+            end=end,
+            run_id=result.run_id,
+            success=result.success,
+            materialized=len(result.asset_materializations_for_node("artifact_pdfs")),
+        )
+        report.batches.append(batch)
+        if on_batch is not None:
+            index = ordered.index(end)
+            on_batch(batch, sum(1 for k in ordered[ordered.index(start) : index + 1] if k in pending_set))
+    return report
+
+
+def run_reconcile(instance: dg.DagsterInstance, settings: Settings) -> dict[str, int]:
+    result = reconcile_job.execute_in_process(instance=instance, resources=default_resources(str(settings.home)))
+    counts: dict[str, int] = result.output_for_node("reconcile_ledger")
+    return counts
+
+
+class _reader:
+    """`with _reader(settings) as led`: the ledger snapshot, closed afterwards."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.ledger: Ledger | None = None
+
+    def __enter__(self) -> Ledger:
+        self.ledger = Ledger.open_reader(self.settings)
+        return self.ledger
+
+    def __exit__(self, *exc: object) -> None:
+        if self.ledger is not None:
+            self.ledger.close()

@@ -1,0 +1,294 @@
+"""The Dagster layer on a real instance (`instance_for_test`), a real ledger and the local origin."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from dtkg_assets.core.ledger import Ledger
+from dtkg_assets.definitions import build_definitions
+from dtkg_assets.defs.assets import artifact_pdfs, openalex_works
+from dtkg_assets.defs.batching import partition_batches
+from dtkg_assets.defs.jobs import release_leases_job, revalidate_job
+from dtkg_assets.defs.partitions import ARTIFACT_PARTITIONS_NAME
+from dtkg_assets.defs.resources import default_resources
+from dtkg_assets.defs.schedules import refresh_run_config
+from dtkg_assets.defs.sensors import reconcile_sensor, release_leases_on_failure, work_partitions_sensor
+from dtkg_assets.origin import FaultMode, OriginServer
+from dtkg_assets.settings import Settings
+from dtkg_assets_tests.conftest import pdf_bytes
+
+REPO = Path(__file__).resolve().parents[1]
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Resources read settings from the environment: point them at a private home and loopback."""
+    home = tmp_path / "home"
+    for name, value in {
+        "DTKG_HOME": str(home),
+        "DTKG_ALLOW_HOSTS": "127.0.0.1,localhost",
+        "DTKG_RATE_LIMITS": "*=0",
+        "DTKG_HTTP_ROBOTS_ENABLED": "0",
+        "DTKG_HTTP_CACHE_ENABLED": "0",
+        "DTKG_HTTP_BACKOFF_INITIAL_S": "0.01",
+        "DTKG_HTTP_BACKOFF_MAX_S": "0.05",
+        "DTKG_QUOTA_FREE_BYTES_MIN": "0",
+    }.items():
+        monkeypatch.setenv(name, value)
+    return home
+
+
+def work_record(work_id: str, urls: list[str]) -> dict:
+    locations = [{"is_oa": True, "pdf_url": u, "landing_page_url": u} for u in urls]
+    return {
+        "id": f"https://openalex.org/{work_id}",
+        "doi": None,
+        "title": f"Work {work_id}",
+        "publication_year": 2024,
+        "best_oa_location": locations[0] if locations else None,
+        "locations": locations,
+        "open_access": {"is_oa": True, "oa_url": urls[0] if urls else None},
+    }
+
+
+def write_works(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def ingest(instance: dg.DagsterInstance, home: Path, jsonl: Path) -> dg.ExecuteInJobResult:
+    return dg.materialize(
+        [openalex_works],
+        instance=instance,
+        resources=default_resources(str(home)),
+        run_config={"ops": {"openalex_works": {"config": {"jsonl_path": str(jsonl)}}}},
+    )
+
+
+def run_range(instance: dg.DagsterInstance, home: Path, start: str, end: str) -> dg.ExecuteInJobResult:
+    return dg.materialize(
+        [artifact_pdfs],
+        instance=instance,
+        resources=default_resources(str(home)),
+        tags={RANGE_START: start, RANGE_END: end},
+        raise_on_error=False,
+    )
+
+
+def ledger_states(home: Path) -> dict[str, bool]:
+    """work id -> finished (INDEXED/DEDUPED) per the ledger."""
+    led = Ledger.open_reader(Settings.from_env().with_home(home))
+    try:
+        rows = led.query("SELECT work_id, bool_or(state IN ('INDEXED', 'DEDUPED')) FROM artifact_jobs GROUP BY work_id")
+    finally:
+        led.close()
+    return {str(w): bool(ok) for w, ok in rows}
+
+
+@pytest.fixture
+def five_works(tmp_path: Path, origin: OriginServer, home: Path) -> tuple[list[str], dict[str, bytes]]:
+    """W1..W5 on the origin; W3 answers 404 (permanent failure)."""
+    bodies = {}
+    records = []
+    for i in range(1, 6):
+        wid = f"W{i}"
+        body = pdf_bytes(20_000 + i * 1000, seed=i)
+        bodies[wid] = body
+        url = origin.add(f"/{wid}.pdf", body, FaultMode(status=404) if i == 3 else None)
+        records.append(work_record(wid, [url]))
+    write_works(tmp_path / "works.jsonl", records)
+    return [f"W{i}" for i in range(1, 6)], bodies
+
+
+def test_definitions_load_and_validate() -> None:
+    defs = build_definitions()
+    repo = defs.get_repository_def()
+    assert {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()} == {"openalex_works", "artifact_pdfs"}
+    assert {s.name for s in repo.sensor_defs} >= {"work_partitions_sensor", "reconcile_sensor"}
+    assert {s.name for s in repo.schedule_defs} == {"works_refresh_schedule", "revalidation_schedule"}
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_range_run_matches_ledger_and_rerun_downloads_nothing(
+    tmp_path: Path, origin: OriginServer, home: Path, five_works: tuple[list[str], dict[str, bytes]]
+) -> None:
+    keys, bodies = five_works
+    with dg.instance_for_test() as instance:
+        assert ingest(instance, home, tmp_path / "works.jsonl").success
+        assert instance.get_dynamic_partitions(ARTIFACT_PARTITIONS_NAME) == keys
+
+        result = run_range(instance, home, "W1", "W5")
+        assert not result.success  # W3 failed, so the step fails at the end
+        status = instance.get_status_by_partition(
+            dg.AssetKey("artifact_pdfs"), keys, dg.DynamicPartitionsDefinition(name=ARTIFACT_PARTITIONS_NAME)
+        )
+        finished = ledger_states(home)
+        assert finished == {"W1": True, "W2": True, "W3": False, "W4": True, "W5": True}
+        for key in keys:
+            expected = dg.AssetPartitionStatus.MATERIALIZED if finished[key] else dg.AssetPartitionStatus.FAILED
+            assert status[key] == expected, key
+        # Bytes on disk are the origin's bytes.
+        for key in ("W1", "W2", "W4", "W5"):
+            path = home / "store" / "works" / f"{key}.pdf"
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == hashlib.sha256(bodies[key]).hexdigest()
+
+        served = origin.total_body_bytes()
+        before = len(instance.get_materialized_partitions(dg.AssetKey("artifact_pdfs")))
+        rerun = run_range(instance, home, "W1", "W5")
+        assert origin.total_body_bytes() == served  # nothing downloaded again
+        assert not rerun.success  # W3 is still a permanent failure, reported again
+        assert rerun.asset_materializations_for_node("artifact_pdfs") == []
+        assert len(instance.get_materialized_partitions(dg.AssetKey("artifact_pdfs"))) == before
+
+
+def test_work_partitions_sensor_registers_new_works(tmp_path: Path, home: Path, origin: OriginServer) -> None:
+    records = [work_record(f"W{i}", [origin.add(f"/{i}.pdf", pdf_bytes(5000, i))]) for i in range(1, 4)]
+    jsonl = write_works(tmp_path / "works.jsonl", records)
+    settings = Settings.from_env()
+    from dtkg_assets.core.sources import WorksSource, iter_works
+
+    works = [w for w in iter_works(WorksSource(jsonl_path=str(jsonl)), settings) if hasattr(w, "candidates")]
+    led = Ledger.open_writer(settings)
+    led.plan(works)  # type: ignore[arg-type]
+    led.close()
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(ARTIFACT_PARTITIONS_NAME, ["W1"])  # one is known already
+        with dg.build_sensor_context(instance=instance, resources=default_resources(str(home))) as ctx:
+            data = work_partitions_sensor.evaluate_tick(ctx)
+        requests = data.dynamic_partitions_requests or []
+        assert [sorted(r.partition_keys) for r in requests] == [["W2", "W3"]]
+        assert data.cursor is not None and float(data.cursor) > 0
+        # Same cursor, nothing new: no request.
+        instance.add_dynamic_partitions(ARTIFACT_PARTITIONS_NAME, ["W2", "W3"])
+        with dg.build_sensor_context(
+            instance=instance, resources=default_resources(str(home)), cursor=data.cursor
+        ) as ctx2:
+            again = work_partitions_sensor.evaluate_tick(ctx2)
+        assert not again.dynamic_partitions_requests
+
+
+def test_reconcile_sensor_requests_reconcile_and_batches_for_pending(
+    tmp_path: Path, origin: OriginServer, home: Path, five_works: tuple[list[str], dict[str, bytes]]
+) -> None:
+    keys, _ = five_works
+    with dg.instance_for_test() as instance:
+        assert ingest(instance, home, tmp_path / "works.jsonl").success
+        with dg.build_sensor_context(instance=instance, resources=default_resources(str(home))) as ctx:
+            data = reconcile_sensor.evaluate_tick(ctx)
+        jobs = [r.job_name for r in data.run_requests or []]
+        assert jobs[0] == "reconcile_job"
+        ranges = [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in (data.run_requests or [])[1:]]
+        assert ranges == [("W1", "W5")]  # all five pending, one batch
+        run_range(instance, home, "W1", "W5")
+        with dg.build_sensor_context(instance=instance, resources=default_resources(str(home))) as ctx:
+            data = reconcile_sensor.evaluate_tick(ctx)
+        # W3 failed permanently and the others are done: only the reconcile run is requested.
+        assert [r.job_name for r in data.run_requests or []] == ["reconcile_job"]
+
+
+def test_partition_batches_cover_pending_only() -> None:
+    keys = [f"K{i:02d}" for i in range(10)]
+    assert list(partition_batches(keys, {"K01", "K02", "K07"}, 3)) == [("K01", "K02"), ("K07", "K07")]
+    assert list(partition_batches(keys, set(keys), 4)) == [("K00", "K03"), ("K04", "K07"), ("K08", "K09")]
+    assert list(partition_batches(keys, set(), 4)) == []
+
+
+def test_failed_run_leases_are_released(tmp_path: Path, home: Path, origin: OriginServer) -> None:
+    url = origin.add("/slow.pdf", pdf_bytes(50_000, 9))
+    write_works(tmp_path / "works.jsonl", [work_record("W1", [url])])
+    settings = Settings.from_env()
+    with dg.instance_for_test() as instance:
+        assert ingest(instance, home, tmp_path / "works.jsonl").success
+        # A run that died holding a lease: take one in its name.
+        led = Ledger.open_writer(settings)
+        job_id = led.jobs_for_work("W1")[0].job_id
+        assert led.acquire(job_id, "run:dead-run", run_id="dead-run") is not None
+        led.close()
+        failing = dg.materialize(
+            [openalex_works],
+            instance=instance,
+            resources=default_resources(str(home)),
+            run_config={"ops": {"openalex_works": {"config": {"jsonl_path": str(tmp_path / "missing.jsonl")}}}},
+            raise_on_error=False,
+        )
+        assert not failing.success
+        failure_event = next(e for e in failing.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
+        run = instance.get_run_by_id(failing.run_id)
+        assert run is not None
+        ctx = dg.build_run_status_sensor_context(
+            sensor_name=release_leases_on_failure.name,
+            dagster_event=failure_event,
+            dagster_instance=instance,
+            dagster_run=run,
+        ).for_run_failure()
+        request = release_leases_on_failure(ctx)
+        assert isinstance(request, dg.RunRequest)
+        assert request.run_config["ops"]["release_run_leases"]["config"]["run_id"] == failing.run_id
+        # Release the dead run's leases with the same job the sensor requests.
+        released = release_leases_job.execute_in_process(
+            instance=instance,
+            resources=default_resources(str(home)),
+            run_config={"ops": {"release_run_leases": {"config": {"run_id": "dead-run"}}}},
+        )
+        # Opening the writer already voids leases of writers that are gone, so the job may find
+        # none left; either way the dead run holds nothing afterwards.
+        assert released.success and released.output_for_node("release_run_leases") in (0, 1)
+        led = Ledger.open_reader(settings)
+        try:
+            rows = led.query("SELECT state, lease_owner FROM artifact_jobs WHERE job_id = ?", [job_id])
+            assert rows == [("PLANNED", None)]
+        finally:
+            led.close()
+
+
+def test_revalidation_304_changes_nothing_and_changed_object_is_a_new_version(
+    tmp_path: Path, origin: OriginServer, home: Path
+) -> None:
+    url_a = origin.add("/a.pdf", pdf_bytes(30_000, 1))
+    url_b = origin.add("/b.pdf", pdf_bytes(30_000, 2))
+    write_works(tmp_path / "works.jsonl", [work_record("W1", [url_a]), work_record("W2", [url_b])])
+    with dg.instance_for_test() as instance:
+        assert ingest(instance, home, tmp_path / "works.jsonl").success
+        assert run_range(instance, home, "W1", "W2").success
+        old_b = (home / "store" / "works" / "W2.pdf").read_bytes()
+        new_b = pdf_bytes(31_000, 3)
+        origin.mutate("/b.pdf", new_b)
+        origin.reset_stats()
+
+        result = revalidate_job.execute_in_process(instance=instance, resources=default_resources(str(home)))
+        counts = result.output_for_node("revalidate_artifacts")
+        assert counts["checked"] == 2 and counts["unchanged"] == 1 and counts["changed"] == 1
+        assert counts["new_versions"] == 1
+        assert 304 in origin.stats("/a.pdf").statuses and origin.stats("/a.pdf").body_bytes == 0
+        assert (home / "store" / "works" / "W2.pdf").read_bytes() == new_b
+        # The old version's blob stays, addressed by its hash; the ledger records both versions.
+        old_sha = hashlib.sha256(old_b).hexdigest()
+        assert (home / "store" / old_sha[:2] / f"{old_sha}.pdf").read_bytes() == old_b
+        led = Ledger.open_reader(Settings.from_env())
+        try:
+            versions = {r[0] for r in led.query("SELECT sha256 FROM work_versions WHERE work_id = 'W2'")}
+            assert versions == {old_sha, hashlib.sha256(new_b).hexdigest()}
+        finally:
+            led.close()
+
+
+def test_refresh_schedule_reads_its_source_from_the_environment() -> None:
+    assert refresh_run_config({}) is None
+    config = refresh_run_config({"DTKG_REFRESH_FILTER": "publication_year:2024", "DTKG_REFRESH_MAX": "50"})
+    assert config == {"ops": {"openalex_works": {"config": {"filter": "publication_year:2024", "max_results": 50}}}}
