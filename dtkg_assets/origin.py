@@ -578,7 +578,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             headers.update(self._validator_headers(mode, obj))
             if self._not_modified(headers):
-                self._simple(304, head, headers)
+                # Validators only: no body, and no Content-Length that would differ from a 200's.
+                self._status(304)
+                for k in ("ETag", "Last-Modified"):
+                    if k in headers:
+                        self.send_header(k, headers[k])
+                self.end_headers()
                 return
             if not head and range_header and mode.ranges:
                 if mode.force_416:

@@ -460,3 +460,20 @@ def test_settings_fixture(settings, tmp_path) -> None:
     assert settings.home == tmp_path / "home"
     assert settings.quota.free_bytes_min == 0 and not settings.http.robots_enabled
     assert "127.0.0.1" in settings.http.allow_hosts and dict(settings.http.rate_limits) == {"*": 0.0}
+
+
+def test_conditional_get_304(srv: OriginServer) -> None:
+    url = srv.add("/cond.pdf", BODY)
+    h = httpx.head(url)
+    with httpx.Client(timeout=30) as c:
+        r = c.get(url, headers={**IDENTITY, "If-None-Match": h.headers["etag"]})
+        assert r.status_code == 304 and r.content == b"" and r.headers["etag"] == h.headers["etag"]
+        r = c.get(url, headers={**IDENTITY, "If-Modified-Since": h.headers["last-modified"]})
+        assert r.status_code == 304
+        srv.mutate("/cond.pdf")
+        r = c.get(url, headers={**IDENTITY, "If-None-Match": h.headers["etag"]})
+        assert r.status_code == 200 and r.content == srv.object_bytes("/cond.pdf")
+        r = c.get(url, headers={**IDENTITY, "If-Modified-Since": h.headers["last-modified"]})
+        assert r.status_code == 200
+    st = srv.stats("/cond.pdf")
+    assert st.statuses == [200, 304, 304, 200, 200] and st.body_bytes == 2 * len(srv.object_bytes("/cond.pdf"))
