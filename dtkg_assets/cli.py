@@ -45,10 +45,10 @@ def add_fetch(subparsers: Any) -> None:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
+    from dtkg_assets.cli_ledger import fetch_with_ledger
     from dtkg_assets.core.errors import DtkgError
-    from dtkg_assets.core.http import make_client
-    from dtkg_assets.core.store import Store, check_work_id
-    from dtkg_assets.core.streaming import Engine, check_url
+    from dtkg_assets.core.store import check_work_id
+    from dtkg_assets.core.streaming import check_url
 
     url: str = args.url
     try:
@@ -59,9 +59,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         hint = "Give a full http(s) URL, e.g. https://host/paper.pdf, and a work id of letters, digits, . _ -"
         raise UsageError(f"dtkg fetch: {exc.detail or exc}. {hint}") from None
     settings = load_settings()
-    with make_client(settings) as client:
-        engine = Engine(client, settings, Store(settings))
-        result = engine.fetch(url, work_id=work_id)
+    # Through the orchestrator, so the ledger records the work, its job, attempts and blob.
+    result = fetch_with_ledger(settings, url, work_id)
     data = result.to_json()
     data["http_attempts"] = len(result.http_attempts)
     if args.json:

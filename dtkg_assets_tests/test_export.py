@@ -113,3 +113,23 @@ def test_cli_writer_waits_then_fails_clearly(tmp_path):
     assert "busy-test" in rec.stderr and "waiting up to 0.5 s" in rec.stderr and "Traceback" not in rec.stderr
     assert "Could not set lock" not in rec.stderr
     assert health.returncode == 0 and json.loads(health.stdout)["status"] == "healthy"
+
+
+def test_dtkg_fetch_records_in_the_ledger(origin, pdf_bytes, tmp_path):
+    body = pdf_bytes(90_000, 5)
+    url = origin.add("/one.pdf", body)
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DTKG_")}
+    env.update(DTKG_HOME=str(home), DTKG_QUOTA_FREE_BYTES_MIN="0", DTKG_ALLOW_HOSTS="127.0.0.1",
+               DTKG_RATE_LIMITS="*=0", DTKG_HTTP_ROBOTS_ENABLED="0")
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-m", "dtkg_assets.cli", "fetch", url, "--work-id", "W7", "--json"],
+                              capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["decision"] == "already_complete"
+    assert origin.stats("/one.pdf").get_requests == 1
+    with Ledger.open_reader(Settings().with_home(home)) as led:
+        assert led.query("SELECT work_id, state, sha256, bytes FROM artifact_jobs") == [
+            ("W7", "INDEXED", hashlib.sha256(body).hexdigest(), len(body))]
+        assert led.query("SELECT count(*) FROM runs") == [(2,)]
+        assert led.query("SELECT count(*) FROM http_attempts WHERE job_id IS NOT NULL")[0][0] >= 2
