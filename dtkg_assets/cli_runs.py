@@ -47,7 +47,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = load_settings()
 
     from dtkg_assets.core.sources import WorksSource
-    from dtkg_assets.defs.launch import backfill, dagster_instance, ingest, run_reconcile
+    from dtkg_assets.defs.launch import backfill, dagster_instance, ingest, run_checks, run_reconcile
     from dtkg_assets.sample import build_sample_corpus, configure_origin, sample_works, write_sample_jsonl
 
     sample_dir = settings.home / "sample"
@@ -69,6 +69,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         wall = time.perf_counter() - started
         counts = run_reconcile(instance, settings)
         console.print(f"reconcile: {counts}")
+        checks = run_checks(instance, settings)
+        console.print("asset checks: " + ", ".join(f"{k} {'passed' if v else 'FAILED'}" for k, v in checks.items()))
     finally:
         origin.stop()
     downloaded_bytes = origin.total_body_bytes()

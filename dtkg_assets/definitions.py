@@ -4,7 +4,7 @@ import dagster as dg
 
 from dtkg_assets.defs.assets import artifact_pdfs, openalex_works
 from dtkg_assets.defs.checks import artifact_file_matches_ledger, artifact_is_pdf
-from dtkg_assets.defs.jobs import MAINTENANCE_JOBS, artifact_pdfs_job, openalex_works_job
+from dtkg_assets.defs.jobs import MAINTENANCE_JOBS, artifact_checks_job, artifact_pdfs_job, openalex_works_job
 from dtkg_assets.defs.resources import default_resources
 from dtkg_assets.defs.schedules import SCHEDULES
 from dtkg_assets.defs.sensors import SENSORS
@@ -15,7 +15,7 @@ def build_definitions(home: str | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=[openalex_works, artifact_pdfs],
         asset_checks=[artifact_file_matches_ledger, artifact_is_pdf],
-        jobs=[artifact_pdfs_job, openalex_works_job, *MAINTENANCE_JOBS],
+        jobs=[artifact_pdfs_job, artifact_checks_job, openalex_works_job, *MAINTENANCE_JOBS],
         sensors=list(SENSORS),
         schedules=list(SCHEDULES),
         resources=default_resources(home),

@@ -16,6 +16,11 @@ from dtkg_assets.defs.resources import HttpClientResource, LedgerResource
 artifact_pdfs_job = dg.define_asset_job(
     "artifact_pdfs_job", selection=dg.AssetSelection.assets(artifact_pdfs), partitions_def=artifact_partitions
 )
+# The checks on their own: a batch whose step fails (some works failed) skips its checks, so the
+# command line runs this once after a backfill; the UI can run it any time.
+artifact_checks_job = dg.define_asset_job(
+    "artifact_checks_job", selection=dg.AssetSelection.checks_for_assets(artifact_pdfs)
+)
 openalex_works_job = dg.define_asset_job("openalex_works_job", selection=dg.AssetSelection.assets(openalex_works))
 
 

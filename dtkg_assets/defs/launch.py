@@ -19,11 +19,15 @@ from dtkg_assets.core.ledger.queries import works_needing_work
 from dtkg_assets.core.sources import WorksSource
 from dtkg_assets.defs.assets import artifact_pdfs, openalex_works
 from dtkg_assets.defs.batching import partition_batches
-from dtkg_assets.defs.checks import artifact_file_matches_ledger, artifact_is_pdf
-from dtkg_assets.defs.jobs import reconcile_job
+from dtkg_assets.defs.jobs import artifact_checks_job, reconcile_job
 from dtkg_assets.defs.partitions import ARTIFACT_PARTITIONS_NAME
 from dtkg_assets.defs.resources import default_resources
 from dtkg_assets.settings import Settings
+
+# Runs launched from the command line log to the console at this level (the UI keeps everything):
+# per-step DEBUG events would drown the progress display. DTKG_LOG_LEVEL=DEBUG shows them.
+CONSOLE_LOG_LEVEL = os.environ.get("DTKG_LOG_LEVEL", "WARNING").upper()
+QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": CONSOLE_LOG_LEVEL}}}}
 
 REPO_DAGSTER_YAML = Path(__file__).resolve().parents[2] / "dagster.yaml"
 FALLBACK_DAGSTER_YAML = "telemetry:\n  enabled: false\n"
@@ -51,7 +55,7 @@ def ingest(instance: dg.DagsterInstance, settings: Settings, source: WorksSource
         [openalex_works],
         instance=instance,
         resources=default_resources(str(settings.home)),
-        run_config={"ops": {"openalex_works": {"config": config}}},
+        run_config={"ops": {"openalex_works": {"config": config}}, **QUIET_LOGGERS},
     )
     events = result.asset_materializations_for_node("openalex_works")
     return {k: v.value for k, v in events[-1].metadata.items()} if events else {}
@@ -104,11 +108,11 @@ def backfill(
     instance.add_dynamic_partitions(ARTIFACT_PARTITIONS_NAME, pending)
     ordered = instance.get_dynamic_partitions(ARTIFACT_PARTITIONS_NAME)
     resources = default_resources(str(settings.home))
-    run_config = {"ops": {"artifact_pdfs": {"config": {"workers": workers or settings.run.workers}}}}
+    run_config = {"ops": {"artifact_pdfs": {"config": {"workers": workers or settings.run.workers}}}, **QUIET_LOGGERS}
     pending_set = set(pending)
     for start, end in partition_batches(ordered, pending_set, settings.run.batch_size):
         result = dg.materialize(
-            [artifact_pdfs, artifact_file_matches_ledger, artifact_is_pdf],
+            [artifact_pdfs],
             instance=instance,
             resources=resources,
             run_config=run_config,
@@ -130,9 +134,20 @@ def backfill(
 
 
 def run_reconcile(instance: dg.DagsterInstance, settings: Settings) -> dict[str, int]:
-    result = reconcile_job.execute_in_process(instance=instance, resources=default_resources(str(settings.home)))
+    result = reconcile_job.execute_in_process(
+        instance=instance, resources=default_resources(str(settings.home)), run_config=QUIET_LOGGERS
+    )
     counts: dict[str, int] = result.output_for_node("reconcile_ledger")
     return counts
+
+
+def run_checks(instance: dg.DagsterInstance, settings: Settings) -> dict[str, bool]:
+    """Run the asset checks on every finished artifact; returns check name -> passed."""
+    from dtkg_assets.definitions import build_definitions
+
+    job = build_definitions(str(settings.home)).get_job_def(artifact_checks_job.name)
+    result = job.execute_in_process(instance=instance, run_config=QUIET_LOGGERS, raise_on_error=False)
+    return {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
 
 
 class _reader:
