@@ -37,6 +37,9 @@ def add_demo(subparsers: Any) -> None:
     )
     p.add_argument("--port", type=int, default=DEMO_PORT, help=f"origin port (default {DEMO_PORT}; 0 = any)")
     p.add_argument("--workers", type=int, default=None, help="download threads per run (default DTKG_RUN_WORKERS)")
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object with the summary on stdout (progress on stderr)"
+    )
     p.set_defaults(func=cmd_demo)
 
 
@@ -45,6 +48,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("DTKG_ALLOW_HOSTS", "127.0.0.1,localhost")
     os.environ.setdefault("DTKG_RATE_LIMITS", "127.0.0.1=0,localhost=0")
     settings = load_settings()
+    if args.json:
+        console.stderr = True  # stdout carries only the JSON object
 
     from dtkg_assets.core.sources import WorksSource
     from dtkg_assets.defs.launch import backfill, dagster_instance, ingest, run_checks, run_reconcile
@@ -79,6 +84,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     mismatches = _compare_expected(settings, corpus)
     for line in mismatches:
         console.print(f"[red]unexpected:[/] {line}")
+    if args.json:
+        print(json.dumps(_demo_json(summary, report.pending, wall, downloaded_bytes, origin.base_url, mismatches)))
     console.print(
         f"\nInspect it in the UI: DAGSTER_HOME={settings.dagster_home} .venv/bin/dagster dev -w workspace.yaml"
     )
@@ -152,6 +159,24 @@ def _print_summary(summary: dict[str, Any], attempted: int, wall: float, body_by
     rate = body_bytes / (1024 * 1024) / wall if wall > 0 and body_bytes else 0.0
     table.add_row("MiB/s this run", f"{rate:.2f}")
     console.print(table)
+
+
+def _demo_json(
+    summary: dict[str, Any], attempted: int, wall: float, body_bytes: int, base_url: str, mismatches: list[str]
+) -> dict[str, Any]:
+    """The numbers of the summary table, for scripts and tests."""
+    outcomes = summary["by_outcome"]
+    return {
+        **summary,
+        "attempted": attempted,
+        "downloaded": outcomes.get("downloaded", 0),
+        "deduplicated": outcomes.get("deduplicated", 0),
+        "body_bytes_this_run": body_bytes,
+        "wall_s": round(wall, 3),
+        "mib_s": round(body_bytes / (1024 * 1024) / wall, 3) if wall > 0 else 0.0,
+        "origin": base_url,
+        "mismatches": mismatches,
+    }
 
 
 def _compare_expected(settings: Settings, corpus: Any) -> list[str]:
