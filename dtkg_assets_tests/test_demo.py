@@ -1,0 +1,217 @@
+"""`dtkg demo` end to end, as a user runs it: real processes, a fresh DTKG_HOME, run twice.
+
+The first run must leave every sample work in its expected state with the corpus's exact bytes in
+the store (one blob per distinct content, the dedupe pair sharing one inode); the second run must
+download nothing; `dtkg status --json` must agree with the ledger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from dtkg_assets.sample import SampleCorpus, build_sample_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+DTKG = Path(sys.executable).with_name("dtkg")
+DEMO_TIMEOUT_S = 600  # generous: a loaded 2-core machine; an idle one needs about 20 s
+
+
+def demo_env(home: Path) -> dict[str, str]:
+    """The caller's environment with DTKG_HOME set; other DTKG_* and DAGSTER_HOME dropped so a
+    developer's own configuration cannot change what the demo does."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DTKG_") and k != "DAGSTER_HOME"}
+    env["DTKG_HOME"] = str(home)
+    return env
+
+
+def run_dtkg(home: Path, *args: str, timeout: float = DEMO_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(DTKG), *args],
+        cwd=REPO,
+        env=demo_env(home),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def run_demo(home: Path, port: int = 0) -> dict[str, Any]:
+    """`dtkg demo --json`; returns its summary object (fails the test with the output otherwise)."""
+    proc = run_dtkg(home, "demo", "--port", str(port), "--json")
+    assert proc.returncode == 0, f"dtkg demo exited {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one JSON line on stdout, got:\n{proc.stdout}"
+    data: dict[str, Any] = json.loads(lines[0])
+    return data
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def snapshot(home: Path) -> duckdb.DuckDBPyConnection:
+    """The published snapshot, read-only, the way analysts open it."""
+    return duckdb.connect(str(home / "ledger.snapshot.duckdb"), read_only=True)
+
+
+def store_files(home: Path) -> dict[str, tuple[int, str]]:
+    """Every file in the store: relative path -> (inode, sha256 of its bytes)."""
+    root = home / "store"
+    return {str(p.relative_to(root)): (p.stat().st_ino, sha256_file(p)) for p in root.rglob("*") if p.is_file()}
+
+
+def job_states(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    rows = con.execute("SELECT state, count(*) FROM artifact_jobs GROUP BY state").fetchall()
+    return {str(s): int(n) for s, n in rows}
+
+
+@dataclass
+class DemoRuns:
+    home: Path
+    corpus: SampleCorpus
+    first: dict[str, Any]
+    second: dict[str, Any]
+    store_after_first: dict[str, tuple[int, str]]
+    states_after_first: dict[str, int]
+
+
+@pytest.fixture(scope="module")
+def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRuns]:
+    home = tmp_path_factory.mktemp("demo") / "home"
+    # The same port both times, as `make demo` uses 8787 both times: the works keep their URLs.
+    port = free_port()
+    first = run_demo(home, port)
+    with snapshot(home) as con:
+        states = job_states(con)
+    files = store_files(home)
+    second = run_demo(home, port)
+    # The demo built its corpus here; building again reuses those files (cached by manifest).
+    corpus = build_sample_corpus(home / "sample" / "pdfs")
+    yield DemoRuns(home, corpus, first, second, files, states)
+
+
+def test_first_run_leaves_every_work_in_its_expected_state(demo_runs: DemoRuns) -> None:
+    corpus, first = demo_runs.corpus, demo_runs.first
+    assert first["mismatches"] == []
+    fetchable = [w for w, e in corpus.expected.items() if not e.input_problem]
+    assert first["attempted"] == len(fetchable)
+    assert first["works"] == len(fetchable)
+    assert first["body_bytes_this_run"] > 0
+
+    with snapshot(demo_runs.home) as con:
+        rows = con.execute("SELECT work_id, state, sha256, path, bytes, reason FROM v_artifacts").fetchall()
+        problems = {(str(w), str(r)) for w, r in con.execute("SELECT work_id, reason FROM input_problems").fetchall()}
+    by_work = {str(r[0]): r[1:] for r in rows}
+    assert set(by_work) == set(fetchable)
+
+    for work_id, expected in corpus.expected.items():
+        if expected.input_problem:
+            assert (work_id, expected.reason) in problems, f"{work_id}: no input problem {expected.reason}"
+            continue
+        state, sha, path, size, reason = by_work[work_id]
+        if not expected.ok:
+            assert (state, reason) == ("FAILED", expected.reason), work_id
+            continue
+        assert expected.file is not None
+        corpus_file = corpus.files[expected.file][0]
+        corpus_sha = sha256_file(corpus_file)  # independent of the corpus manifest
+        assert state in ("INDEXED", "DEDUPED"), f"{work_id}: {state} {reason}"
+        assert sha == corpus_sha == expected.sha256, work_id
+        assert sha256_file(Path(path)) == corpus_sha, work_id
+        assert size == corpus_file.stat().st_size, work_id
+
+
+def test_dedupe_pair_shares_one_inode(demo_runs: DemoRuns) -> None:
+    corpus = demo_runs.corpus
+    pair = sorted(w for w, e in corpus.expected.items() if e.same_bytes_as)
+    assert len(pair) == 2
+    with snapshot(demo_runs.home) as con:
+        rows = con.execute(
+            "SELECT work_id, state, path, sha256 FROM v_artifacts WHERE work_id IN (?, ?) ORDER BY work_id", pair
+        ).fetchall()
+        blob = Path(con.execute("SELECT path FROM blobs WHERE sha256 = ?", [rows[0][3]]).fetchall()[0][0])
+    # Whichever of the two finishes second is the DEDUPED one: the workers run concurrently.
+    assert sorted(r[1] for r in rows) == ["DEDUPED", "INDEXED"]
+    assert rows[0][3] == rows[1][3]
+    a, b = (Path(r[2]) for r in rows)
+    assert a != b and a.stat().st_ino == b.stat().st_ino
+    assert blob.stat().st_ino == a.stat().st_ino
+
+
+def test_store_holds_one_blob_per_distinct_content(demo_runs: DemoRuns) -> None:
+    files = demo_runs.store_after_first
+    ok = [e for e in demo_runs.corpus.expected.values() if e.ok]
+    distinct = {e.sha256 for e in ok}
+    inodes: dict[int, str] = {}
+    for rel, (inode, sha) in files.items():
+        assert inodes.setdefault(inode, sha) == sha, f"{rel}: one inode, two contents"
+    contents = Counter(inodes.values())
+    # One inode per distinct content: every work file links to its blob, none is a second copy.
+    assert set(contents) == distinct
+    assert all(n == 1 for n in contents.values())
+    with snapshot(demo_runs.home) as con:
+        blob_rows = con.execute("SELECT sha256, path, size FROM blobs").fetchall()
+    ledger_blobs = {sha: size for sha, _, size in blob_rows}
+    assert set(ledger_blobs) == distinct
+    store = demo_runs.home / "store"
+    for sha, path, _ in blob_rows:
+        rel = str(Path(path).relative_to(store))
+        assert files[rel][1] == sha, f"blob {rel} does not hold {sha}"
+    assert demo_runs.first["blobs"] == len(distinct)
+    sizes = {e.sha256: demo_runs.corpus.files[e.file][2] for e in ok if e.file}
+    assert ledger_blobs == sizes
+
+
+def test_second_run_downloads_nothing(demo_runs: DemoRuns) -> None:
+    first, second = demo_runs.first, demo_runs.second
+    assert second["origin"] == first["origin"], "the second run's origin moved to another port"
+    assert second["mismatches"] == []
+    assert second["attempted"] == 0
+    assert second["body_bytes_this_run"] == 0
+    for key in ("works", "by_outcome", "failed_by_reason", "blobs", "blob_bytes", "artifact_bytes"):
+        assert second[key] == first[key], key
+    # Nothing on disk changed: same files, same inodes, same bytes.
+    assert store_files(demo_runs.home) == demo_runs.store_after_first
+    with snapshot(demo_runs.home) as con:
+        states = job_states(con)
+    assert states == demo_runs.states_after_first
+
+
+def test_status_json_agrees_with_the_ledger(demo_runs: DemoRuns) -> None:
+    proc = run_dtkg(demo_runs.home, "status", "--json", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["home"] == str(demo_runs.home)
+    assert report["ledger"]["status"] == "healthy"
+    assert report["ledger"]["problems"] == []
+    with snapshot(demo_runs.home) as con:
+        states = job_states(con)
+        works = con.execute("SELECT count(*) FROM works").fetchall()[0][0]
+    assert report["states"] == states
+    assert report["ledger"]["row_counts"]["works"] == works
+    assert states["INDEXED"] == demo_runs.first["downloaded"]
+    assert states["DEDUPED"] == demo_runs.first["deduplicated"]
