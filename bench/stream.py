@@ -16,55 +16,14 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "bench" / "out"
-MiB = 1024 * 1024
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import OUT, MiB, dtkg_cmd, make_pdf, run_measured  # noqa: E402
 from dtkg_assets.nginx import NginxServer  # noqa: E402
-
-
-def make_pdf(path: Path, size: int) -> str:
-    """Random bytes wrapped as a PDF; returns its sha256."""
-    head, tail = b"%PDF-1.7\n", b"\n%%EOF\n"
-    h = hashlib.sha256()
-    with open(path, "wb") as f:
-        f.write(head)
-        h.update(head)
-        left = size - len(head) - len(tail)
-        while left > 0:
-            block = os.urandom(min(8 * MiB, left))
-            f.write(block)
-            h.update(block)
-            left -= len(block)
-        f.write(tail)
-        h.update(tail)
-    return h.hexdigest()
-
-
-def dtkg_cmd() -> list[str]:
-    exe = ROOT / ".venv" / "bin" / "dtkg"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "dtkg_assets.cli"]
-
-
-def run_measured(cmd: list[str], env: dict[str, str] | None = None, shell: bool = False) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS (KiB) of the process tree's largest child, stdout."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, shell=shell)
-    out = proc.stdout.read().decode() if proc.stdout else ""
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    if proc.stdout:
-        proc.stdout.close()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cmd} exited {proc.returncode}: {out[-2000:]}")
-    return wall, int(usage.ru_maxrss), out
 
 
 def dtkg_run(url: str, home: Path, sha: str) -> tuple[float, int, dict[str, object]]:
@@ -162,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"median curl -o + sha256sum wall: {med_theirs:.2f} s ({size_mib / med_theirs:.0f} MiB/s)")
     print(f"median engine fsync time: {statistics.median(float(str(r['fsync_s'])) for r in results):.2f} s")
     print(f"write+sha256 per 64 KiB chunk (in process): {chunk_cost_us():.1f} us")
-    print(f"peak RSS dtkg fetch: {rss_small / 1024:.0f} MiB for {small_mib} MiB, "
-          f"{max(rss_big) / 1024:.0f} MiB for {size_mib} MiB")
+    print(
+        f"peak RSS dtkg fetch: {rss_small / 1024:.0f} MiB for {small_mib} MiB, "
+        f"{max(rss_big) / 1024:.0f} MiB for {size_mib} MiB"
+    )
     print(f"ratio_vs_curl_sha256={med_theirs / med_ours:.2f}")
     return 0
 

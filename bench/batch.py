@@ -1,0 +1,364 @@
+"""Batch benchmark: `dtkg backfill --workers 16` (Dagster + ledger) versus `aria2c -j 16 -i list`.
+
+Builds N random-filled PDFs of 50-500 KiB (deterministic seed) in bench/out/, serves them from one
+local origin (threaded, one thread per connection) that adds a fixed latency before every
+response, and alternates runs of each side on the same URLs with fresh state each run:
+
+  ours:  fresh DTKG_HOME; `dtkg works import works.jsonl` (timed apart), then `dtkg backfill
+         --workers W --json` (the timed part);
+  aria2: `aria2c -j W -x 1 -i list.txt -d DIR` into a fresh directory.
+
+Both must produce every file with the right sha256 before any time counts. Prints the medians, the
+Dagster + ledger overhead per artifact ((ours - aria2) / N), a breakdown measured from the origin's
+counters, the Dagster run storage and the ledger (requests per artifact, time per run outside the
+step, step time outside the orchestrator, per-request latency seen by the engine), and as its last
+line ``ratio_vs_aria2=<aria2 wall / our wall>`` (higher is better).
+
+``--profile FILE`` also runs one untimed backfill in this process under cProfile (stats to FILE,
+ledger call totals from `Ledger.stats` printed).
+
+Usage: python bench/batch.py [--files 500] [--runs 3] [--latency-ms 200] [--workers 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import OUT, ROOT, dtkg_cmd, make_pdf, run_measured, sha256_file  # noqa: E402
+from dtkg_assets.origin import FaultMode, OriginServer  # noqa: E402
+
+KiB = 1024
+SEED = 20261105
+
+
+@dataclass
+class Corpus:
+    files: dict[str, tuple[Path, str, int]]  # work id -> (file, sha256, size)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(size for _, _, size in self.files.values())
+
+
+@dataclass
+class OurRun:
+    import_s: float
+    wall_s: float  # backfill process wall
+    report: dict[str, Any]
+    requests: int
+    heads: int
+    gets: int
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def build_corpus(n: int, www: Path) -> Corpus:
+    """N deterministic PDFs; reused when an earlier run left the same set (same seed, same sizes)."""
+    rng = random.Random(SEED)
+    sizes = [rng.randint(50 * KiB, 500 * KiB) for _ in range(n)]
+    manifest = www / "manifest.json"
+    if manifest.exists():
+        known = json.loads(manifest.read_text())
+        if known.get("seed") == SEED and known.get("sizes") == sizes:
+            return Corpus({w: (www / f"{w}.pdf", sha, size) for w, (sha, size) in known["files"].items()})
+    shutil.rmtree(www, ignore_errors=True)
+    www.mkdir(parents=True)
+    files: dict[str, tuple[Path, str, int]] = {}
+    for i, size in enumerate(sizes):
+        work_id = f"W{4100000000 + i}"
+        path = www / f"{work_id}.pdf"
+        files[work_id] = (path, make_pdf(path, size, rng), size)
+    manifest.write_text(
+        json.dumps({"seed": SEED, "sizes": sizes, "files": {w: [sha, size] for w, (_, sha, size) in files.items()}})
+    )
+    return Corpus(files)
+
+
+def work_record(work_id: str, url: str) -> dict[str, Any]:
+    """A minimal OpenAlex-shaped work whose only candidate is `url` (best_oa_location.pdf_url)."""
+    location = {"is_oa": True, "pdf_url": url, "landing_page_url": None, "source": None, "version": None}
+    return {
+        "id": f"https://openalex.org/{work_id}",
+        "doi": None,
+        "title": f"Benchmark paper {work_id}",
+        "open_access": {"is_oa": True, "oa_url": url},
+        "best_oa_location": location,
+        "primary_location": location,
+        "locations": [location],
+    }
+
+
+def our_env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DTKG_HOME=str(home),
+        DTKG_ALLOW_HOSTS="127.0.0.1",
+        DTKG_RATE_LIMITS="*=0",
+        DTKG_QUOTA_FREE_BYTES_MIN="0",
+    )
+    env.pop("DAGSTER_HOME", None)
+    return env
+
+
+def origin_counts(origin: OriginServer, paths: list[str]) -> tuple[int, int, int]:
+    """(requests, HEADs, GETs) over every path served since the last reset (robots.txt included)."""
+    stats = [origin.stats(p) for p in [*paths, "/robots.txt"]]
+    return sum(s.requests for s in stats), sum(s.head_requests for s in stats), sum(s.get_requests for s in stats)
+
+
+def verify_ours(home: Path, corpus: Corpus) -> None:
+    """Every work INDEXED in the ledger, with a file on disk whose bytes hash to the source's sha256."""
+    from dtkg_assets.core.ledger import Ledger
+    from dtkg_assets.settings import Settings
+
+    settings = Settings.from_env(our_env(home))
+    led = Ledger.open_reader(settings, live=True)
+    try:
+        rows = led.query("SELECT work_id, sha256, path FROM artifact_jobs WHERE state IN ('INDEXED', 'DEDUPED')")
+    finally:
+        led.close()
+    done = {str(w): (str(s), Path(str(p))) for w, s, p in rows}
+    missing = sorted(set(corpus.files) - set(done))
+    if missing:
+        raise RuntimeError(f"dtkg: {len(missing)} works not complete in the ledger, e.g. {missing[:5]}")
+    for work_id, (_, sha, _) in corpus.files.items():
+        ledger_sha, path = done[work_id]
+        if ledger_sha != sha or sha256_file(path) != sha:
+            raise RuntimeError(f"dtkg: {work_id} stored wrong bytes at {path}")
+
+
+def verify_aria2(target: Path, corpus: Corpus) -> None:
+    for work_id, (_, sha, _) in corpus.files.items():
+        path = target / f"{work_id}.pdf"
+        if not path.exists() or sha256_file(path) != sha:
+            raise RuntimeError(f"aria2c: {path} missing or wrong bytes")
+
+
+def breakdown(home: Path) -> dict[str, float]:
+    """Where our wall time went, from Dagster's run storage and the ledger (both on disk)."""
+    import dagster as dg
+
+    from dtkg_assets.core.ledger import Ledger
+    from dtkg_assets.settings import Settings
+
+    out: dict[str, float] = {}
+    settings = Settings.from_env(our_env(home))
+    instance = dg.DagsterInstance.from_config(str(settings.dagster_home))
+    try:
+        runs = instance.get_runs()
+        run_s = step_s = 0.0
+        n_runs = 0
+        for run in runs:
+            stats = instance.get_run_stats(run.run_id)
+            if stats.start_time is None or stats.end_time is None:
+                continue
+            steps = instance.get_run_step_stats(run.run_id)
+            pdf_steps = [s for s in steps if s.step_key and "artifact_pdfs" in s.step_key]
+            if not pdf_steps:
+                continue  # the import run
+            n_runs += 1
+            run_s += stats.end_time - stats.start_time
+            step_s += sum((s.end_time or 0) - (s.start_time or 0) for s in pdf_steps)
+        out.update(dagster_runs=n_runs, run_s=run_s, step_s=step_s)
+    finally:
+        instance.dispose()
+    led = Ledger.open_reader(settings, live=True)
+    try:
+        (orch_s,) = led.query("SELECT coalesce(sum(finished_at - started_at), 0) FROM runs WHERE kind = 'process'")[0]
+        for method, n, mean_s in led.query(
+            "SELECT method, count(*), avg(elapsed_s) FROM http_attempts GROUP BY method"
+        ):
+            out[f"{str(method).lower()}_n"] = float(n)
+            out[f"{str(method).lower()}_mean_ms"] = float(mean_s or 0) * 1000
+        (job_s,) = led.query("SELECT coalesce(sum(elapsed_s), 0) FROM artifact_jobs")[0]
+    finally:
+        led.close()
+    out.update(orchestrator_s=float(orch_s), engine_job_s=float(job_s))
+    return out
+
+
+def our_run(origin: OriginServer, paths: list[str], jsonl: Path, home: Path, corpus: Corpus, workers: int) -> OurRun:
+    shutil.rmtree(home, ignore_errors=True)
+    env = our_env(home)
+    import_s, _, _ = run_measured([*dtkg_cmd(), "works", "import", str(jsonl)], env=env, cwd=ROOT)
+    origin.reset_stats()
+    wall, _, out = run_measured([*dtkg_cmd(), "backfill", "--workers", str(workers), "--json"], env=env, cwd=ROOT)
+    requests, heads, gets = origin_counts(origin, paths)
+    report = json.loads(out.strip().splitlines()[-1])
+    if report.get("materialized") != len(corpus.files) or report.get("failed_runs"):
+        raise RuntimeError(f"dtkg backfill did not materialize every work: {report}")
+    verify_ours(home, corpus)
+    run = OurRun(import_s, wall, report, requests, heads, gets, breakdown(home))
+    shutil.rmtree(home, ignore_errors=True)
+    return run
+
+
+def aria2_run(
+    origin: OriginServer, paths: list[str], listing: Path, target: Path, corpus: Corpus, workers: int
+) -> tuple[float, int]:
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    origin.reset_stats()
+    cmd = [
+        "aria2c", "-j", str(workers), "-x", "1", "-i", str(listing), "-d", str(target),
+        "--allow-overwrite=true", "--auto-file-renaming=false", "--console-log-level=warn", "--summary-interval=0",
+    ]  # fmt: skip
+    wall, _, _ = run_measured(cmd)
+    requests, _, _ = origin_counts(origin, paths)
+    verify_aria2(target, corpus)
+    shutil.rmtree(target, ignore_errors=True)
+    return wall, requests
+
+
+def profile_run(jsonl: Path, home: Path, workers: int, dest: Path) -> None:
+    """One untimed backfill in this process under cProfile; prints the top functions and the
+    ledger's own call totals (`Ledger.stats`)."""
+    import cProfile
+    import pstats
+
+    shutil.rmtree(home, ignore_errors=True)
+    env = our_env(home)
+    run_measured([*dtkg_cmd(), "works", "import", str(jsonl)], env=env, cwd=ROOT)
+    os.environ.update({k: v for k, v in env.items() if k.startswith("DTKG_")})
+    from dtkg_assets.core.ledger import Ledger, LedgerStats
+    from dtkg_assets.defs.launch import backfill, dagster_instance
+    from dtkg_assets.settings import Settings
+
+    totals = LedgerStats()
+    original_close = Ledger.close
+
+    def close(self: Ledger) -> None:
+        if self.writable:
+            for name in ("calls", "transactions", "wall_s", "cpu_s"):
+                setattr(totals, name, getattr(totals, name) + getattr(self.stats, name))
+        original_close(self)
+
+    Ledger.close = close  # type: ignore[method-assign]
+    try:
+        settings = Settings.from_env()
+        instance = dagster_instance(settings)
+        prof = cProfile.Profile()
+        t0 = time.perf_counter()
+        prof.enable()
+        report = backfill(instance, settings, workers=workers)
+        prof.disable()
+        wall = time.perf_counter() - t0
+        instance.dispose()
+    finally:
+        Ledger.close = original_close  # type: ignore[method-assign]
+    prof.dump_stats(str(dest))
+    print(f"profile: in-process backfill {wall:.2f}s, {len(report.batches)} runs; cProfile stats in {dest}")
+    print(
+        f"profile: ledger writer calls {totals.calls}, transactions {totals.transactions}, "
+        f"wall {totals.wall_s:.2f}s (summed over threads, lock waits included), cpu {totals.cpu_s:.2f}s"
+    )
+    pstats.Stats(str(dest)).sort_stats("cumulative").print_stats(25)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--files", type=int, default=500)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--latency-ms", type=float, default=200.0)
+    ap.add_argument("--workers", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=None, help="DTKG_RUN_BATCH_SIZE for our side (default 100)")
+    ap.add_argument("--profile", type=Path, default=None, help="also profile one in-process backfill into FILE")
+    args = ap.parse_args(argv)
+    if shutil.which("aria2c") is None:
+        raise SystemExit("aria2c is required (apt-get install aria2)")
+
+    if args.batch_size is not None:
+        os.environ["DTKG_RUN_BATCH_SIZE"] = str(args.batch_size)  # our_env copies os.environ
+    OUT.mkdir(parents=True, exist_ok=True)
+    work = OUT / "batch"
+    work.mkdir(exist_ok=True)
+    print(f"creating {args.files} PDFs of 50-500 KiB (seed {SEED}) ...", flush=True)
+    corpus = build_corpus(args.files, work / "www")
+    n = len(corpus.files)
+    latency = FaultMode(latency_s=args.latency_ms / 1000)
+    ours: list[OurRun] = []
+    theirs: list[float] = []
+    aria2_requests: list[int] = []
+    # One server for both sides: threaded, so 16 connections each wait out their latency in parallel.
+    with OriginServer() as origin:
+        paths = [f"/pdfs/{w}.pdf" for w in corpus.files]
+        for path, (file, _, _) in zip(paths, corpus.files.values(), strict=True):
+            origin.add_file(path, file, FaultMode(latency_s=latency.latency_s))
+        origin.add_robots()
+        origin.set_mode("/robots.txt", FaultMode(latency_s=latency.latency_s, content_type="text/plain"))
+        jsonl = work / "works.jsonl"
+        with open(jsonl, "w", encoding="utf-8") as fh:
+            for path, work_id in zip(paths, corpus.files, strict=True):
+                fh.write(json.dumps(work_record(work_id, origin.url(path))) + "\n")
+        listing = work / "list.txt"
+        listing.write_text("".join(origin.url(p) + "\n" for p in paths))
+        try:
+            for i in range(args.runs):
+                run = our_run(origin, paths, jsonl, work / "home", corpus, args.workers)
+                ours.append(run)
+                wall, requests = aria2_run(origin, paths, listing, work / "aria2", corpus, args.workers)
+                theirs.append(wall)
+                aria2_requests.append(requests)
+                print(
+                    f"run {i + 1}: dtkg backfill {run.wall_s:.2f}s (import {run.import_s:.2f}s, "
+                    f"{run.report['runs']} Dagster runs, {run.requests} requests)  "
+                    f"aria2c {wall:.2f}s ({requests} requests)",
+                    flush=True,
+                )
+            if args.profile is not None:
+                profile_run(jsonl, work / "home", args.workers, args.profile)
+        finally:
+            shutil.rmtree(work / "home", ignore_errors=True)
+            shutil.rmtree(work / "aria2", ignore_errors=True)
+
+    med_ours = statistics.median(r.wall_s for r in ours)
+    med_theirs = statistics.median(theirs)
+    med = {k: statistics.median(r.extra.get(k, 0.0) for r in ours) for k in ours[0].extra}
+    mib = corpus.total_bytes / (1024 * 1024)
+    w = args.workers
+    floor_aria2 = n / w * args.latency_ms / 1000
+    print(
+        f"corpus: {n} PDFs, {mib:.1f} MiB, {args.latency_ms:.0f} ms added per request, {w} workers, "
+        f"batch size {os.environ.get('DTKG_RUN_BATCH_SIZE', 'default')}, "
+        f"{args.runs} alternating runs, all sha256 verified on both sides"
+    )
+    print(f"median aria2c wall: {med_theirs:.2f} s (latency floor, {n} GETs on {w} connections: {floor_aria2:.2f} s)")
+    med_import = statistics.median(r.import_s for r in ours)
+    print(f"median dtkg backfill wall: {med_ours:.2f} s (works import timed apart: {med_import:.2f} s)")
+    print(f"Dagster + ledger overhead per artifact: {(med_ours - med_theirs) / n * 1000:.1f} ms")
+    print(
+        f"requests per artifact: dtkg {statistics.median(r.requests for r in ours) / n:.2f} "
+        f"(HEAD {statistics.median(r.heads for r in ours) / n:.2f}, "
+        f"GET {statistics.median(r.gets for r in ours) / n:.2f}, "
+        f"robots.txt included), aria2c {statistics.median(aria2_requests) / n:.2f}"
+    )
+    print(
+        f"breakdown (medians): {med.get('dagster_runs', 0):.0f} Dagster runs; "
+        f"process outside runs {med_ours - med.get('run_s', 0):.2f} s; "
+        f"runs outside the artifact step {med.get('run_s', 0) - med.get('step_s', 0):.2f} s; "
+        f"step outside orchestrator {med.get('step_s', 0) - med.get('orchestrator_s', 0):.2f} s; "
+        f"orchestrator {med.get('orchestrator_s', 0):.2f} s"
+    )
+    print(
+        f"engine: HEAD {med.get('head_mean_ms', 0):.0f} ms mean, GET {med.get('get_mean_ms', 0):.0f} ms mean; "
+        f"engine time summed over jobs {med.get('engine_job_s', 0):.1f} s = "
+        f"{med.get('engine_job_s', 0) / n * 1000:.0f} ms per artifact"
+    )
+    print(f"ratio_vs_aria2={med_theirs / med_ours:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
