@@ -955,8 +955,9 @@ class Ledger:
         if not attempts:
             return
         cur.execute(
-            "INSERT INTO http_attempts SELECT $1, $2, unnest($3), unnest($4), unnest($5), unnest($6), unnest($7), "
-            "unnest($8), unnest($9), unnest($10)",
+            "INSERT INTO http_attempts (job_id, run_id, method, url, host, status, bytes, elapsed_s, error, "
+            "started_at) SELECT $1, $2, unnest($3), unnest($4), unnest($5), unnest($6), unnest($7), unnest($8), "
+            "unnest($9), unnest($10)",
             [job_id, run_id, [a.method for a in attempts], [a.url for a in attempts], [a.host for a in attempts],
              [a.status for a in attempts], [a.bytes for a in attempts], [a.elapsed_s for a in attempts],
              [a.error for a in attempts], [a.started_at for a in attempts]],

@@ -93,6 +93,7 @@ TABLES: dict[str, list[Column]] = {
         ("verified_at", "DOUBLE"),
     ],
     "http_attempts": [
+        ("id", "BIGINT DEFAULT nextval('http_attempts_id_seq')"),
         ("job_id", "VARCHAR"),
         ("run_id", "VARCHAR"),
         ("method", "VARCHAR"),
@@ -215,7 +216,14 @@ def _create_table_sql(name: str) -> str:
     return f"CREATE TABLE IF NOT EXISTS {name} ({cols})"
 
 
+SEQUENCES: dict[str, str] = {
+    "http_attempts_id_seq": "CREATE SEQUENCE IF NOT EXISTS http_attempts_id_seq",
+}
+
+
 def _v1(con: duckdb.DuckDBPyConnection) -> None:
+    for sql in SEQUENCES.values():
+        con.execute(sql)
     for name in TABLES:
         con.execute(_create_table_sql(name))
     for sql in INDEXES.values():
@@ -276,6 +284,13 @@ def _columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
     return {r[0] for r in rows}
 
 
+def _sequences(con: duckdb.DuckDBPyConnection) -> set[str]:
+    rows = con.execute(
+        "SELECT sequence_name FROM duckdb_sequences() WHERE database_name = current_database()"
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
 def _indexes(con: duckdb.DuckDBPyConnection) -> set[str]:
     rows = con.execute("SELECT index_name FROM duckdb_indexes() WHERE database_name = current_database()").fetchall()
     return {r[0] for r in rows}
@@ -301,6 +316,8 @@ def schema_problems(con: duckdb.DuckDBPyConnection) -> list[str]:
             continue
         have = _columns(con, name)
         problems.extend(f"missing column {name}.{col}" for col, _ in cols if col not in have)
+    sequences = _sequences(con)
+    problems.extend(f"missing sequence {name}" for name in SEQUENCES if name not in sequences)
     indexes = _indexes(con)
     problems.extend(f"missing index {name}" for name in INDEXES if name not in indexes)
     views = _views(con)
@@ -359,6 +376,14 @@ def repair(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Restore missing objects without dropping or rewriting data. Returns the actions taken."""
     actions: list[str] = []
     migrate(con)  # brings an empty or old file to the latest version first
+    sequences = _sequences(con)
+    for name, sql in SEQUENCES.items():
+        if name not in sequences:
+            # Restart past the existing ids so new rows never reuse one.
+            top = con.execute("SELECT coalesce(max(id), 0) + 1 FROM http_attempts").fetchone() if (
+                "http_attempts" in _tables(con) and "id" in _columns(con, "http_attempts")) else (1,)
+            con.execute(f"{sql} START {int(top[0]) if top else 1}")
+            actions.append(f"created sequence {name}")
     tables = _tables(con)
     for name, cols in TABLES.items():
         if name not in tables:
