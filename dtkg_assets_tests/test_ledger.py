@@ -36,6 +36,13 @@ def ledger(lsettings):
     led.close()
 
 
+@pytest.fixture(scope="module")
+def shared_ledger(tmp_path_factory):
+    led = Ledger.open_writer(Settings().with_home(tmp_path_factory.mktemp("shared")), owner="test")
+    yield led
+    led.close()
+
+
 def work(i: int, n: int = 2) -> WorkRecord:
     return WorkRecord(
         work_id=f"W{i}",
@@ -117,9 +124,11 @@ ALL_PAIRS = list(itertools.product(list(State), list(State)))
 
 
 @pytest.mark.parametrize(("src", "dst"), ALL_PAIRS, ids=[f"{a}->{b}" for a, b in ALL_PAIRS])
-def test_transition_table_enforced_on_write(ledger, src, dst):
-    ledger.plan([work(1, 1)])
-    jid = ledger.jobs_for_work("W1")[0].job_id
+def test_transition_table_enforced_on_write(shared_ledger, src, dst):
+    ledger = shared_ledger
+    wid = f"T-{src.value}-{dst.value}"
+    ledger.plan([WorkRecord(wid, [Candidate(f"http://127.0.0.1:9/{wid}.pdf", "x")])])
+    jid = ledger.jobs_for_work(wid)[0].job_id
     # Put the job in `src` holding a lease (direct SQL: this test is about the write check).
     ledger.cursor().execute(
         "UPDATE artifact_jobs SET state = ?, lease_owner = 'me', fencing_token = 7 WHERE job_id = ?", [src.value, jid]
