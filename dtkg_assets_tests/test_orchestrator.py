@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 
 import pytest
 
@@ -142,3 +143,38 @@ def test_ledger_cost_per_artifact(rig, origin, pdf_bytes, osettings, capsys):
         print(f"\nledger cost per artifact: {calls / 40:.1f} calls, {tx / 40:.1f} transactions, "
               f"{wall / 40 * 1000:.2f} ms wall, {cpu / 40 * 1000:.2f} ms CPU")
     assert tx / 40 <= 12
+
+
+def test_stale_worker_cannot_commit_after_takeover(osettings, origin, pdf_bytes):
+    """A worker stalls mid-stream, its lease expires and is taken over: it must not finalize."""
+    s = osettings.replace(ledger={"lease_ttl_s": 0.3})
+    body = pdf_bytes(3 * 1024 * 1024, 77)
+    url = origin.add("/slow.pdf", body, FaultMode(stall_after_bytes=1024 * 1024, stall_s=4.0, stall_times=1))
+    ledger = Ledger.open_writer(s, owner="stale-test")
+    client = make_client(s)
+    try:
+        engine = Engine(client, s, Store(s))
+        Orchestrator(ledger, engine, s, owner="A").plan([rec("W1", url)])
+        job_id = ledger.jobs_for_work("W1")[0].job_id
+        result: list = []
+        worker = threading.Thread(target=lambda: result.extend(
+            Orchestrator(ledger, engine, s, owner="A").process(["W1"], workers=1)))
+        worker.start()
+        deadline = time.monotonic() + 30
+        while ledger.job(job_id).state != "STREAMING" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # past A's 0.3 s lease, well inside the 4 s stall
+        token_b = ledger.acquire(job_id, "B")
+        assert token_b is not None
+        worker.join(timeout=60)
+        assert [(o.status, o.reason) for o in result] == [("deferred", "lease_lost")]
+        assert ledger.query("SELECT count(*) FROM artifact_ops WHERE owner = 'A'") == [(0,)]
+        assert not list(engine.store.root.glob("??/*.pdf"))  # nothing finalized by the stale worker
+        ledger.release(job_id, "B", token_b)
+        out = Orchestrator(ledger, engine, s, owner="B").process(["W1"], workers=1)
+        assert [o.status for o in out] == ["downloaded"]
+        assert engine.store.work_path("W1").read_bytes() == body
+        assert ledger.job(job_id).state == "INDEXED"
+    finally:
+        client.close()
+        ledger.close()
