@@ -127,4 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module, not __main__, so exception classes match the subcommand modules'.
+    from dtkg_assets.cli import main as package_main
+
+    sys.exit(package_main())

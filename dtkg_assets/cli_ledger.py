@@ -149,6 +149,16 @@ def add_works(subparsers: Any) -> None:
     i.add_argument("file", help=".jsonl of OpenAlex work records, or a text file of OpenAlex ids / DOIs")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_works_import)
+    q = sub.add_parser("query", help="import works from an OpenAlex query (cursor paging)")
+    q.add_argument("--filter", help="raw OpenAlex filter string, e.g. 'publication_year:2024,has_content.pdf:true'")
+    q.add_argument("--topic", dest="topic_id", help="OpenAlex topic id, e.g. T10555")
+    q.add_argument("--from-year", dest="year_from", type=int)
+    q.add_argument("--to-year", dest="year_to", type=int)
+    q.add_argument("--oa-only", action="store_true", help="open-access works only")
+    q.add_argument("--max", dest="max_results", type=int, help="at most this many records")
+    q.add_argument("--per-page", type=int, help="records per page (1-100)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_works_query)
     d = sub.add_parser("download", help="download every work that needs it (optionally importing FILE first)")
     d.add_argument("file", nargs="?", help="works file to import first")
     d.add_argument("--workers", type=int, default=8)
@@ -157,23 +167,54 @@ def add_works(subparsers: Any) -> None:
 
 
 def import_works(ledger: Ledger, settings: Settings, file: str) -> tuple[dict[str, Any], list[InputProblem]]:
-    from dtkg_assets.core.sources import SourceError, WorksSource, iter_works
+    from dtkg_assets.core.sources import WorksSource
 
     path = Path(file)
     source = WorksSource(jsonl_path=file) if path.suffix in (".jsonl", ".json", ".ndjson") else WorksSource(
         ids_path=file)
+    summary, problems = _load(ledger, settings, source, "dtkg works import")
+    return {"file": file, **summary}, problems
+
+
+def _load(ledger: Ledger, settings: Settings, source: Any, command: str) -> tuple[dict[str, Any], list[InputProblem]]:
+    """Read a works source into the ledger: works and jobs planned, input problems kept."""
+    from dtkg_assets.core.errors import DtkgError
+    from dtkg_assets.core.sources import SourceError, SourceReport, iter_works
+
     works: list[WorkRecord] = []
     problems: list[InputProblem] = []
+    report = SourceReport()
     try:
-        for item in iter_works(source, settings):
+        for item in iter_works(source, settings, report):
             (problems if isinstance(item, InputProblem) else works).append(item)  # type: ignore[arg-type]
-    except SourceError as exc:
-        raise UsageError(f"dtkg works import: {exc}") from None
+    except (SourceError, ValueError) as exc:
+        raise UsageError(f"{command}: {exc}") from None
+    except DtkgError as exc:
+        # Nothing read so far is lost: what arrived before the failure is still planned below.
+        print(f"{command}: stopped early, {exc} (the works read so far are kept)", file=sys.stderr)
     new_works, new_jobs = ledger.plan(works)
     ledger.add_input_problems(problems)
-    summary = {"file": file, "works": len(works), "new_works": new_works, "new_jobs": new_jobs,
-               "problems": len(problems)}
+    summary = {"works": len(works), "new_works": new_works, "new_jobs": new_jobs, "problems": len(problems),
+               "provenance": report.provenance}
     return summary, problems
+
+
+def cmd_works_query(args: argparse.Namespace) -> int:
+    from dtkg_assets.core.sources import WorksSource
+
+    source = WorksSource(filter=args.filter, topic_id=args.topic_id, year_from=args.year_from,
+                         year_to=args.year_to, oa_only=args.oa_only, max_results=args.max_results,
+                         per_page=args.per_page)
+    if not source.is_query:
+        raise UsageError("dtkg works query: give --filter, --topic, --from-year/--to-year or --oa-only")
+    settings = load_settings()
+    with writer(settings, "works query") as ledger:
+        summary, problems = _load(ledger, settings, source, "dtkg works query")
+    for p in problems:
+        print(f"{p.origin}: {p.reason}: {p.detail}", file=sys.stderr)
+    _print(summary, args.json, f"{summary['works']} works ({summary['new_works']} new, {summary['new_jobs']} new "
+                               f"candidate jobs), {summary['problems']} input problems")
+    return EXIT_OK
 
 
 def cmd_works_import(args: argparse.Namespace) -> int:
@@ -187,19 +228,9 @@ def cmd_works_import(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def works_needing_work(ledger: Ledger) -> list[str]:
-    """Works without a finished artifact that still have a candidate to try (now or later)."""
-    rows = ledger.query(
-        """SELECT work_id FROM artifact_jobs GROUP BY work_id
-           HAVING count(*) FILTER (WHERE state IN ('INDEXED', 'DEDUPED')) = 0
-              AND count(*) FILTER (WHERE state <> 'FAILED' OR failure_class = 'transient') > 0
-           ORDER BY min(created_at), work_id"""
-    )
-    return [r[0] for r in rows]
-
-
 def cmd_works_download(args: argparse.Namespace) -> int:
     from dtkg_assets.core.http import make_client
+    from dtkg_assets.core.ledger.queries import works_needing_work
     from dtkg_assets.core.orchestrator import Orchestrator
     from dtkg_assets.core.store import Store
     from dtkg_assets.core.streaming import Engine
@@ -210,7 +241,7 @@ def cmd_works_download(args: argparse.Namespace) -> int:
     with writer(settings, "works download") as ledger:
         if args.file:
             import_works(ledger, settings, args.file)
-        ids = works_needing_work(ledger)
+        ids = works_needing_work(ledger)  # what is eligible now; backoffs that have not passed wait
         with make_client(settings) as client:
             engine = Engine(client, settings, Store(settings))
             orch = Orchestrator(ledger, engine, settings, owner=ledger.owner, run_id=f"cli-{uuid.uuid4().hex[:12]}")

@@ -83,7 +83,8 @@ def test_cli_import_health_repair_reconcile_export(tmp_path):
     )
     imp = cli(home, "works", "import", str(works), "--json")
     assert imp.returncode == 0, imp.stderr
-    assert json.loads(imp.stdout) == {"file": str(works), "works": 1, "new_works": 1, "new_jobs": 1, "problems": 3}
+    assert json.loads(imp.stdout) == {"file": str(works), "works": 1, "new_works": 1, "new_jobs": 1, "problems": 3,
+                                      "provenance": {"kind": "jsonl", "path": str(works)}}
     assert f"{works}:2: bad_input" in imp.stderr and f"{works}:3: unsupported_scheme" in imp.stderr
     health = cli(home, "ledger", "health", "--json")
     assert health.returncode == 0, health.stderr

@@ -31,6 +31,7 @@ import duckdb
 
 from dtkg_assets.core import crashpoints
 from dtkg_assets.core.errors import TRANSIENT_REASONS, DtkgError, Reason
+from dtkg_assets.core.http import host_of
 from dtkg_assets.core.ledger import schema
 from dtkg_assets.core.ledger.states import COMPLETE, IN_FLIGHT, State, check_transition
 from dtkg_assets.core.types import FetchResult, HttpAttempt, InputProblem, WorkRecord
@@ -83,14 +84,6 @@ def job_id_for(work_id: str, url: str, artifact: str = "pdf") -> str:
 
 def op_key_for(job_id: str, op_type: str, effect_key: str) -> str:
     return stable_hash({"job_id": job_id, "op_type": op_type, "key": effect_key})
-
-
-def host_of(url: str) -> str:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    return f"{host}:{parts.port}" if parts.port else host
 
 
 def reason_is_transient(reason: str) -> bool:
@@ -594,8 +587,16 @@ class Ledger:
             return 0
         now = time.time() if now is None else now
         def _body(cur: duckdb.DuckDBPyConnection) -> Any:
+            # Re-importing the same input must not repeat its problems: insert only new ones.
             cur.execute(
-                "INSERT INTO input_problems SELECT unnest($1), unnest($2), unnest($3), unnest($4), unnest($5), $6",
+                """INSERT INTO input_problems
+                   SELECT n.* FROM (SELECT unnest($1) AS origin, unnest($2) AS line, unnest($3) AS work_id,
+                                           unnest($4) AS reason, unnest($5) AS detail, $6 AS recorded_at) n
+                   WHERE NOT EXISTS (
+                       SELECT 1 FROM input_problems p
+                       WHERE p.origin IS NOT DISTINCT FROM n.origin AND p.line IS NOT DISTINCT FROM n.line
+                         AND p.work_id IS NOT DISTINCT FROM n.work_id AND p.reason = n.reason
+                         AND p.detail IS NOT DISTINCT FROM n.detail)""",
                 [[p.origin for p in problems], [p.line for p in problems], [p.work_id for p in problems],
                  [p.reason for p in problems], [p.detail for p in problems], now],
             )
