@@ -195,11 +195,18 @@ def test_reconcile_sensor_requests_reconcile_and_batches_for_pending(
         assert jobs[0] == "reconcile_job"
         ranges = [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in (data.run_requests or [])[1:]]
         assert ranges == [("W1", "W5")]  # all five pending, one batch
+        cursor = data.cursor
         run_range(instance, home, "W1", "W5")
+        with dg.build_sensor_context(
+            instance=instance, resources=default_resources(str(home)), cursor=cursor
+        ) as ctx:
+            idle = reconcile_sensor.evaluate_tick(ctx)
+        # W3 failed permanently and the others are done: nothing to redo, and the hourly
+        # reconcile already ran at the previous tick.
+        assert not idle.run_requests
         with dg.build_sensor_context(instance=instance, resources=default_resources(str(home))) as ctx:
-            data = reconcile_sensor.evaluate_tick(ctx)
-        # W3 failed permanently and the others are done: only the reconcile run is requested.
-        assert [r.job_name for r in data.run_requests or []] == ["reconcile_job"]
+            hourly = reconcile_sensor.evaluate_tick(ctx)
+        assert [r.job_name for r in hourly.run_requests or []] == ["reconcile_job"]
 
 
 def test_partition_batches_cover_pending_only() -> None:

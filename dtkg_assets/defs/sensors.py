@@ -17,6 +17,7 @@ from dtkg_assets.defs.resources import LedgerResource
 
 PARTITION_BATCH = 10_000
 RECONCILE_INTERVAL_S = 300
+RECONCILE_IDLE_EVERY_S = 3600
 MAINTENANCE_JOB_NAMES = {reconcile_job.name, release_leases_job.name}
 ACTIVE_STATUSES = [
     dg.DagsterRunStatus.QUEUED,
@@ -57,17 +58,25 @@ def work_partitions_sensor(
 )
 def reconcile_sensor(
     context: dg.SensorEvaluationContext, ledger: LedgerResource
-) -> list[dg.RunRequest] | dg.SkipReason:
-    """Request a reconcile run, then batch runs for the partitions that need redoing."""
+) -> list[dg.RunRequest] | dg.SkipReason | dg.SensorResult:
+    """Request a reconcile run, then batch runs for the partitions that need redoing.
+
+    Reconciles when the snapshot shows work to redo, and at least hourly otherwise (files can go
+    missing without the ledger knowing); the cursor keeps the time of the last reconcile request.
+    """
     active = context.instance.get_run_records(dg.RunsFilter(statuses=ACTIVE_STATUSES), limit=1)
     if active:
         return dg.SkipReason("runs are queued or in progress; reconciling after they finish")
-    requests = [dg.RunRequest(job_name=reconcile_job.name, run_key=f"reconcile:{int(time.time())}")]
     try:
         with ledger.reader() as led:
             pending = works_needing_work(led)
     except LedgerUnavailable:
         pending = []
+    now = time.time()
+    last = float(context.cursor or 0)
+    if not pending and now - last < RECONCILE_IDLE_EVERY_S:
+        return dg.SkipReason("nothing to redo; next idle reconcile within the hour")
+    requests = [dg.RunRequest(job_name=reconcile_job.name, run_key=f"reconcile:{int(now)}")]
     keys = context.instance.get_dynamic_partitions(ARTIFACT_PARTITIONS_NAME)
     for start, end in partition_batches(keys, set(pending), ledger.settings.load().run.batch_size):
         requests.append(
@@ -80,7 +89,7 @@ def reconcile_sensor(
                 },
             )
         )
-    return requests
+    return dg.SensorResult(run_requests=requests, cursor=str(now))
 
 
 def _release_request(run: dg.DagsterRun) -> dg.RunRequest | dg.SkipReason:
