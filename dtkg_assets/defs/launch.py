@@ -145,7 +145,7 @@ def run_checks(instance: dg.DagsterInstance, settings: Settings) -> dict[str, bo
     """Run the asset checks on every finished artifact; returns check name -> passed."""
     from dtkg_assets.definitions import build_definitions
 
-    job = build_definitions(str(settings.home)).get_job_def(artifact_checks_job.name)
+    job = build_definitions(str(settings.home)).resolve_job_def(artifact_checks_job.name)
     result = job.execute_in_process(instance=instance, run_config=QUIET_LOGGERS, raise_on_error=False)
     return {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
 
