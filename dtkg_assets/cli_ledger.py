@@ -166,37 +166,34 @@ def add_works(subparsers: Any) -> None:
     d.set_defaults(func=cmd_works_download)
 
 
-def import_works(ledger: Ledger, settings: Settings, file: str) -> tuple[dict[str, Any], list[InputProblem]]:
+def file_source(file: str) -> Any:
+    """A JSONL file of work records, or else a list of DOIs / OpenAlex ids."""
     from dtkg_assets.core.sources import WorksSource
 
-    path = Path(file)
-    source = WorksSource(jsonl_path=file) if path.suffix in (".jsonl", ".json", ".ndjson") else WorksSource(
-        ids_path=file)
-    summary, problems = _load(ledger, settings, source, "dtkg works import")
-    return {"file": file, **summary}, problems
+    is_jsonl = Path(file).suffix in (".jsonl", ".json", ".ndjson")
+    return WorksSource(jsonl_path=file) if is_jsonl else WorksSource(ids_path=file)
 
 
-def _load(ledger: Ledger, settings: Settings, source: Any, command: str) -> tuple[dict[str, Any], list[InputProblem]]:
-    """Read a works source into the ledger: works and jobs planned, input problems kept."""
-    from dtkg_assets.core.errors import DtkgError
-    from dtkg_assets.core.sources import SourceError, SourceReport, iter_works
+def load_source(settings: Settings, source: Any, command: str) -> tuple[dict[str, Any], list[InputProblem]]:
+    """Read a works source (before taking the writer lock), then record it in the ledger."""
+    from dtkg_assets.core.sources import SourceError, read_source, record_source
 
-    works: list[WorkRecord] = []
-    problems: list[InputProblem] = []
-    report = SourceReport()
     try:
-        for item in iter_works(source, settings, report):
-            (problems if isinstance(item, InputProblem) else works).append(item)  # type: ignore[arg-type]
+        batch = read_source(source, settings)
     except (SourceError, ValueError) as exc:
         raise UsageError(f"{command}: {exc}") from None
-    except DtkgError as exc:
-        # Nothing read so far is lost: what arrived before the failure is still planned below.
-        print(f"{command}: stopped early, {exc} (the works read so far are kept)", file=sys.stderr)
-    new_works, new_jobs = ledger.plan(works)
-    ledger.add_input_problems(problems)
-    summary = {"works": len(works), "new_works": new_works, "new_jobs": new_jobs, "problems": len(problems),
-               "provenance": report.provenance}
-    return summary, problems
+    if batch.stopped_early:
+        print(f"{command}: stopped early, {batch.stopped_early} (the works read so far are kept)", file=sys.stderr)
+    with writer(settings, command) as ledger:
+        summary = record_source(ledger, batch, run_id=f"works-{uuid.uuid4().hex[:12]}", kind=f"works:{source.kind}")
+    return summary, batch.problems
+
+
+def _report_import(summary: dict[str, Any], problems: list[InputProblem], as_json: bool) -> None:
+    for p in problems:
+        print(f"{p.origin}:{p.line if p.line is not None else '-'}: {p.reason}: {p.detail}", file=sys.stderr)
+    _print(summary, as_json, f"{summary['works']} works ({summary['new_works']} new, {summary['new_jobs']} new "
+                             f"candidate jobs), {summary['problems']} input problems")
 
 
 def cmd_works_query(args: argparse.Namespace) -> int:
@@ -207,24 +204,14 @@ def cmd_works_query(args: argparse.Namespace) -> int:
                          per_page=args.per_page)
     if not source.is_query:
         raise UsageError("dtkg works query: give --filter, --topic, --from-year/--to-year or --oa-only")
-    settings = load_settings()
-    with writer(settings, "works query") as ledger:
-        summary, problems = _load(ledger, settings, source, "dtkg works query")
-    for p in problems:
-        print(f"{p.origin}: {p.reason}: {p.detail}", file=sys.stderr)
-    _print(summary, args.json, f"{summary['works']} works ({summary['new_works']} new, {summary['new_jobs']} new "
-                               f"candidate jobs), {summary['problems']} input problems")
+    summary, problems = load_source(load_settings(), source, "dtkg works query")
+    _report_import(summary, problems, args.json)
     return EXIT_OK
 
 
 def cmd_works_import(args: argparse.Namespace) -> int:
-    settings = load_settings()
-    with writer(settings, "works import") as ledger:
-        summary, problems = import_works(ledger, settings, args.file)
-    for p in problems:
-        print(f"{p.origin}:{p.line if p.line is not None else '-'}: {p.reason}: {p.detail}", file=sys.stderr)
-    _print(summary, args.json, f"{summary['works']} works ({summary['new_works']} new, {summary['new_jobs']} new "
-                               f"candidate jobs), {summary['problems']} input problems")
+    summary, problems = load_source(load_settings(), file_source(args.file), "dtkg works import")
+    _report_import({"file": args.file, **summary}, problems, args.json)
     return EXIT_OK
 
 
@@ -238,9 +225,9 @@ def cmd_works_download(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise UsageError("dtkg works download: --workers must be at least 1")
     settings = load_settings()
+    if args.file:
+        load_source(settings, file_source(args.file), "dtkg works download")
     with writer(settings, "works download") as ledger:
-        if args.file:
-            import_works(ledger, settings, args.file)
         ids = works_needing_work(ledger)  # what is eligible now; backoffs that have not passed wait
         with make_client(settings) as client:
             engine = Engine(client, settings, Store(settings))
@@ -280,7 +267,7 @@ def fetch_with_ledger(settings: Settings, url: str, work_id: str) -> FetchResult
                        detail=outcome.detail)
 
 
-__all__ = ["add_ledger", "add_reconcile", "add_works", "fetch_with_ledger", "import_works"]
+__all__ = ["add_ledger", "add_reconcile", "add_works", "fetch_with_ledger", "load_source"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,13 @@ def test_works_query_loads_every_work_once_with_key_and_contact(tmp_path: Path) 
         assert summary["provenance"]["params"]["filter"] == "open_access.is_oa:true"
         assert all(r.params.get("api_key") == "test-key" and r.params.get("mailto") == "ops@example.org"
                    for r in fake.page_requests())
+        # The exact query, its cursors and fetch times are kept in the ledger for reproducibility.
+        runs = snapshot_rows(tmp_path, "SELECT kind, counts::VARCHAR FROM runs")
+        assert [kind for kind, _ in runs] == ["works:openalex"]
+        provenance = json.loads(runs[0][1])["provenance"]
+        assert provenance["params"]["filter"] == "open_access.is_oa:true" and "api_key" not in provenance["params"]
+        assert [p["cursor"] for p in provenance["pages"]][0] == "*" and len(provenance["pages"]) >= 3
+        assert all(p["fetched_at"] for p in provenance["pages"])
         ids = [r[0] for r in snapshot_rows(tmp_path, "SELECT work_id FROM works ORDER BY work_id")]
         assert len(ids) == 10 and len(set(ids)) == 10 and "W2741809807" in ids
         # Again: nothing new, nothing duplicated.

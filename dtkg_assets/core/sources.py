@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dtkg_assets.core.errors import DtkgError
+from dtkg_assets.core.ledger import Ledger
 from dtkg_assets.core.openalex import OpenAlexClient
 from dtkg_assets.core.types import InputProblem, WorkRecord
 from dtkg_assets.core.works import read_id_list, read_jsonl
@@ -98,3 +100,52 @@ def iter_works(
         if client.provenance is not None:
             report.provenance = {"kind": "openalex", **client.provenance.to_json()}
 
+
+
+@dataclass
+class SourceBatch:
+    """Everything one read of a source produced, ready to record in the ledger."""
+
+    works: list[WorkRecord] = field(default_factory=list)
+    problems: list[InputProblem] = field(default_factory=list)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    stopped_early: str | None = None  # why reading stopped before the end (what was read is kept)
+
+
+def read_source(source: WorksSource, settings: Settings) -> SourceBatch:
+    """Read a whole source before touching the ledger, so network time never holds the writer.
+
+    A source that fails midway (OpenAlex unavailable) keeps what arrived; bad configuration raises
+    `SourceError` before anything is read.
+    """
+    batch = SourceBatch()
+    report = SourceReport()
+    try:
+        for item in iter_works(source, settings, report):
+            if isinstance(item, InputProblem):
+                batch.problems.append(item)
+            else:
+                batch.works.append(item)
+    except DtkgError as exc:
+        batch.stopped_early = str(exc)
+    batch.provenance = report.provenance
+    return batch
+
+
+def record_source(ledger: Ledger, batch: SourceBatch, *, run_id: str, kind: str) -> dict[str, Any]:
+    """Plan the works, keep the input problems, and record the read (query, cursors, fetch times) as
+    a run so an analyst can reproduce it. Returns the summary numbers."""
+    ledger.start_run(run_id, kind=kind, owner=ledger.owner)
+    new_works, new_jobs = ledger.plan(batch.works)
+    ledger.add_input_problems(batch.problems)
+    summary: dict[str, Any] = {
+        "works": len(batch.works),
+        "new_works": new_works,
+        "new_jobs": new_jobs,
+        "problems": len(batch.problems),
+        "provenance": batch.provenance,
+    }
+    if batch.stopped_early:
+        summary["stopped_early"] = batch.stopped_early
+    ledger.finish_run(run_id, summary)
+    return summary

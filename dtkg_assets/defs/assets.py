@@ -10,9 +10,8 @@ from typing import Any, Optional
 import dagster as dg
 
 from dtkg_assets.core.orchestrator import Orchestrator, WorkOutcome
-from dtkg_assets.core.sources import SourceReport, WorksSource, iter_works
+from dtkg_assets.core.sources import WorksSource, read_source, record_source
 from dtkg_assets.core.streaming import Engine
-from dtkg_assets.core.types import InputProblem, WorkRecord
 from dtkg_assets.defs.partitions import ARTIFACT_PARTITIONS_NAME, LEDGER_POOL, artifact_partitions
 from dtkg_assets.defs.resources import HttpClientResource, LedgerResource, SettingsResource, StoreResource
 from dtkg_assets.settings import Settings
@@ -41,25 +40,21 @@ class WorksSourceConfig(dg.Config):
 def openalex_works(
     context: dg.AssetExecutionContext, config: WorksSourceConfig, ledger: LedgerResource
 ) -> dg.MaterializeResult:
-    works: list[WorkRecord] = []
-    problems: list[InputProblem] = []
-    report = SourceReport()
-    for item in iter_works(config.to_source(), ledger.settings.load(), report):
-        (problems if isinstance(item, InputProblem) else works).append(item)  # type: ignore[arg-type]
+    batch = read_source(config.to_source(), ledger.settings.load())
     with ledger.writer(owner=f"run:{context.run_id}") as led:
-        new_works, new_jobs = led.plan(works)
-        led.add_input_problems(problems)
-    keys = [work.work_id for work in works]
-    context.instance.add_dynamic_partitions(ARTIFACT_PARTITIONS_NAME, keys)
-    for problem in problems[:50]:
+        summary = record_source(led, batch, run_id=context.run_id, kind=f"works:{config.to_source().kind}")
+    context.instance.add_dynamic_partitions(ARTIFACT_PARTITIONS_NAME, [work.work_id for work in batch.works])
+    for problem in batch.problems[:50]:
         context.log.warning(f"{problem.origin}:{problem.line or '-'} {problem.reason}: {problem.detail}")
+    if batch.stopped_early:
+        context.log.warning(f"the source stopped early ({batch.stopped_early}); the works read so far are kept")
     return dg.MaterializeResult(
         metadata={
-            "works": len(works),
-            "new_works": new_works,
-            "new_jobs": new_jobs,
-            "input_problems": len(problems),
-            "provenance": dg.MetadataValue.json(report.provenance or {}),
+            "works": summary["works"],
+            "new_works": summary["new_works"],
+            "new_jobs": summary["new_jobs"],
+            "input_problems": summary["problems"],
+            "provenance": dg.MetadataValue.json(batch.provenance or {}),
         }
     )
 
