@@ -107,3 +107,35 @@ def test_threads_share_the_writer_connection(lsettings):
         assert led.query("SELECT state, count(*) FROM artifact_jobs GROUP BY state") == [("STREAMING", 80)]
         assert led.query("SELECT count(*) FROM artifact_ops WHERE result_code = 'OK'") == [(80,)]
     assert not os.path.exists(str(lsettings.snapshot_path) + ".tmp")
+
+
+def test_snapshot_publishes_on_a_reopened_ledger_and_only_when_written(lsettings):
+    """A writer that opens an existing file (migrate only reads the version there) must still be able
+    to CHECKPOINT after its writes: every publish succeeds and readers see the last write. A publish
+    with nothing written since the last one leaves the snapshot file alone."""
+    works = [WorkRecord(f"W{i}", [Candidate(f"http://127.0.0.1:9/{i}.pdf", "x")]) for i in range(4)]
+    with Ledger.open_writer(lsettings) as led:
+        led.plan(works)
+        led.acquire(led.jobs_for_work("W0")[0].job_id, "gone")  # a lease the next writer voids
+    for round_ in range(2):
+        with Ledger.open_writer(lsettings) as led:
+            assert led.recovered["released_leases"] == 1  # the previous writer's lease
+            jid = led.jobs_for_work(f"W{round_ + 1}")[0].job_id
+            tok = led.acquire(jid, "o")
+            assert tok is not None
+            # Worker threads each leave a cursor behind; none of them may hold the checkpoint back.
+            threads = [threading.Thread(target=led.job, args=(jid,)) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert led.publish_snapshot(force=True) is True
+            assert led.stats.snapshot_skips == 0
+            stamp = lsettings.snapshot_path.stat().st_mtime_ns, lsettings.snapshot_path.stat().st_ino
+            assert led.publish_snapshot(force=True) is True  # nothing new: not copied again
+            with Ledger.open_reader(lsettings) as snap:  # the writer holds the lock: the snapshot
+                assert snap.path == lsettings.snapshot_path
+                assert snap.query("SELECT state FROM artifact_jobs WHERE job_id = ?", [jid]) == [("LEASED",)]
+        # close published nothing either: the snapshot file is the same one
+        assert (lsettings.snapshot_path.stat().st_mtime_ns, lsettings.snapshot_path.stat().st_ino) == stamp
+        assert led.stats.snapshot_skips == 0

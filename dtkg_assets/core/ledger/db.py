@@ -33,6 +33,7 @@ from dtkg_assets.core import crashpoints
 from dtkg_assets.core.errors import TRANSIENT_REASONS, DtkgError, Reason
 from dtkg_assets.core.http import host_of
 from dtkg_assets.core.ledger import schema
+from dtkg_assets.core.ledger.schema import first_row
 from dtkg_assets.core.ledger.states import COMPLETE, IN_FLIGHT, State, check_transition
 from dtkg_assets.core.types import FetchResult, HttpAttempt, InputProblem, WorkRecord
 from dtkg_assets.settings import Settings
@@ -236,6 +237,9 @@ class Ledger:
         self._qlock = threading.Lock()
         self._queue: list[_Ticket] = []
         self._publish_lock = threading.Lock()
+        # Committed write transactions so far, and how many the published snapshot holds.
+        self._generation = 0
+        self._published_generation = -1
 
     # ---------------------------------------------------------------- opening and closing
 
@@ -369,9 +373,15 @@ class Ledger:
     # ---------------------------------------------------------------- snapshot
 
     def publish_snapshot(self, *, force: bool = False) -> bool:
-        """CHECKPOINT, copy the file beside the snapshot, fsync, rename over it (atomic for readers)."""
+        """CHECKPOINT, copy the file beside the snapshot, fsync, rename over it (atomic for readers).
+
+        Returns True when the snapshot is current: published now, or nothing was written since the
+        last publish (a second publish, e.g. at close after a run published, would copy the same file).
+        """
         if not self.writable:
             return False
+        if self._generation == self._published_generation and self.settings.snapshot_path.exists():
+            return True
         if not force and time.monotonic() - self._last_publish < SNAPSHOT_MIN_INTERVAL_S:
             return False
         with self._publish_lock:  # one publisher at a time (threads of this writer share the tmp name)
@@ -381,9 +391,13 @@ class Ledger:
         snap = self.settings.snapshot_path
         tmp = snap.with_name(f".{snap.name}.{os.getpid()}.tmp")
         with self._wlock:
-            # No write of ours can start while we hold the write lock; DuckDB may still report a
-            # transaction of another cursor as active for a moment, so retry briefly, then skip.
-            for delay in (0.0, 0.01, 0.05, 0.1, 0.25, 0.5):
+            generation = self._generation
+            # No write of ours can start while we hold the write lock, and no result of ours is left
+            # open (see `schema.first_row`); a read running on another thread at this moment can
+            # still hold the checkpoint back, so retry briefly, then skip (the next publish catches
+            # up). Not FORCE CHECKPOINT: in DuckDB 2.0 it waits for every open transaction and never
+            # returns when one of them is an idle result of this process.
+            for delay in (0.0, 0.01, 0.05, 0.1):
                 time.sleep(delay)
                 try:
                     self._cur().execute("CHECKPOINT")
@@ -393,10 +407,11 @@ class Ledger:
             else:
                 self.stats.snapshot_skips += 1
                 return False
-            shutil.copyfile(self.path, tmp)
+        shutil.copyfile(self.path, tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, snap)
+        self._published_generation = generation
         dir_fd = os.open(snap.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
@@ -464,6 +479,7 @@ class Ledger:
         else:
             cur.execute("COMMIT")
             self.stats.transactions += 1
+            self._generation += 1
         ticket.done = True
 
     def _run_batch(self, batch: list[_Ticket]) -> None:
@@ -483,6 +499,7 @@ class Ledger:
                 self._run_alone(t)
             return
         self.stats.transactions += 1
+        self._generation += 1
         self.stats.batched_writes += len(batch)
         for t in batch:
             t.done = True
@@ -499,6 +516,7 @@ class Ledger:
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A cursor for ad-hoc analyst queries (read-only handles cannot write anyway)."""
+        self._generation += 1  # whatever it runs, the next publish must not be skipped
         return self._con.cursor()
 
     # ---------------------------------------------------------------- schema maintenance
@@ -517,6 +535,7 @@ class Ledger:
             raise PermissionError("repair needs the writer (Ledger.open_writer)")
         # Outside the group commit: migrations inside repair manage their own transactions.
         with self._timed(), self._wlock:
+            self._generation += 1
             return schema.repair(self._cur())
 
     # ---------------------------------------------------------------- works and jobs
@@ -653,13 +672,14 @@ class Ledger:
             else:
                 return None
             check_transition(job_id, job.state, State.LEASED)
-            row = cur.execute(
+            row = first_row(
+                cur,
                 """UPDATE artifact_jobs SET state = 'LEASED', lease_owner = ?, lease_expires_at = ?,
                        fencing_token = fencing_token + 1, attempts = attempts + 1, updated_at = ?,
                        run_id = coalesce(?, run_id)
                    WHERE job_id = ? RETURNING fencing_token""",
                 [owner, now + ttl, now, run_id, job_id],
-            ).fetchone()
+            )
             assert row is not None
             return int(row[0])
         return self._tx(_body)
@@ -882,9 +902,8 @@ class Ledger:
 
         def claim(cur: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:
             job = self._fenced(cur, job_id, owner, token)
-            row = cur.execute(
-                "SELECT finished_at, result_json::VARCHAR FROM artifact_ops WHERE op_key = ?", [op_key]
-            ).fetchone()
+            row = first_row(cur, "SELECT finished_at, result_json::VARCHAR FROM artifact_ops WHERE op_key = ?",
+                            [op_key])
             # Replay a finished effect, unless the job was reopened since (file lost: do it again).
             if row is not None and row[0] is not None and (job.reopened_at is None or row[0] > job.reopened_at):
                 return dict(json.loads(row[1]))
@@ -1004,22 +1023,22 @@ class Ledger:
         """Adopt a blob found on disk; returns True when a row was created."""
         now = time.time() if now is None else now
         def _body(cur: duckdb.DuckDBPyConnection) -> Any:
-            row = cur.execute(
-                "INSERT INTO blobs VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING sha256",
+            row = first_row(
+                cur, "INSERT INTO blobs VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING sha256",
                 [sha256, path, size, ref_count, now, now],
-            ).fetchone()
+            )
             return row is not None
 
         return bool(self._tx(_body))
 
 
 def _count(cur: duckdb.DuckDBPyConnection, table: str) -> int:
-    row = cur.execute(f"SELECT count(*) FROM {table}").fetchone()
+    row = first_row(cur, f"SELECT count(*) FROM {table}")
     return int(row[0]) if row else 0
 
 
 def _job(cur: duckdb.DuckDBPyConnection, job_id: str) -> Job | None:
-    row = cur.execute(f"SELECT {_JOB_COLS} FROM artifact_jobs WHERE job_id = ?", [job_id]).fetchone()
+    row = first_row(cur, f"SELECT {_JOB_COLS} FROM artifact_jobs WHERE job_id = ?", [job_id])
     return Job(*row) if row else None
 
 
@@ -1033,7 +1052,7 @@ _LITE_SQL = "SELECT " + ", ".join(
 
 def _job_lite(cur: duckdb.DuckDBPyConnection, job_id: str) -> Job | None:
     """The job's lease/state columns only (others None): for fenced writes and lease decisions."""
-    row = cur.execute(_LITE_SQL, [job_id]).fetchone()
+    row = first_row(cur, _LITE_SQL, [job_id])
     if row is None:
         return None
     job = Job(*row)

@@ -243,10 +243,22 @@ _VERSION_DDL = (
 )
 
 
+def first_row(cur: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None = None) -> tuple[Any, ...] | None:
+    """The first row of a query, with the result read to its end.
+
+    `fetchone()` leaves the result open, and with it the statement's read transaction: on a
+    connection that runs nothing after it (the writer's root connection after `migrate`) that
+    transaction stays open for the process's life and every later CHECKPOINT fails with "other
+    write transactions active". Reading the result to its end closes it.
+    """
+    rows = cur.execute(sql, params or []).fetchall()
+    return rows[0] if rows else None
+
+
 def current_version(con: duckdb.DuckDBPyConnection) -> int:
     if "schema_version" not in _tables(con):
         return 0
-    row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+    row = first_row(con, "SELECT max(version) FROM schema_version")
     return int(row[0]) if row and row[0] is not None else 0
 
 
@@ -358,7 +370,7 @@ def data_problems(con: duckdb.DuckDBPyConnection) -> list[str]:
     )
     problems: list[str] = []
     for sql, label in checks:
-        row = con.execute(sql).fetchone()
+        row = first_row(con, sql)
         n = int(row[0]) if row else 0
         if n:
             problems.append(f"{n} {label}")
@@ -380,7 +392,7 @@ def repair(con: duckdb.DuckDBPyConnection) -> list[str]:
     for name, sql in SEQUENCES.items():
         if name not in sequences:
             # Restart past the existing ids so new rows never reuse one.
-            top = con.execute("SELECT coalesce(max(id), 0) + 1 FROM http_attempts").fetchone() if (
+            top = first_row(con, "SELECT coalesce(max(id), 0) + 1 FROM http_attempts") if (
                 "http_attempts" in _tables(con) and "id" in _columns(con, "http_attempts")) else (1,)
             con.execute(f"{sql} START {int(top[0]) if top else 1}")
             actions.append(f"created sequence {name}")
@@ -425,7 +437,7 @@ def row_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     tables = _tables(con)
     for name in TABLES:
         if name in tables:
-            row = con.execute(f"SELECT count(*) FROM {name}").fetchone()
+            row = first_row(con, f"SELECT count(*) FROM {name}")
             counts[name] = int(row[0]) if row else 0
     return counts
 
