@@ -41,8 +41,8 @@ def openalex_works(
     context: dg.AssetExecutionContext, config: WorksSourceConfig, ledger: LedgerResource
 ) -> dg.MaterializeResult:
     batch = read_source(config.to_source(), ledger.settings.load())
-    with ledger.writer(owner=f"run:{context.run_id}") as led:
-        summary = record_source(led, batch, run_id=context.run_id, kind=f"works:{config.to_source().kind}")
+    with ledger.writer(owner=f"run:{context.run.run_id}") as led:
+        summary = record_source(led, batch, run_id=context.run.run_id, kind=f"works:{config.to_source().kind}")
     context.instance.add_dynamic_partitions(ARTIFACT_PARTITIONS_NAME, [work.work_id for work in batch.works])
     for problem in batch.problems[:50]:
         context.log.warning(f"{problem.origin}:{problem.line or '-'} {problem.reason}: {problem.detail}")
@@ -126,10 +126,10 @@ def artifact_pdfs(
             with lock:
                 failed[outcome.work_id] = outcome.reason or "unknown"
 
-    owner = f"run:{context.run_id}"
+    owner = f"run:{context.run.run_id}"
     with ledger.writer(owner=owner) as led:
         engine = Engine(http.client, loaded, store.store())
-        orchestrator = Orchestrator(led, engine, loaded, owner=owner, run_id=context.run_id)
+        orchestrator = Orchestrator(led, engine, loaded, owner=owner, run_id=context.run.run_id)
         outcomes = orchestrator.process(keys, workers=workers, on_done=on_done)
     counts: dict[str, int] = {}
     for outcome in outcomes:

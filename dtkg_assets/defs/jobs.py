@@ -10,12 +10,11 @@ from dtkg_assets.core.reconciler import reconcile
 from dtkg_assets.core.revalidate import revalidate
 from dtkg_assets.core.store import Store
 from dtkg_assets.defs.assets import artifact_pdfs, openalex_works
-from dtkg_assets.defs.partitions import LEDGER_POOL, artifact_partitions
+from dtkg_assets.defs.partitions import LEDGER_POOL
 from dtkg_assets.defs.resources import HttpClientResource, LedgerResource
 
-artifact_pdfs_job = dg.define_asset_job(
-    "artifact_pdfs_job", selection=dg.AssetSelection.assets(artifact_pdfs), partitions_def=artifact_partitions
-)
+# Its partitions come from the asset (dynamic, one per work).
+artifact_pdfs_job = dg.define_asset_job("artifact_pdfs_job", selection=dg.AssetSelection.assets(artifact_pdfs))
 # The checks on their own: a batch whose step fails (some works failed) skips its checks, so the
 # command line runs this once after a backfill; the UI can run it any time.
 artifact_checks_job = dg.define_asset_job(
@@ -26,7 +25,7 @@ openalex_works_job = dg.define_asset_job("openalex_works_job", selection=dg.Asse
 
 @dg.op(pool=LEDGER_POOL, description="Heal the ledger and store after crashes (leases, ops, files, parts).")
 def reconcile_ledger(context: dg.OpExecutionContext, ledger: LedgerResource) -> dict:
-    with ledger.writer(owner=f"run:{context.run_id}") as led:
+    with ledger.writer(owner=f"run:{context.run.run_id}") as led:
         counts = reconcile(led, Store(led.settings), led.settings)
     context.log.info(f"reconcile: {counts}")
     context.add_output_metadata({k: int(v) for k, v in counts.items()})
@@ -44,7 +43,7 @@ class ReleaseLeasesConfig(dg.Config):
 
 @dg.op(pool=LEDGER_POOL, description="Release the leases a failed or canceled run still holds.")
 def release_run_leases(context: dg.OpExecutionContext, config: ReleaseLeasesConfig, ledger: LedgerResource) -> int:
-    with ledger.writer(owner=f"run:{context.run_id}") as led:
+    with ledger.writer(owner=f"run:{context.run.run_id}") as led:
         released = led.release_leases(run_id=config.run_id)
     context.log.info(f"released {released} leases held by run {config.run_id}")
     return released
@@ -57,9 +56,9 @@ def release_leases_job() -> None:
 
 @dg.op(pool=LEDGER_POOL, description="Revalidate finished artifacts with conditional requests.")
 def revalidate_artifacts(context: dg.OpExecutionContext, ledger: LedgerResource, http: HttpClientResource) -> dict:
-    owner = f"run:{context.run_id}"
+    owner = f"run:{context.run.run_id}"
     with ledger.writer(owner=owner) as led:
-        counts = revalidate(led, http.client, led.settings, owner=owner, run_id=context.run_id)
+        counts = revalidate(led, http.client, led.settings, owner=owner, run_id=context.run.run_id)
     context.log.info(f"revalidate: {counts}")
     context.add_output_metadata({k: int(v) for k, v in counts.items()})
     return counts
