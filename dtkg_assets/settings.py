@@ -57,7 +57,8 @@ class StoreSettings:
 class ValidationSettings:
     min_bytes: int = 1024
     head_sniff_bytes: int = 1024
-    tail_sniff_bytes: int = 2048
+    # Real PDFs sometimes carry a few KB after %%EOF (signatures, padding from the host).
+    tail_sniff_bytes: int = 8192
 
 
 @dataclass(frozen=True)
