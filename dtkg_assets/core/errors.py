@@ -39,7 +39,8 @@ class Reason(StrEnum):
     RETRIES_EXHAUSTED = "retries_exhausted"
 
 
-TRANSIENT_REASONS: frozenset[Reason] = frozenset(
+# Failures a prompt retry of the same request can fix: retried in place (core.retrying).
+RETRY_IN_PLACE: frozenset[Reason] = frozenset(
     {
         Reason.TIMEOUT,
         Reason.CONNECT_ERROR,
@@ -47,14 +48,18 @@ TRANSIENT_REASONS: frozenset[Reason] = frozenset(
         Reason.TRUNCATED,
         Reason.HTTP_5XX,
         Reason.HTTP_429,
-        Reason.BREAKER_OPEN,
-        Reason.ROBOTS_UNAVAILABLE,
-        Reason.QUOTA_EXCEEDED,
-        Reason.DISK_FULL,
-        Reason.LEASE_LOST,
-        Reason.HASH_MISMATCH,
     }
 )
+
+# Failures worth trying again later: the ledger schedules them with backoff and a retry limit.
+TRANSIENT_REASONS: frozenset[Reason] = RETRY_IN_PLACE | {
+    Reason.BREAKER_OPEN,
+    Reason.ROBOTS_UNAVAILABLE,
+    Reason.QUOTA_EXCEEDED,
+    Reason.DISK_FULL,
+    Reason.LEASE_LOST,
+    Reason.HASH_MISMATCH,
+}
 
 
 def is_transient(reason: Reason | str) -> bool:

@@ -16,19 +16,8 @@ from typing import Any
 import httpx
 import tenacity
 
-from dtkg_assets.core.errors import DtkgError, Reason
+from dtkg_assets.core.errors import RETRY_IN_PLACE, DtkgError, Reason
 from dtkg_assets.settings import HttpSettings
-
-RETRY_IN_PLACE: frozenset[Reason] = frozenset(
-    {
-        Reason.TIMEOUT,
-        Reason.CONNECT_ERROR,
-        Reason.CONNECTION_RESET,
-        Reason.TRUNCATED,
-        Reason.HTTP_5XX,
-        Reason.HTTP_429,
-    }
-)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
