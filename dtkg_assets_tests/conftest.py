@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +25,24 @@ def pdf_bytes(size: int, seed: int = 0) -> bytes:
     # Keep the filler free of the markers validation looks for, so only head/tail carry them.
     filler = filler.replace(b"%", b"#").replace(b"<", b"(")
     return head + filler + tail
+
+
+def loopback_env(home: Path, **extra: str) -> dict[str, str]:
+    """Environment for a `dtkg` child process: a private home, loopback allowed, no rate limits,
+    robots or metadata cache, fast backoff, no quota floor. The caller's own DTKG_* are dropped."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DTKG_") and k != "DAGSTER_HOME"}
+    env.update(
+        DTKG_HOME=str(home),
+        DTKG_QUOTA_FREE_BYTES_MIN="0",
+        DTKG_ALLOW_HOSTS="127.0.0.1,localhost",
+        DTKG_RATE_LIMITS="*=0",
+        DTKG_HTTP_ROBOTS_ENABLED="0",
+        DTKG_HTTP_CACHE_ENABLED="0",
+        DTKG_HTTP_BACKOFF_INITIAL_S="0.01",
+        DTKG_HTTP_BACKOFF_MAX_S="0.1",
+    )
+    env.update(extra)
+    return env
 
 
 @pytest.fixture(name="pdf_bytes")

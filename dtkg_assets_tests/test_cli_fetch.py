@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,20 +14,13 @@ import pytest
 from dtkg_assets.cli import default_work_id
 from dtkg_assets.origin import FaultMode, OriginServer
 from dtkg_assets.settings import MiB
+from dtkg_assets_tests.conftest import loopback_env
 
 SIZE = 3 * MiB + 99
 
 
 def run_fetch(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DTKG_")}
-    env.update(
-        DTKG_HOME=str(home),
-        DTKG_QUOTA_FREE_BYTES_MIN="0",
-        DTKG_ALLOW_HOSTS="127.0.0.1",
-        DTKG_RATE_LIMITS="*=0",
-        DTKG_HTTP_ROBOTS_ENABLED="0",
-        DTKG_HTTP_BACKOFF_INITIAL_S="0.01",
-    )
+    env = loopback_env(home)
     return subprocess.run(
         [sys.executable, "-m", "dtkg_assets.cli", "fetch", *args],
         capture_output=True,

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import duckdb
 
+from dtkg_assets_tests.conftest import loopback_env
 from dtkg_assets_tests.fake_openalex import W2741809807, FakeOpenAlex, make_work
 
 
 def run(home: Path, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DTKG_")}
-    env.update({"DTKG_HOME": str(home), "DTKG_ALLOW_HOSTS": "127.0.0.1", "DTKG_HTTP_CACHE_ENABLED": "0",
-                "DTKG_HTTP_ROBOTS_ENABLED": "0", "DTKG_HTTP_BACKOFF_MAX_S": "0.1", **(extra_env or {})})
+    env = loopback_env(home, **(extra_env or {}))
     return subprocess.run([sys.executable, "-m", "dtkg_assets.cli", *args], env=env, capture_output=True,
                           text=True, timeout=300, check=False)
 
