@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dtkg_assets.core.export import export
 from dtkg_assets.core.http import make_client
-from dtkg_assets.core.ledger import Ledger
+from dtkg_assets.core.ledger import SCHEMA_VERSION, Ledger
 from dtkg_assets.core.orchestrator import Orchestrator
 from dtkg_assets.core.store import Store
 from dtkg_assets.core.streaming import Engine
@@ -89,14 +89,14 @@ def test_cli_import_health_repair_reconcile_export(tmp_path):
     health = cli(home, "ledger", "health", "--json")
     assert health.returncode == 0, health.stderr
     report = json.loads(health.stdout)
-    assert (report["status"], report["version"], report["problems"]) == ("healthy", 1, [])
+    assert (report["status"], report["version"], report["problems"]) == ("healthy", SCHEMA_VERSION, [])
     assert report["row_counts"]["works"] == 1 and report["row_counts"]["input_problems"] == 3
     with Ledger.open_writer(Settings().with_home(home)) as led:
-        led.cursor().execute("DROP INDEX idx_jobs_state_eligible")
+        led.cursor().execute("DROP INDEX idx_jobs_work")
     bad = cli(home, "ledger", "validate", "--json")
-    assert bad.returncode == 1 and json.loads(bad.stdout)["problems"] == ["missing index idx_jobs_state_eligible"]
+    assert bad.returncode == 1 and json.loads(bad.stdout)["problems"] == ["missing index idx_jobs_work"]
     rep = cli(home, "ledger", "repair", "--json")
-    assert rep.returncode == 0 and json.loads(rep.stdout)["actions"] == ["created index idx_jobs_state_eligible"]
+    assert rep.returncode == 0 and json.loads(rep.stdout)["actions"] == ["created index idx_jobs_work"]
     rec = cli(home, "reconcile", "--json")
     assert rec.returncode == 0 and set(json.loads(rec.stdout).values()) == {0}
     exp = cli(home, "ledger", "export", "--out", str(tmp_path / "x"), "--json")

@@ -76,9 +76,27 @@ def walk(ledger, jid, owner, tok):
 def test_migrations_are_forward_only_and_idempotent(lsettings):
     for _ in range(2):
         with Ledger.open_writer(lsettings) as led:
-            assert led.query("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+            assert led.query("SELECT version FROM schema_version ORDER BY version") == [
+                (v,) for v in range(1, SCHEMA_VERSION + 1)]
+            indexes = {r[0] for r in led.query("SELECT index_name FROM duckdb_indexes()")}
+            assert indexes == {"idx_jobs_work", "idx_ops_job"}  # v2 dropped the state and lease indexes
             assert led.validate() == []
             assert led.health()["status"] == "healthy"
+
+
+def test_v1_ledger_migrates_forward_keeping_rows(lsettings):
+    """A ledger written at version 1 (with its state and lease indexes) opens at the latest version."""
+    with Ledger.open_writer(lsettings) as led:
+        led.plan([work(i) for i in range(5)])
+        cur = led.cursor()
+        cur.execute("CREATE INDEX idx_jobs_state_eligible ON artifact_jobs(state, next_eligible_at)")
+        cur.execute("CREATE INDEX idx_jobs_lease ON artifact_jobs(lease_expires_at)")
+        cur.execute("DELETE FROM schema_version WHERE version > 1")
+    with Ledger.open_writer(lsettings) as led:
+        assert led.query("SELECT max(version) FROM schema_version") == [(SCHEMA_VERSION,)]
+        assert {r[0] for r in led.query("SELECT index_name FROM duckdb_indexes()")} == {"idx_jobs_work", "idx_ops_job"}
+        assert led.query("SELECT count(*) FROM artifact_jobs") == [(10,)]
+        assert led.validate() == []
 
 
 def test_plan_is_idempotent_and_bulk(ledger):

@@ -132,14 +132,23 @@ TABLES: dict[str, list[Column]] = {
     ],
 }
 
+# The indexes a current ledger has (validate reports, repair restores these). Only lookups by
+# work and by job: DuckDB rewrites an index entry (delete + insert) on every update of an indexed
+# column, so indexes on state, next_eligible_at or lease_expires_at made every state write about
+# twice as expensive, while the scans they served (pending work, expired leases) are fast columnar
+# scans anyway. Migration 2 drops them.
 INDEXES: dict[str, str] = {
-    "idx_jobs_state_eligible": (
-        "CREATE INDEX IF NOT EXISTS idx_jobs_state_eligible ON artifact_jobs(state, next_eligible_at)"
-    ),
-    "idx_jobs_lease": "CREATE INDEX IF NOT EXISTS idx_jobs_lease ON artifact_jobs(lease_expires_at)",
     "idx_jobs_work": "CREATE INDEX IF NOT EXISTS idx_jobs_work ON artifact_jobs(work_id)",
     "idx_ops_job": "CREATE INDEX IF NOT EXISTS idx_ops_job ON artifact_ops(job_id)",
 }
+
+# What migration 1 created (frozen: applied migrations never change).
+_V1_INDEXES: tuple[str, ...] = (
+    "CREATE INDEX IF NOT EXISTS idx_jobs_state_eligible ON artifact_jobs(state, next_eligible_at)",
+    "CREATE INDEX IF NOT EXISTS idx_jobs_lease ON artifact_jobs(lease_expires_at)",
+    INDEXES["idx_jobs_work"],
+    INDEXES["idx_ops_job"],
+)
 
 _COMPLETE = "('INDEXED', 'DEDUPED')"
 
@@ -226,15 +235,21 @@ def _v1(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(sql)
     for name in TABLES:
         con.execute(_create_table_sql(name))
-    for sql in INDEXES.values():
+    for sql in _V1_INDEXES:
         con.execute(sql)
     for sql in VIEWS.values():
         con.execute(sql)
 
 
+def _v2(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("DROP INDEX IF EXISTS idx_jobs_state_eligible")
+    con.execute("DROP INDEX IF EXISTS idx_jobs_lease")
+
+
 # Forward-only: append new (version, description, function) entries; never edit applied ones.
 MIGRATIONS: list[tuple[int, str, Any]] = [
     (1, "initial ledger: works, jobs, ops, blobs, attempts, runs, versions, views", _v1),
+    (2, "drop the state/eligibility and lease-expiry indexes (each state write rewrote them)", _v2),
 ]
 LATEST = MIGRATIONS[-1][0]
 
