@@ -314,3 +314,75 @@ def test_dedupe_and_skip_other_candidates(ledger):
     views = {name: ledger.query(f"SELECT count(*) FROM {name}")[0][0] for name in
              ("v_artifacts", "v_failures", "v_hosts", "v_runs")}
     assert views["v_artifacts"] == 2 and views["v_hosts"] == 1
+
+
+# ------------------------------------------------------------------ leases with queued writes
+
+
+def test_lease_queues_stages_and_commits_them_in_one_fenced_write(ledger):
+    ledger.plan([work(1, 1)])
+    jid = ledger.jobs_for_work("W1")[0].job_id
+    lease = ledger.lease(jid, "w", ttl_s=10, now=100.0)
+    assert lease is not None and lease.first_attempt and lease.token == ledger.job(jid).fencing_token
+    tx0 = ledger.stats.transactions
+    lease.stage(State.HEAD_DONE, {"etag": '"v1"', "http_status": 200})
+    lease.stage(State.RESUME_OK, {"decision": "fresh", "resumed_from": 0})
+    assert ledger.stats.transactions == tx0 and ledger.job(jid).state == "LEASED"  # queued, not written
+    with pytest.raises(IllegalTransition):
+        lease.stage(State.HEAD_DONE)  # checked against the table when queued
+    lease.stage(State.STREAMING, commit=True, ttl_s=10, now=150.0)
+    assert ledger.stats.transactions == tx0 + 1
+    job = ledger.job(jid)
+    assert (job.state, job.etag, job.http_status, job.decision, job.resumed_from) == (
+        "STREAMING", '"v1"', 200, "fresh", 0)
+    assert job.lease_expires_at == 160.0  # the commit renews the lease
+
+
+def test_lease_records_ride_on_the_next_write_and_a_stale_holder_commits_nothing(ledger):
+    ledger.plan([work(1, 1), work(2, 1)])
+    jid, jid2 = (ledger.jobs_for_work(w)[0].job_id for w in ("W1", "W2"))
+    lease = ledger.lease(jid, "a", ttl_s=10, now=100.0)
+    lease.stage(State.HEAD_DONE)
+    lease.stage(State.RESUME_OK)
+    lease.stage(State.STREAMING, commit=True, ttl_s=10, now=100.0)
+    fin = lease.run_effect("FINALIZE", "a" * 64, lambda: {"path": "/blob", "created": True})
+    assert fin == {"path": "/blob", "created": True}
+    # The effect ran; its record waits for the next write (a crash here leaves the op unfinished).
+    assert ledger.query("SELECT op_type, finished_at IS NULL FROM artifact_ops") == [("FINALIZE", True)]
+    lease.run_effect("LINK", "W1", lambda: {"path": "/w1"})
+    assert ledger.query("SELECT op_type, finished_at IS NULL FROM artifact_ops ORDER BY op_type") == [
+        ("FINALIZE", False), ("LINK", True)]
+    assert lease.complete(stored(ledger.job(jid).url)) == State.INDEXED
+    assert ledger.query("SELECT count(*) FROM artifact_ops WHERE finished_at IS NULL OR result_code <> 'OK'") == [(0,)]
+    assert (ledger.job(jid).state, ledger.job(jid).lease_owner) == ("INDEXED", None)
+
+    # A holder whose lease expired and was taken over: its queued stage, its claim and its queued
+    # record are all refused, and its effect never runs.
+    stale = ledger.lease(jid2, "a", ttl_s=10, now=100.0)
+    stale.stage(State.HEAD_DONE)
+    assert ledger.lease(jid2, "b", ttl_s=10, now=200.0) is not None
+    ran = []
+    with pytest.raises(LeaseLost):
+        stale.run_effect("FINALIZE", "b" * 64, lambda: ran.append(1) or {})
+    with pytest.raises(LeaseLost):
+        stale.stage(State.RESUME_OK, commit=True)
+    with pytest.raises(LeaseLost):
+        stale.complete(stored(ledger.job(jid2).url, "b" * 64))
+    assert ran == [] and ledger.job(jid2).lease_owner == "b" and ledger.job(jid2).state == "LEASED"
+    assert ledger.query("SELECT count(*) FROM artifact_ops WHERE job_id = ?", [jid2]) == [(0,)]
+
+
+def test_lease_failure_keeps_stage_columns_and_counts_attempts(ledger):
+    ledger.plan([work(1, 1)])
+    jid = ledger.jobs_for_work("W1")[0].job_id
+    lease = ledger.lease(jid, "w", now=100.0)
+    lease.stage(State.HEAD_DONE, {"etag": '"e"', "http_status": 200})
+    assert lease.fail(reason="http_5xx", detail="503", now=100.0) == "transient"
+    job = ledger.job(jid)
+    assert (job.state, job.failure_class, job.etag, job.lease_owner, job.attempts) == (
+        "FAILED", "transient", '"e"', None, 1)
+    assert job.next_eligible_at == 110.0 and lease.last_reason == "http_5xx"
+    again = ledger.lease(jid, "w", now=200.0)
+    assert again is not None and not again.first_attempt and again.attempts == 2
+    again.release(now=200.0)
+    assert ledger.job(jid).state == "PLANNED" and ledger.job(jid).fencing_token == again.token + 1

@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol
 from dtkg_assets.core.crashpoints import crash_point
 from dtkg_assets.core.errors import Reason
 from dtkg_assets.core.ledger import IN_FLIGHT, Job, LeaseLost, Ledger, State
+from dtkg_assets.core.ledger.db import Lease
 from dtkg_assets.core.store import Store
 from dtkg_assets.core.types import EffectType, FetchHooks, FetchResult, Stage, WorkRecord
 from dtkg_assets.settings import Settings
@@ -67,18 +68,23 @@ class WorkOutcome:
 
 
 class LedgerHooks:
-    """FetchHooks backed by the ledger: stages are fenced state writes, progress renews the lease,
-    effects are exactly-once ops."""
+    """FetchHooks backed by a ledger `Lease`: stages are fenced state writes, progress renews the lease,
+    effects are exactly-once ops.
 
-    def __init__(self, ledger: Ledger, job: Job, owner: str, token: int) -> None:
-        self.ledger, self.job_id, self.owner, self.token = ledger, job.job_id, owner, token
-        self.state = State(job.state)
-        self.renew_every_s = max(1.0, ledger.settings.ledger.lease_ttl_s / 3)
+    Per artifact this is three write transactions besides acquire and complete: HEAD_DONE and
+    RESUME_OK are queued and committed together with STREAMING (before the first body byte, with a
+    lease renewal), FINALIZE's claim commits nothing else, and LINK's claim carries FINALIZE's
+    record (LINK's own record goes with the completion). See `Lease` for why that is as safe.
+    """
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease = lease
+        self.renew_every_s = max(1.0, lease.ledger.settings.ledger.lease_ttl_s / 3)
         self._last_renew = time.monotonic()
 
     def stage(self, stage: Stage, info: dict[str, Any]) -> None:
         target = State(stage)
-        if target == self.state:
+        if target == self.lease.target:
             return  # the engine re-enters STREAMING on each retry attempt: one state write is enough
         fields: dict[str, Any] = {}
         if stage == "HEAD_DONE" and info.get("validators"):
@@ -86,20 +92,24 @@ class LedgerHooks:
             fields = {"etag": v.get("etag"), "last_modified": v.get("last_modified"), "http_status": v.get("status")}
         elif stage == "RESUME_OK":
             fields = {"decision": info.get("decision"), "resumed_from": info.get("offset")}
-        self.ledger.transition(self.job_id, target, owner=self.owner, token=self.token, fields=fields)
-        self.state = target
-        self._last_renew = time.monotonic()
+        streaming = target == State.STREAMING
+        self.lease.stage(target, fields, commit=streaming)
+        if streaming:
+            self._last_renew = time.monotonic()
 
     def progress(self, bytes_on_disk: int) -> None:
         if time.monotonic() - self._last_renew >= self.renew_every_s:
-            self.ledger.renew(self.job_id, self.owner, self.token)
+            self.lease.renew()
             self._last_renew = time.monotonic()
 
     def check_fence(self) -> None:
-        self.ledger.check_fence(self.job_id, self.owner, self.token)
+        # The engine calls this right before the FINALIZE effect, whose claim checks this same token
+        # in the transaction that claims the op, before the effect runs: a separate check here would
+        # be a read under the write lock that decides nothing more.
+        return None
 
     def effect(self, effect_type: EffectType, key: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        return self.ledger.run_effect(self.job_id, effect_type, key, owner=self.owner, token=self.token, fn=fn)
+        return self.lease.run_effect(effect_type, key, fn)
 
 
 class Orchestrator:
@@ -192,8 +202,8 @@ class Orchestrator:
         for job in jobs:
             if job.state == State.SKIPPED_DUPLICATE:
                 continue
-            token = self.ledger.acquire(job.job_id, self.owner, run_id=self.run_id)
-            if token is None:
+            lease = self.ledger.lease(job.job_id, self.owner, run_id=self.run_id)
+            if lease is None:
                 now_job = self.ledger.job(job.job_id) or job
                 if State(now_job.state) in IN_FLIGHT:
                     # Another worker holds this work: leave it to them rather than race on other candidates.
@@ -209,8 +219,7 @@ class Orchestrator:
                 elif now_job.complete:
                     return self._skipped(work_id)
                 continue
-            job = self.ledger.job(job.job_id) or job
-            outcome = self._run_job(job, token)
+            outcome = self._run_job(job, lease)
             if outcome.ok or outcome.reason == Reason.LEASE_LOST.value:
                 return outcome
             if outcome.status == "deferred":
@@ -224,11 +233,12 @@ class Orchestrator:
             return (strong or failures)[-1]
         return WorkOutcome(work_id, "failed", Reason.NO_CANDIDATES.value, detail="no candidate could be tried")
 
-    def _run_job(self, job: Job, token: int) -> WorkOutcome:
-        hooks = LedgerHooks(self.ledger, job, self.owner, token)
+    def _run_job(self, job: Job, lease: Lease) -> WorkOutcome:
+        hooks = LedgerHooks(lease)
         try:
-            # A refresh wants the new object, not a blob an earlier version left finalized.
-            recovered = None if self._refresh else self._recover_finalized(job, hooks)
+            # A refresh wants the new object, not a blob an earlier version left finalized. On a first
+            # attempt no earlier holder can have finalized anything: no need to look.
+            recovered = None if self._refresh or lease.first_attempt else self._recover_finalized(job, hooks)
             result = recovered or self.engine.fetch(
                 job.url, work_id=job.work_id, hooks=hooks, known_sha256=job.sha256, refresh=self._refresh
             )
@@ -236,12 +246,12 @@ class Orchestrator:
             return WorkOutcome(job.work_id, "deferred", Reason.LEASE_LOST.value, job_id=job.job_id, detail=str(exc))
         except Exception as exc:  # a bug or an unexpected OS error: give the job back, keep the batch going
             with contextlib.suppress(LeaseLost):
-                self.ledger.release(job.job_id, self.owner, token)
+                lease.release()
             return WorkOutcome(job.work_id, "failed", "internal_error", job_id=job.job_id,
                                detail=f"{type(exc).__name__}: {exc}")
         try:
             if result.ok:
-                final = self.ledger.complete(job.job_id, owner=self.owner, token=token, result=result)
+                final = lease.complete(result)
                 crash_point("after_commit")
                 status: OutcomeStatus = "downloaded" if final == State.INDEXED else "deduped"
                 return WorkOutcome(job.work_id, status, "ok", result, result.sha256, result.path, result.bytes,
@@ -249,13 +259,11 @@ class Orchestrator:
             if result.reason == Reason.LEASE_LOST.value:
                 return WorkOutcome(job.work_id, "deferred", result.reason, result, job_id=job.job_id,
                                    detail=result.detail)
-            klass = self.ledger.fail(job.job_id, owner=self.owner, token=token, reason=result.reason,
-                                     detail=result.detail, result=result)
+            klass = lease.fail(reason=result.reason, detail=result.detail, result=result)
         except LeaseLost as exc:
             return WorkOutcome(job.work_id, "deferred", Reason.LEASE_LOST.value, result, job_id=job.job_id,
                                detail=str(exc))
-        after = self.ledger.job(job.job_id)
-        reason = (after.last_reason if after else None) or result.reason
+        reason = lease.last_reason or result.reason
         status = "deferred" if klass == "transient" else "failed"
         return WorkOutcome(job.work_id, status, reason, result, job_id=job.job_id, detail=result.detail)
 

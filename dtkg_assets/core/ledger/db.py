@@ -34,7 +34,7 @@ from dtkg_assets.core.errors import TRANSIENT_REASONS, DtkgError, Reason
 from dtkg_assets.core.http import host_of
 from dtkg_assets.core.ledger import schema
 from dtkg_assets.core.ledger.schema import first_row
-from dtkg_assets.core.ledger.states import COMPLETE, IN_FLIGHT, State, check_transition
+from dtkg_assets.core.ledger.states import COMPLETE, IN_FLIGHT, IllegalTransition, State, check_transition
 from dtkg_assets.core.types import FetchResult, HttpAttempt, InputProblem, WorkRecord
 from dtkg_assets.settings import Settings
 
@@ -648,6 +648,12 @@ class Ledger:
     def acquire(self, job_id: str, owner: str, *, ttl_s: float | None = None, run_id: str | None = None,
                 now: float | None = None) -> int | None:
         """Lease a job; returns the new fencing token, or None if it is not leasable now."""
+        lease = self.lease(job_id, owner, ttl_s=ttl_s, run_id=run_id, now=now)
+        return None if lease is None else lease.token
+
+    def lease(self, job_id: str, owner: str, *, ttl_s: float | None = None, run_id: str | None = None,
+              now: float | None = None) -> Lease | None:
+        """Lease a job like `acquire`, returning the holder's handle for its fenced writes (`Lease`)."""
         now = time.time() if now is None else now
         ttl = self.settings.ledger.lease_ttl_s if ttl_s is None else ttl_s
         max_attempts = self.settings.ledger.max_attempts
@@ -672,17 +678,19 @@ class Ledger:
             else:
                 return None
             check_transition(job_id, job.state, State.LEASED)
-            row = first_row(
-                cur,
+            # No RETURNING (it costs DuckDB about as much as the update): under the write lock the
+            # row read above is the row updated, so the new token and attempts are known.
+            cur.execute(
                 """UPDATE artifact_jobs SET state = 'LEASED', lease_owner = ?, lease_expires_at = ?,
                        fencing_token = fencing_token + 1, attempts = attempts + 1, updated_at = ?,
                        run_id = coalesce(?, run_id)
-                   WHERE job_id = ? RETURNING fencing_token""",
+                   WHERE job_id = ?""",
                 [owner, now + ttl, now, run_id, job_id],
             )
-            assert row is not None
-            return int(row[0])
-        return self._tx(_body)
+            return Lease(self, job_id, owner, job.fencing_token + 1, work_id=job.work_id,
+                         run_id=run_id or job.run_id, attempts=job.attempts + 1, reopened_at=job.reopened_at)
+        lease: Lease | None = self._tx(_body)
+        return lease
 
     def _fenced(self, cur: duckdb.DuckDBPyConnection, job_id: str, owner: str, token: int) -> Job:
         job = _job_lite(cur, job_id)
@@ -728,6 +736,35 @@ class Ledger:
             self._set_state(cur, job, State(to), now, fields or {})
         self._tx(_body)
 
+    def _guarded_update(self, cur: duckdb.DuckDBPyConnection, lease: Lease, to: State,
+                        values: dict[str, Any], *, bump: bool = False) -> None:
+        """Update a leased job's row to `to` only if it still holds the lease's token and owner and the
+        state the lease last committed (the caller checked the path from there against the table)."""
+        cols = {"state": to.value, **values}
+        sets = _assignments(cols) + (", fencing_token = fencing_token + 1" if bump else "")
+        row = first_row(
+            cur, f"UPDATE artifact_jobs SET {sets} WHERE job_id = ? AND fencing_token = ? AND lease_owner = ? "
+            "AND state = ?", [*cols.values(), lease.job_id, lease.token, lease.owner, lease.state.value],
+        )
+        if row is not None and int(row[0]) == 1:
+            return
+        job = _job_lite(cur, lease.job_id)
+        if job is None:
+            raise KeyError(f"no job {lease.job_id}")
+        if job.fencing_token != lease.token or job.lease_owner != lease.owner:
+            raise _stale(lease.job_id, lease.owner, lease.token, job.fencing_token, job.lease_owner, job.state)
+        raise IllegalTransition(lease.job_id, job.state, to)
+
+    def _record_op_error(self, op_key: str, exc: BaseException) -> None:
+        error = json.dumps({"error": f"{type(exc).__name__}: {exc}"})
+
+        def record_error(cur: duckdb.DuckDBPyConnection) -> None:
+            cur.execute("UPDATE artifact_ops SET result_code = 'ERROR', result_json = ? WHERE op_key = ?",
+                        [error, op_key])
+
+        with contextlib.suppress(Exception):
+            self._tx(record_error)
+
     def _set_state(self, cur: duckdb.DuckDBPyConnection, job: Job, to: State, now: float,
                    values: dict[str, Any], *, bump: bool = False) -> None:
         check_transition(job.job_id, job.state, to)
@@ -738,25 +775,28 @@ class Ledger:
         cur.execute(f"UPDATE artifact_jobs SET {sets} WHERE job_id = ?", [*cols.values(), job.job_id])
         job.state = to.value
 
-    def _set_failed(self, cur: duckdb.DuckDBPyConnection, job: Job, reason: str, detail: str | None,
-                    now: float, *, permanent: bool = False, retry_after: float | None = None) -> str:
+    def _failure(self, attempts: int, reason: str, detail: str | None, now: float, *,
+                 permanent: bool = False, retry_after: float | None = None) -> tuple[str, dict[str, Any]]:
+        """The class (transient/permanent) and the job columns of a failure on attempt `attempts`."""
         cfg = self.settings.ledger
         transient = reason_is_transient(reason) and not permanent
-        if transient and job.attempts >= cfg.max_attempts:
+        if transient and attempts >= cfg.max_attempts:
             detail = f"{reason}: {detail or ''}".strip().rstrip(":")
             reason, transient = Reason.RETRIES_EXHAUSTED.value, False
         next_at = None
         if transient:
-            backoff = min(cfg.retry_backoff_s * 2 ** max(0, job.attempts - 1), cfg.retry_backoff_max_s)
+            backoff = min(cfg.retry_backoff_s * 2 ** max(0, attempts - 1), cfg.retry_backoff_max_s)
             next_at = now + max(backoff, retry_after or 0.0)
-        self._set_state(
-            cur, job, State.FAILED, now,
-            {"failure_class": "transient" if transient else "permanent", "last_reason": reason,
-             "last_error": detail, "next_eligible_at": next_at, "lease_owner": None, "lease_expires_at": None,
-             "finished_at": None if transient else now},
-            bump=True,
-        )
-        return "transient" if transient else "permanent"
+        klass = "transient" if transient else "permanent"
+        return klass, {"failure_class": klass, "last_reason": reason, "last_error": detail,
+                       "next_eligible_at": next_at, "lease_owner": None, "lease_expires_at": None,
+                       "finished_at": None if transient else now}
+
+    def _set_failed(self, cur: duckdb.DuckDBPyConnection, job: Job, reason: str, detail: str | None,
+                    now: float, *, permanent: bool = False, retry_after: float | None = None) -> str:
+        klass, values = self._failure(job.attempts, reason, detail, now, permanent=permanent, retry_after=retry_after)
+        self._set_state(cur, job, State.FAILED, now, values, bump=True)
+        return klass
 
     def fail(self, job_id: str, *, owner: str, token: int, reason: str, detail: str | None = None,
              result: FetchResult | None = None, retry_after: float | None = None, now: float | None = None) -> str:
@@ -779,48 +819,43 @@ class Ledger:
         """Record a stored (FINALIZED → INDEXED) or deduped (→ DEDUPED) artifact, its blob and attempts,
         and mark the work's other untried candidates SKIPPED_DUPLICATE — all in one transaction."""
         now = time.time() if now is None else now
-        if not result.ok or not result.sha256:
-            raise ValueError(f"complete() needs a successful result with a sha256, got {result.status}")
-        values = {
-            "sha256": result.sha256, "path": result.path, "bytes": result.bytes, "final_url": result.final_url,
-            "http_status": result.http_status, "decision": result.decision, "resumed_from": result.resumed_from,
-            "elapsed_s": result.elapsed_s, "etag": result.etag, "last_modified": result.last_modified,
-            "result": json.dumps(result.to_json()), "failure_class": None, "last_reason": "ok",
-            "last_error": None, "next_eligible_at": None,
-        }
-        done = {"lease_owner": None, "lease_expires_at": None, "finished_at": now}
+        final, values = _completion(result, now)
         def _body(cur: duckdb.DuckDBPyConnection) -> Any:
             job = self._fenced(cur, job_id, owner, token)
-            if result.status == "stored":
-                self._set_state(cur, job, State.FINALIZED, now, values)
-                self._set_state(cur, job, State.INDEXED, now, done, bump=True)
-                final = State.INDEXED
-            else:
-                self._set_state(cur, job, State.DEDUPED, now, {**values, **done}, bump=True)
-                final = State.DEDUPED
-            blob_path = result.blob_path or result.path
-            cur.execute(
-                """INSERT INTO blobs VALUES (?, ?, ?, 1, ?, ?)
-                   ON CONFLICT (sha256) DO UPDATE SET ref_count = blobs.ref_count + 1,
-                       verified_at = excluded.verified_at""",
-                [result.sha256, blob_path, result.bytes, now, now],
-            )
-            cur.execute(
-                "INSERT INTO work_versions VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [job.work_id, result.final_url or result.url, result.sha256, result.etag, result.last_modified,
-                 result.bytes, now],
-            )
-            self._insert_attempts(cur, job_id, job.run_id, result.http_attempts)
-            cur.execute(
-                """UPDATE artifact_jobs SET state = 'SKIPPED_DUPLICATE', updated_at = ?, next_eligible_at = NULL
-                   WHERE work_id = ? AND job_id <> ?
-                     AND (state = 'PLANNED' OR (state = 'FAILED' AND failure_class = 'transient'))""",
-                [now, job.work_id, job_id],
-            )
+            _check_chain(job_id, job.state, _completion_path(final))
+            cur.execute(f"UPDATE artifact_jobs SET {_assignments(values)}, fencing_token = fencing_token + 1 "
+                        "WHERE job_id = ?", [*values.values(), job_id])
+            self._record_completion(cur, job_id, job.work_id, job.run_id, result, now)
             return final
 
         final_state: State = self._tx(_body)
         return final_state
+
+    def _record_completion(self, cur: duckdb.DuckDBPyConnection, job_id: str, work_id: str, run_id: str | None,
+                           result: FetchResult, now: float) -> None:
+        """The rows a finished artifact adds besides its job row: blob reference, version, attempts,
+        and the work's untried candidates marked SKIPPED_DUPLICATE."""
+        assert result.sha256 is not None
+        blob_path = result.blob_path or result.path
+        # Look up, then a plain INSERT or UPDATE: INSERT … ON CONFLICT costs DuckDB twice as much.
+        if first_row(cur, "SELECT 1 FROM blobs WHERE sha256 = ?", [result.sha256]) is None:
+            cur.execute("INSERT INTO blobs VALUES (?, ?, ?, 1, ?, ?)",
+                        [result.sha256, blob_path, result.bytes, now, now])
+        else:
+            cur.execute("UPDATE blobs SET ref_count = ref_count + 1, verified_at = ? WHERE sha256 = ?",
+                        [now, result.sha256])
+        cur.execute(
+            "INSERT INTO work_versions VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [work_id, result.final_url or result.url, result.sha256, result.etag, result.last_modified,
+             result.bytes, now],
+        )
+        self._insert_attempts(cur, job_id, run_id, result.http_attempts)
+        cur.execute(
+            """UPDATE artifact_jobs SET state = 'SKIPPED_DUPLICATE', updated_at = ?, next_eligible_at = NULL
+               WHERE work_id = ? AND job_id <> ?
+                 AND (state = 'PLANNED' OR (state = 'FAILED' AND failure_class = 'transient'))""",
+            [now, work_id, job_id],
+        )
 
     def requeue(self, job_id: str, *, reason: str, detail: str = "", now: float | None = None) -> bool:
         """Explicit reopen of a finished or failed job (missing/corrupt file, changed object, operator)."""
@@ -907,18 +942,7 @@ class Ledger:
             # Replay a finished effect, unless the job was reopened since (file lost: do it again).
             if row is not None and row[0] is not None and (job.reopened_at is None or row[0] > job.reopened_at):
                 return dict(json.loads(row[1]))
-            if row is None:
-                cur.execute(
-                    "INSERT INTO artifact_ops (op_key, job_id, op_type, effect_key, started_at, owner, fencing_token, "
-                    "result_code, result_json) VALUES (?, ?, ?, ?, ?, ?, ?, 'STARTED', '{}')",
-                    [op_key, job_id, op_type, key, now, owner, token],
-                )
-            else:
-                cur.execute(
-                    "UPDATE artifact_ops SET started_at = ?, finished_at = NULL, owner = ?, fencing_token = ?, "
-                    "runs = runs + 1, result_code = 'RERUN' WHERE op_key = ?",
-                    [now, owner, token, op_key],
-                )
+            _claim_op(cur, op_key, job_id, op_type, key, owner, token, now, exists=row is not None)
             return None
 
         replay: dict[str, Any] | None = self._tx(claim)
@@ -927,14 +951,7 @@ class Ledger:
         try:
             result = fn()
         except BaseException as exc:
-            error = json.dumps({"error": f"{type(exc).__name__}: {exc}"})
-
-            def record_error(cur: duckdb.DuckDBPyConnection) -> None:
-                cur.execute("UPDATE artifact_ops SET result_code = 'ERROR', result_json = ? WHERE op_key = ?",
-                            [error, op_key])
-
-            with contextlib.suppress(Exception):
-                self._tx(record_error)
+            self._record_op_error(op_key, exc)
             raise
         crashpoints.crash_point(f"effect_done:{op_type}")
         text = json.dumps(result, default=str)
@@ -1042,12 +1059,12 @@ def _job(cur: duckdb.DuckDBPyConnection, job_id: str) -> Job | None:
     return Job(*row) if row else None
 
 
-# The columns state writes need: a narrower row is about half the cost of the full one in DuckDB.
+# The columns state writes need. Every column a query returns costs DuckDB and the driver, NULL
+# placeholders included: select only these, fill the rest of the Job in Python.
 _LITE = ("job_id", "work_id", "state", "lease_owner", "lease_expires_at", "fencing_token", "attempts",
          "failure_class", "next_eligible_at", "reopened_at", "run_id", "sha256")
-_LITE_SQL = "SELECT " + ", ".join(
-    f.name if f.name in _LITE else f"NULL AS {f.name}" for f in fields(Job)
-) + " FROM artifact_jobs WHERE job_id = ?"
+_LITE_SQL = f"SELECT {', '.join(_LITE)} FROM artifact_jobs WHERE job_id = ?"
+_NOT_LITE: dict[str, Any] = {f.name: None for f in fields(Job) if f.name not in _LITE}
 
 
 def _job_lite(cur: duckdb.DuckDBPyConnection, job_id: str) -> Job | None:
@@ -1055,10 +1072,251 @@ def _job_lite(cur: duckdb.DuckDBPyConnection, job_id: str) -> Job | None:
     row = first_row(cur, _LITE_SQL, [job_id])
     if row is None:
         return None
-    job = Job(*row)
+    values: dict[str, Any] = dict(zip(_LITE, row, strict=True))
+    job = Job(**values, **_NOT_LITE)
     job.fencing_token = int(job.fencing_token)
     job.attempts = int(job.attempts)
     return job
+
+
+def _assignments(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k} = ?" for k in values)
+
+
+def _check_chain(job_id: str, start: str, path: Sequence[State]) -> None:
+    """Each step of `start → path[0] → path[1] …` must be in the transition table."""
+    at = start
+    for to in path:
+        check_transition(job_id, at, to)
+        at = to
+
+
+def _completion_path(final: State) -> tuple[State, ...]:
+    return (State.FINALIZED, State.INDEXED) if final == State.INDEXED else (State.DEDUPED,)
+
+
+def _completion(result: FetchResult, now: float) -> tuple[State, dict[str, Any]]:
+    """The final state of a successful result and every job column it sets (lease released)."""
+    if not result.ok or not result.sha256:
+        raise ValueError(f"complete() needs a successful result with a sha256, got {result.status}")
+    final = State.INDEXED if result.status == "stored" else State.DEDUPED
+    return final, {
+        "state": final.value, "updated_at": now,
+        "sha256": result.sha256, "path": result.path, "bytes": result.bytes, "final_url": result.final_url,
+        "http_status": result.http_status, "decision": result.decision, "resumed_from": result.resumed_from,
+        "elapsed_s": result.elapsed_s, "etag": result.etag, "last_modified": result.last_modified,
+        "result": json.dumps(result.to_json()), "failure_class": None, "last_reason": "ok",
+        "last_error": None, "next_eligible_at": None,
+        "lease_owner": None, "lease_expires_at": None, "finished_at": now,
+    }
+
+
+class Lease:
+    """One holder's lease on one job (owner + fencing token): its fenced writes, in fewer transactions.
+
+    The same writes as `Ledger.transition/run_effect/complete/fail`, with the same checks, but a
+    write that need not be durable on its own is queued and committed in the transaction of the
+    next write that must be:
+
+    - stage transitions (HEAD_DONE, RESUME_OK): each is checked against the transition table when
+      queued, and the job row moves once, to the last stage, when a stage is committed (STREAMING,
+      right before the first body byte) or with the next effect claim, completion or failure. The
+      update is guarded by the state the ledger holds and by the fencing token, so it is enforced
+      against the row exactly like a read-check-write. A crash before then leaves the job LEASED,
+      from which recovery (expiry, release) is as legal as from any in-flight state.
+    - the record of a finished effect (finished_at, result): committed with the next effect's claim
+      or with the completion. A crash before then leaves the op unfinished, as a crash between an
+      effect and its own record transaction always did: the next holder finds it and runs the effect
+      again (effects are idempotent on disk). A lost fence refuses the whole transaction, record
+      included, as the separately fenced record was refused.
+
+    Every transaction checks the token (in the guarded update or the op claim), so a holder whose
+    lease was taken over commits nothing. A `Lease` belongs to one worker thread.
+    """
+
+    def __init__(self, ledger: Ledger, job_id: str, owner: str, token: int, *, work_id: str,
+                 run_id: str | None, attempts: int, reopened_at: float | None,
+                 state: State = State.LEASED) -> None:
+        self.ledger, self.job_id, self.owner, self.token = ledger, job_id, owner, token
+        self.work_id, self.run_id, self.attempts, self.reopened_at = work_id, run_id, attempts, reopened_at
+        self.state = state  # as committed in the ledger
+        self.target = state  # after the queued transitions
+        self._fields: dict[str, Any] = {}
+        self._records: list[tuple[str, float, str]] = []  # (op_key, finished_at, result_json)
+        self.last_reason: str | None = None  # the reason `fail` recorded (retries_exhausted may replace it)
+
+    @property
+    def first_attempt(self) -> bool:
+        """No holder before this one (never leased, never reopened): no op of this job can exist."""
+        return self.attempts <= 1 and self.reopened_at is None
+
+    # ---------------------------------------------------------------- queued writes
+
+    def stage(self, to: State | str, fields: dict[str, Any] | None = None, *, commit: bool = False,
+              ttl_s: float | None = None, now: float | None = None) -> None:
+        """Move to an in-flight stage (checked now); `commit=True` commits it and every queued write,
+        and renews the lease."""
+        to = State(to)
+        check_transition(self.job_id, self.target, to)
+        self.target = to
+        self._fields.update(fields or {})
+        if commit:
+            self.renew(ttl_s=ttl_s, now=now)
+
+    def _apply_queued(self, cur: duckdb.DuckDBPyConnection, now: float, extra: dict[str, Any] | None = None,
+                      *, always: bool = False) -> None:
+        """Inside a transaction: the queued op records, then one guarded update of the job row to the
+        queued stage (with `extra` columns). Mutates nothing on `self`: `_applied` does, after the commit
+        (a failed group-commit batch re-runs this body)."""
+        self._write_records(cur)
+        values = {**self._fields, **(extra or {})}
+        if self.target != self.state or values or always:
+            self.ledger._guarded_update(cur, self, self.target, {"updated_at": now, **values})
+
+    def _write_records(self, cur: duckdb.DuckDBPyConnection) -> None:
+        for op_key, finished_at, text in self._records:
+            cur.execute("UPDATE artifact_ops SET finished_at = ?, result_code = 'OK', result_json = ? "
+                        "WHERE op_key = ?", [finished_at, text, op_key])
+
+    def _applied(self) -> None:
+        self.state = self.target
+        self._fields.clear()
+        self._records.clear()
+
+    def renew(self, *, ttl_s: float | None = None, now: float | None = None) -> None:
+        """Extend the lease (committing queued writes with it); raises LeaseLost if it was taken over."""
+        now = time.time() if now is None else now
+        ttl = self.ledger.settings.ledger.lease_ttl_s if ttl_s is None else ttl_s
+        self.ledger._tx(lambda cur: self._apply_queued(cur, now, {"lease_expires_at": now + ttl}))
+        self._applied()
+
+    def flush(self, *, now: float | None = None) -> None:
+        """Commit the queued writes now (fenced even when nothing is queued)."""
+        now = time.time() if now is None else now
+        self.ledger._tx(lambda cur: self._apply_queued(cur, now, always=True))
+        self._applied()
+
+    # ---------------------------------------------------------------- effects
+
+    def run_effect(self, op_type: str, key: str, fn: Callable[[], dict[str, Any]],
+                   *, now: float | None = None) -> dict[str, Any]:
+        """`Ledger.run_effect` for this lease: the claim commits the queued writes; the record is queued."""
+        op_key = op_key_for(self.job_id, op_type, key)
+        now = time.time() if now is None else now
+
+        def claim(cur: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:
+            self._apply_queued(cur, now)
+            # The fence and the op row in one statement.
+            row = first_row(
+                cur,
+                "SELECT j.fencing_token, j.lease_owner, j.state, o.finished_at, o.result_json::VARCHAR "
+                "FROM artifact_jobs j LEFT JOIN artifact_ops o ON o.op_key = ? WHERE j.job_id = ?",
+                [op_key, self.job_id],
+            )
+            if row is None:
+                raise KeyError(f"no job {self.job_id}")
+            if int(row[0]) != self.token or row[1] != self.owner:
+                raise _stale(self.job_id, self.owner, self.token, int(row[0]), row[1], row[2])
+            finished_at, text = row[3], row[4]
+            # Replay a finished effect, unless the job was reopened since (file lost: do it again).
+            # The reopen time read at acquire still holds: a requeue bumps the token.
+            if finished_at is not None and (self.reopened_at is None or finished_at > self.reopened_at):
+                return dict(json.loads(text))
+            _claim_op(cur, op_key, self.job_id, op_type, key, self.owner, self.token, now, exists=text is not None)
+            return None
+
+        replay: dict[str, Any] | None = self.ledger._tx(claim)
+        self._applied()
+        if replay is not None:
+            return replay
+        try:
+            result = fn()
+        except BaseException as exc:
+            self.ledger._record_op_error(op_key, exc)
+            raise
+        crashpoints.crash_point(f"effect_done:{op_type}")
+        text = json.dumps(result, default=str)
+        self._records.append((op_key, time.time(), text))
+        return dict(json.loads(text))
+
+    # ---------------------------------------------------------------- endings
+
+    def complete(self, result: FetchResult, *, now: float | None = None) -> State:
+        """`Ledger.complete` for this lease, with the queued writes, in one transaction."""
+        now = time.time() if now is None else now
+        final, values = _completion(result, now)
+        _check_chain(self.job_id, self.target, _completion_path(final))
+
+        def body(cur: duckdb.DuckDBPyConnection) -> None:
+            self._write_records(cur)
+            self.ledger._guarded_update(cur, self, final, values, bump=True)
+            self.ledger._record_completion(cur, self.job_id, self.work_id, self.run_id, result, now)
+
+        self.ledger._tx(body)
+        self._applied()
+        self.state = self.target = final
+        return final
+
+    def fail(self, *, reason: str, detail: str | None = None, result: FetchResult | None = None,
+             retry_after: float | None = None, now: float | None = None) -> str:
+        """`Ledger.fail` for this lease (the queued stage columns are kept). Returns the class."""
+        now = time.time() if now is None else now
+        check_transition(self.job_id, self.target, State.FAILED)
+        klass, values = self.ledger._failure(self.attempts, reason, detail, now, retry_after=retry_after)
+        if result is not None:
+            values = {"http_status": result.http_status, "final_url": result.final_url,
+                      "elapsed_s": result.elapsed_s, "result": json.dumps(result.to_json()), **values}
+
+        def body(cur: duckdb.DuckDBPyConnection) -> None:
+            self._write_records(cur)
+            self.ledger._guarded_update(cur, self, State.FAILED, {**self._fields, "updated_at": now, **values},
+                                        bump=True)
+            if result is not None:
+                self.ledger._insert_attempts(cur, self.job_id, self.run_id, result.http_attempts)
+
+        self.ledger._tx(body)
+        self._applied()
+        self.state = self.target = State.FAILED
+        self.last_reason = values["last_reason"]
+        return klass
+
+    def release(self, *, now: float | None = None) -> None:
+        """Give the job back (PLANNED, token bumped), committing the queued op records first."""
+        now = time.time() if now is None else now
+        check_transition(self.job_id, self.target, State.PLANNED)
+
+        def body(cur: duckdb.DuckDBPyConnection) -> None:
+            self._write_records(cur)
+            self.ledger._guarded_update(cur, self, State.PLANNED, {"updated_at": now, "lease_owner": None,
+                                                                   "lease_expires_at": None}, bump=True)
+
+        self.ledger._tx(body)
+        self._applied()
+        self.state = self.target = State.PLANNED
+
+
+def _stale(job_id: str, owner: str, token: int, held_token: int, held_owner: str | None, state: str) -> LeaseLost:
+    return LeaseLost(
+        job_id,
+        f"fencing token {token} of {owner} is stale (job holds token {held_token}, owner {held_owner}, state {state})",
+    )
+
+
+def _claim_op(cur: duckdb.DuckDBPyConnection, op_key: str, job_id: str, op_type: str, key: str, owner: str,
+              token: int, now: float, *, exists: bool) -> None:
+    """Claim an op row: a new row, or a re-run of an unfinished (or reopened) one."""
+    if not exists:
+        cur.execute(
+            "INSERT INTO artifact_ops (op_key, job_id, op_type, effect_key, started_at, owner, fencing_token, "
+            "result_code, result_json) VALUES (?, ?, ?, ?, ?, ?, ?, 'STARTED', '{}')",
+            [op_key, job_id, op_type, key, now, owner, token],
+        )
+    else:
+        cur.execute(
+            "UPDATE artifact_ops SET started_at = ?, finished_at = NULL, owner = ?, fencing_token = ?, "
+            "runs = runs + 1, result_code = 'RERUN' WHERE op_key = ?",
+            [now, owner, token, op_key],
+        )
 
 
 def lock_path(settings: Settings) -> Path:
