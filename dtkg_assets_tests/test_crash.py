@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,22 +14,13 @@ import pytest
 from dtkg_assets.core.ledger import Ledger
 from dtkg_assets.origin import FaultMode
 from dtkg_assets.settings import MiB, Settings
+from dtkg_assets_tests.conftest import loopback_env
 
 SLACK = 8 * MiB  # bytes a killed client may leave in flight (socket buffers) beyond what it wrote
 
 
 def child_env(home: Path, crash: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DTKG_")}
-    env.update(
-        DTKG_HOME=str(home),
-        DTKG_QUOTA_FREE_BYTES_MIN="0",
-        DTKG_ALLOW_HOSTS="127.0.0.1",
-        DTKG_RATE_LIMITS="*=0",
-        DTKG_HTTP_ROBOTS_ENABLED="0",
-        DTKG_HTTP_CACHE_ENABLED="0",
-        DTKG_HTTP_BACKOFF_INITIAL_S="0.01",
-        DTKG_IO_FSYNC="1",
-    )
+    env = loopback_env(home, DTKG_IO_FSYNC="1")
     if crash:
         env["DTKG_CRASH_AT"] = crash
     return env
