@@ -55,7 +55,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         console.stderr = True  # stdout carries only the JSON object
 
     from dtkg_assets.core.sources import WorksSource
-    from dtkg_assets.defs.launch import backfill, dagster_instance, ingest, run_checks, run_reconcile
+    from dtkg_assets.defs.launch import dagster_instance, ingest, pending_keys, run_checks, run_reconcile
     from dtkg_assets.sample import build_sample_corpus, configure_origin, sample_works, write_sample_jsonl
 
     sample_dir = settings.home / "sample"
@@ -73,7 +73,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"{meta.get('input_problems', 0)} input problems recorded"
         )
         started = time.perf_counter()
-        report = _backfill_with_progress(instance, settings, args.workers, backfill)
+        report = _backfill_with_progress(instance, settings, args.workers, pending_keys(settings))
         wall = time.perf_counter() - started
         counts = run_reconcile(instance, settings)
         healed = {k: v for k, v in counts.items() if v}
@@ -106,10 +106,10 @@ def _start_origin(port: int) -> Any:
         return OriginServer(port=0).start()
 
 
-def _backfill_with_progress(instance: Any, settings: Settings, workers: int | None, backfill: Any) -> Any:
-    from dtkg_assets.defs.launch import pending_keys
+def _backfill_with_progress(instance: Any, settings: Settings, workers: int | None, keys: list[str]) -> Any:
+    """Batch runs over `keys` with a progress bar that advances as each run finishes."""
+    from dtkg_assets.defs.launch import backfill
 
-    keys = pending_keys(settings)
     if not keys:
         console.print("nothing to download: every work is finished or failed permanently")
     with Progress(
@@ -232,21 +232,26 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise UsageError("dtkg backfill: --workers must be at least 1")
     settings = load_settings()
-    from dtkg_assets.defs.launch import backfill, dagster_instance, pending_keys
+    if args.json:
+        console.stderr = True  # stdout carries only the JSON object
+    from dtkg_assets.defs.launch import dagster_instance, pending_keys, run_checks
 
     instance = dagster_instance(settings)
     keys = pending_keys(settings)
     if args.limit is not None:
         keys = keys[: args.limit]
     started = time.perf_counter()
-    report = _backfill_with_progress(instance, settings, args.workers, lambda *a, **kw: backfill(*a, **kw))
+    report = _backfill_with_progress(instance, settings, args.workers, keys)
     wall = time.perf_counter() - started
+    # A batch with a failed work skips its checks in Dagster: check everything once here.
+    checks = run_checks(instance, settings) if report.pending else {}
     data = {
         "pending": report.pending,
         "runs": len(report.batches),
         "failed_runs": report.failed_runs,
         "materialized": sum(b.materialized for b in report.batches),
         "wall_s": round(wall, 3),
+        "checks": checks,
         "summary": _summary(settings) if report.pending else None,
     }
     if args.json:
@@ -256,7 +261,9 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             f"{data['materialized']} of {data['pending']} works materialized in {data['runs']} runs "
             f"({data['failed_runs']} runs with failed works) in {wall:.1f} s"
         )
-    return EXIT_OK if report.failed_runs == 0 else EXIT_FAILED
+        for name, passed in checks.items():
+            console.print(f"asset check {name}: {'passed' if passed else 'FAILED'}")
+    return EXIT_OK if report.failed_runs == 0 and all(checks.values()) else EXIT_FAILED
 
 
 # ---- status ---------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from dtkg_assets.defs.schedules import refresh_run_config
 from dtkg_assets.defs.sensors import reconcile_sensor, release_leases_on_failure, work_partitions_sensor
 from dtkg_assets.origin import FaultMode, OriginServer
 from dtkg_assets.settings import Settings
-from dtkg_assets_tests.conftest import pdf_bytes
+from dtkg_assets_tests.conftest import loopback_env, pdf_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 RANGE_START = "dagster/asset_partition_range_start"
@@ -299,3 +299,22 @@ def test_refresh_schedule_reads_its_source_from_the_environment() -> None:
     assert refresh_run_config({}) is None
     config = refresh_run_config({"DTKG_REFRESH_FILTER": "publication_year:2024", "DTKG_REFRESH_MAX": "50"})
     assert config == {"ops": {"openalex_works": {"config": {"filter": "publication_year:2024", "max_results": 50}}}}
+
+
+def test_cli_backfill_honours_limit_and_checks_what_it_finished(
+    tmp_path: Path, origin: OriginServer, five_works: tuple[list[str], dict[str, bytes]]
+) -> None:
+    env = loopback_env(tmp_path / "cli-home")
+    dtkg = str(Path(sys.executable).parent / "dtkg")
+    imported = subprocess.run([dtkg, "works", "import", str(tmp_path / "works.jsonl")], env=env,
+                              capture_output=True, text=True, timeout=300)
+    assert imported.returncode == 0, imported.stderr
+    proc = subprocess.run([dtkg, "backfill", "--limit", "2", "--json"], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["pending"] == 2 and data["materialized"] == 2
+    assert data["checks"] == {"artifact_file_matches_ledger": True, "artifact_is_pdf": True}
+    # Only the first two works were fetched; the others were not touched.
+    assert [origin.stats(f"/W{i}.pdf").get_requests for i in range(1, 6)] == [1, 1, 0, 0, 0]
+    assert sorted(p.name for p in (tmp_path / "cli-home" / "store" / "works").iterdir()) == ["W1.pdf", "W2.pdf"]
