@@ -28,10 +28,8 @@ def writer(settings: Settings, what: str) -> Iterator[Ledger]:
         ledger = Ledger.open_writer(settings, owner=f"dtkg {what} ({default_owner()})")
     except LedgerBusy as exc:
         raise UsageError(f"dtkg {what}: {exc}") from None
-    try:
+    with ledger:
         yield ledger
-    finally:
-        ledger.close()
 
 
 @contextmanager
@@ -40,10 +38,8 @@ def reader(settings: Settings, what: str) -> Iterator[Ledger]:
         ledger = Ledger.open_reader(settings)
     except (LedgerBusy, LedgerUnavailable) as exc:
         raise UsageError(f"dtkg {what}: {exc}") from None
-    try:
+    with ledger:
         yield ledger
-    finally:
-        ledger.close()
 
 
 def _print(data: Any, as_json: bool, human: str) -> None:

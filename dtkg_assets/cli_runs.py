@@ -131,14 +131,11 @@ def _backfill_with_progress(instance: Any, settings: Settings, workers: int | No
 
 
 def _summary(settings: Settings) -> dict[str, Any]:
-    from dtkg_assets.core.ledger import Ledger
+    from dtkg_assets.cli_ledger import reader
     from dtkg_assets.core.ledger.queries import summary
 
-    led = Ledger.open_reader(settings)
-    try:
+    with reader(settings, "summary") as led:
         return summary(led)
-    finally:
-        led.close()
 
 
 def _print_summary(summary: dict[str, Any], attempted: int, wall: float, body_bytes: int) -> None:
@@ -185,17 +182,14 @@ def _demo_json(
 
 def _compare_expected(settings: Settings, corpus: Any) -> list[str]:
     """The sample corpus knows what should happen to each work; say where the ledger differs."""
-    from dtkg_assets.core.ledger import Ledger
+    from dtkg_assets.cli_ledger import reader
 
-    led = Ledger.open_reader(settings)
-    try:
+    with reader(settings, "demo") as led:
         rows = led.query(
             "SELECT work_id, bool_or(state IN ('INDEXED', 'DEDUPED')), "
             "arg_max(last_reason, candidate_rank) FROM artifact_jobs GROUP BY work_id"
         )
         problems = {str(r[0]): str(r[1]) for r in led.query("SELECT work_id, reason FROM input_problems")}
-    finally:
-        led.close()
     state = {str(r[0]): (bool(r[1]), r[2]) for r in rows}
     out = []
     for work_id, expected in corpus.expected.items():
@@ -306,14 +300,12 @@ def status_report(settings: Settings) -> dict[str, Any]:
     except (LedgerUnavailable, LedgerBusy) as exc:
         report["ledger"] = {"status": "unavailable", "detail": str(exc)}
         return report
-    try:
+    with led:
         report["ledger"] = led.health()
         report["states"] = {
             str(k): int(v)
             for k, v in led.query("SELECT state, count(*) FROM artifact_jobs GROUP BY state ORDER BY state")
         }
-    finally:
-        led.close()
     return report
 
 

@@ -65,6 +65,14 @@ def sha256_file(path: Path | str, limit: int | None = None) -> str:
     return h.hexdigest()
 
 
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -175,11 +183,7 @@ class Store:
                 return FinalizeResult(dest, created=False)
             raise DtkgError(Reason.HASH_MISMATCH, f"part {part} is gone and blob {dest.name} is missing")
         if self.settings.io.fsync:
-            fd = os.open(part, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(part)
         dest.parent.mkdir(parents=True, exist_ok=True)
         part_size = part.stat().st_size
         created = True
@@ -233,11 +237,7 @@ class Store:
             if mode == "copy":
                 shutil.copyfile(blob, tmp)
                 if self.settings.io.fsync:
-                    fd = os.open(tmp, os.O_RDONLY)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
+                    fsync_file(tmp)
             # Atomic: the work name always points at complete bytes, old or new.
             os.replace(tmp, target)
         finally:

@@ -82,7 +82,7 @@ class BackfillReport:
 
 def pending_keys(settings: Settings) -> list[str]:
     try:
-        with _reader(settings) as led:
+        with Ledger.open_reader(settings) as led:
             return works_needing_work(led)
     except LedgerUnavailable:
         return []
@@ -148,19 +148,3 @@ def run_checks(instance: dg.DagsterInstance, settings: Settings) -> dict[str, bo
     job = build_definitions(str(settings.home)).resolve_job_def(artifact_checks_job.name)
     result = job.execute_in_process(instance=instance, run_config=QUIET_LOGGERS, raise_on_error=False)
     return {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
-
-
-class _reader:
-    """`with _reader(settings) as led`: the ledger snapshot, closed afterwards."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.ledger: Ledger | None = None
-
-    def __enter__(self) -> Ledger:
-        self.ledger = Ledger.open_reader(self.settings)
-        return self.ledger
-
-    def __exit__(self, *exc: object) -> None:
-        if self.ledger is not None:
-            self.ledger.close()

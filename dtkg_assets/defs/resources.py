@@ -36,19 +36,13 @@ class LedgerResource(dg.ConfigurableResource):
 
     @contextmanager
     def writer(self, owner: str) -> Iterator[Ledger]:
-        ledger = Ledger.open_writer(self.settings.load(), owner=owner)
-        try:
+        with Ledger.open_writer(self.settings.load(), owner=owner) as ledger:
             yield ledger
-        finally:
-            ledger.close()
 
     @contextmanager
     def reader(self) -> Iterator[Ledger]:
-        ledger = Ledger.open_reader(self.settings.load())
-        try:
+        with Ledger.open_reader(self.settings.load()) as ledger:
             yield ledger
-        finally:
-            ledger.close()
 
 
 class StoreResource(dg.ConfigurableResource):

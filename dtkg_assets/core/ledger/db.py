@@ -35,6 +35,7 @@ from dtkg_assets.core.http import host_of
 from dtkg_assets.core.ledger import schema
 from dtkg_assets.core.ledger.schema import first_row
 from dtkg_assets.core.ledger.states import COMPLETE, IN_FLIGHT, IllegalTransition, State, check_transition
+from dtkg_assets.core.store import fsync_dir, fsync_file
 from dtkg_assets.core.types import FetchResult, HttpAttempt, InputProblem, WorkRecord
 from dtkg_assets.settings import Settings
 
@@ -408,15 +409,10 @@ class Ledger:
                 self.stats.snapshot_skips += 1
                 return False
         shutil.copyfile(self.path, tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        fsync_file(tmp)
         os.replace(tmp, snap)
         self._published_generation = generation
-        dir_fd = os.open(snap.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(snap.parent)
         self._last_publish = time.monotonic()
         return True
 
@@ -884,13 +880,19 @@ class Ledger:
         """In-flight jobs whose lease expired (or all of them, for a dead writer) → PLANNED, or FAILED
         retries_exhausted past the attempt limit; the token is bumped so the old holder is fenced."""
         now = time.time() if now is None else now
+        why = "lease of an earlier writer process" if include_live else "lease expired"
+        return self._expire_in_flight(
+            "? OR lease_expires_at IS NULL OR lease_expires_at <= ?", [include_live, now], now, why
+        )
+
+    def _expire_in_flight(self, where: str, params: list[Any], now: float, why: str) -> int:
+        """Give back every in-flight job matching `where` (see `_expire`) in one transaction."""
         def _body(cur: duckdb.DuckDBPyConnection) -> Any:
             rows = cur.execute(
                 f"SELECT {_JOB_COLS} FROM artifact_jobs WHERE state IN ('LEASED','HEAD_DONE','RESUME_OK',"
-                "'STREAMING','FINALIZED') AND (? OR lease_expires_at IS NULL OR lease_expires_at <= ?)",
-                [include_live, now],
+                f"'STREAMING','FINALIZED') AND ({where})",
+                params,
             ).fetchall()
-            why = "lease of an earlier writer process" if include_live else "lease expired"
             for r in rows:
                 self._expire(cur, Job(*r), now, why)
             return len(rows)
@@ -911,17 +913,7 @@ class Ledger:
         if owner is None and run_id is None:
             raise ValueError("release_leases needs an owner or a run_id")
         now = time.time() if now is None else now
-        def _body(cur: duckdb.DuckDBPyConnection) -> Any:
-            rows = cur.execute(
-                f"SELECT {_JOB_COLS} FROM artifact_jobs WHERE state IN ('LEASED','HEAD_DONE','RESUME_OK',"
-                "'STREAMING','FINALIZED') AND (lease_owner = ? OR run_id = ?)",
-                [owner, run_id],
-            ).fetchall()
-            for r in rows:
-                self._expire(cur, Job(*r), now, "lease released")
-            return len(rows)
-
-        return int(self._tx(_body))
+        return self._expire_in_flight("lease_owner = ? OR run_id = ?", [owner, run_id], now, "lease released")
 
     # ---------------------------------------------------------------- exactly-once effects
 
