@@ -24,10 +24,14 @@ from dtkg_assets.defs.partitions import ARTIFACT_PARTITIONS_NAME
 from dtkg_assets.defs.resources import default_resources
 from dtkg_assets.settings import Settings
 
-# Runs launched from the command line log to the console at this level (the UI keeps everything):
-# per-step DEBUG events would drown the progress display. DTKG_LOG_LEVEL=DEBUG shows them.
-CONSOLE_LOG_LEVEL = os.environ.get("DTKG_LOG_LEVEL", "WARNING").upper()
-QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": CONSOLE_LOG_LEVEL}}}}
+
+def quiet_loggers() -> dict[str, Any]:
+    """Run config for runs launched from the command line: console logs at DTKG_LOG_LEVEL (default
+    WARNING; the UI keeps everything), since per-step DEBUG events would drown the progress display.
+    Read at call time so a command can set its own default first."""
+    level = os.environ.get("DTKG_LOG_LEVEL", "WARNING").upper()
+    return {"loggers": {"console": {"config": {"log_level": level}}}}
+
 
 REPO_DAGSTER_YAML = Path(__file__).resolve().parents[2] / "dagster.yaml"
 FALLBACK_DAGSTER_YAML = "telemetry:\n  enabled: false\n"
@@ -55,7 +59,7 @@ def ingest(instance: dg.DagsterInstance, settings: Settings, source: WorksSource
         [openalex_works],
         instance=instance,
         resources=default_resources(str(settings.home)),
-        run_config={"ops": {"openalex_works": {"config": config}}, **QUIET_LOGGERS},
+        run_config={"ops": {"openalex_works": {"config": config}}, **quiet_loggers()},
     )
     events = result.asset_materializations_for_node("openalex_works")
     return {k: v.value for k, v in events[-1].metadata.items()} if events else {}
@@ -108,7 +112,7 @@ def backfill(
     instance.add_dynamic_partitions(ARTIFACT_PARTITIONS_NAME, pending)
     ordered = instance.get_dynamic_partitions(ARTIFACT_PARTITIONS_NAME)
     resources = default_resources(str(settings.home))
-    run_config = {"ops": {"artifact_pdfs": {"config": {"workers": workers or settings.run.workers}}}, **QUIET_LOGGERS}
+    run_config = {"ops": {"artifact_pdfs": {"config": {"workers": workers or settings.run.workers}}}, **quiet_loggers()}
     pending_set = set(pending)
     for start, end in partition_batches(ordered, pending_set, settings.run.batch_size):
         result = dg.materialize(
@@ -135,7 +139,7 @@ def backfill(
 
 def run_reconcile(instance: dg.DagsterInstance, settings: Settings) -> dict[str, int]:
     result = reconcile_job.execute_in_process(
-        instance=instance, resources=default_resources(str(settings.home)), run_config=QUIET_LOGGERS
+        instance=instance, resources=default_resources(str(settings.home)), run_config=quiet_loggers()
     )
     counts: dict[str, int] = result.output_for_node("reconcile_ledger")
     return counts
@@ -146,5 +150,5 @@ def run_checks(instance: dg.DagsterInstance, settings: Settings) -> dict[str, bo
     from dtkg_assets.definitions import build_definitions
 
     job = build_definitions(str(settings.home)).resolve_job_def(artifact_checks_job.name)
-    result = job.execute_in_process(instance=instance, run_config=QUIET_LOGGERS, raise_on_error=False)
+    result = job.execute_in_process(instance=instance, run_config=quiet_loggers(), raise_on_error=False)
     return {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
