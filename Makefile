@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# nginx (RFC-behaviour tests, benchmarks), curl and aria2c (benchmarks) come from Debian.
+# nginx (RFC-behaviour tests, benchmarks), curl and aria2c (benchmarks) and PostgreSQL (scale-out tests) come from Debian.
 system-deps:
 	@bash scripts/system-deps.sh
 

@@ -11,6 +11,7 @@ import pytest
 
 from dtkg_assets.nginx import NginxServer
 from dtkg_assets.origin import OriginServer
+from dtkg_assets.pgcluster import PgCluster
 from dtkg_assets.sample import SampleCorpus, build_sample_corpus
 from dtkg_assets.settings import Settings
 
@@ -100,3 +101,22 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture(scope="session")
 def sample_corpus(tmp_path_factory: pytest.TempPathFactory) -> SampleCorpus:
     return build_sample_corpus(tmp_path_factory.mktemp("sample-corpus"))
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """One throwaway PostgreSQL cluster on loopback for the whole session (see dtkg_assets.pgcluster)."""
+    cluster = PgCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database on the session cluster for this test; its postgresql:// URL."""
+    import re
+
+    name = "t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:40] + f"_{os.getpid()}"
+    return pg_cluster.create_database(name)
