@@ -96,6 +96,9 @@ class HttpSettings:
     offline: bool = False
     # Host names or CIDRs exempt from the private-address guard.
     allow_hosts: tuple[str, ...] = ()
+    # Send a HEAD before every artifact GET (DTKG_HTTP_HEAD_PRECHECK=1). Off: one request per fresh
+    # artifact; a HEAD is then sent only before resuming a part that has no strong validator.
+    head_precheck: bool = False
 
 
 @dataclass(frozen=True)

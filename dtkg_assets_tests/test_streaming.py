@@ -146,10 +146,36 @@ def test_fresh_download(srv: OriginServer, cfg: Settings) -> None:
     assert_stored(cfg, r)
     assert (r.status, r.decision, r.decision_reason, r.resumed_from, r.attempts) == ("stored", "fresh", "no_part", 0, 1)
     st = srv.stats("/a.pdf")
-    assert st.body_bytes == SIZE and st.head_requests == 1 and st.get_requests == 1
-    assert st.accept_encodings == ["identity", "identity"]
+    # One request: the GET's own headers are the precheck.
+    assert st.body_bytes == SIZE and st.requests == 1 and st.get_requests == 1
+    assert st.accept_encodings == ["identity"]
     assert r.body_bytes_received == SIZE and r.http_status == 200
+    assert [a.method for a in r.http_attempts] == ["GET"]
+    assert r.etag is not None and r.content_type == "application/pdf"
+
+
+def test_head_precheck_setting_sends_head_first(srv: OriginServer, cfg: Settings) -> None:
+    url = srv.add("/a.pdf", BODY)
+    r = fetch(cfg.replace(http={"head_precheck": True}), url)
+    assert_stored(cfg, r)
+    st = srv.stats("/a.pdf")
+    assert (st.head_requests, st.get_requests) == (1, 1)
     assert [a.method for a in r.http_attempts] == ["HEAD", "GET"]
+
+
+def test_quota_guard_decides_on_the_get_headers(srv: OriginServer, cfg: Settings) -> None:
+    """No HEAD: the GET's Content-Length is checked against free space before any body byte is kept."""
+    url = srv.add("/a.pdf", BODY)
+    settings = cfg.replace(quota={"free_bytes_min": 0, "margin_factor": 1.0})
+    with make_client(settings) as client:
+        store = Store(settings)
+        store.quota._free_bytes = lambda: SIZE - 1  # type: ignore[method-assign]
+        r = Engine(client, settings, store).fetch(url, work_id="W1")
+    assert (r.status, r.reason) == ("failed", "quota_exceeded")
+    st = srv.stats("/a.pdf")
+    assert st.requests == 1 and st.body_bytes < SIZE
+    assert stored_pdfs(settings) == [] and list(settings.staging_dir.iterdir()) == []
+    assert store.quota.reserved == 0
 
 
 @pytest.mark.parametrize("cut", [1, MiB + 7, 3 * MiB, SIZE - 10])
@@ -189,7 +215,7 @@ def test_200_to_ranged_request_restarts(srv: OriginServer, cfg: Settings) -> Non
     r = fetch(cfg, url)
     assert_stored(cfg, r)
     st = srv.stats("/a.pdf")
-    assert st.statuses[1:] == [200, 200] and st.ranges[1] == f"bytes={MiB}-"
+    assert st.statuses == [200, 200] and st.ranges[1] == f"bytes={MiB}-"
     assert (r.decision, r.decision_reason, r.resumed_from) == ("discard_part", "range_ignored", 0)
     assert st.body_bytes == MiB + SIZE
 
@@ -278,7 +304,7 @@ def test_416_with_equal_total_completes_without_body(srv: OriginServer, cfg: Set
     r = fetch(cfg, url)
     assert_stored(cfg, r)
     st = srv.stats("/a.pdf")
-    assert st.ranges == [f"bytes={SIZE}-"] and st.statuses == [200, 416]
+    assert st.ranges == [f"bytes={SIZE}-"] and st.statuses == [416]  # no HEAD: If-Range decides
     assert st.body_bytes == 0 and r.body_bytes_received == 0
 
 
@@ -289,7 +315,7 @@ def test_416_with_equal_total_but_invalid_part_restarts(srv: OriginServer, cfg: 
     r = fetch(cfg, url)
     assert_stored(cfg, r)
     st = srv.stats("/a.pdf")
-    assert st.statuses[1:] == [200, 416, 200]
+    assert st.statuses == [200, 416, 200]
     assert r.decision_reason == "range_not_satisfiable_invalid_part"
 
 
@@ -298,7 +324,7 @@ def test_416_with_unequal_total_restarts(srv: OriginServer, cfg: Settings) -> No
     r = fetch(cfg, url)
     assert_stored(cfg, r)
     st = srv.stats("/a.pdf")
-    assert st.statuses[1:] == [200, 416, 200] and st.ranges == [None, f"bytes={MiB}-", None]
+    assert st.statuses == [200, 416, 200] and st.ranges == [None, f"bytes={MiB}-", None]
     assert r.decision_reason == "range_not_satisfiable"
     assert st.body_bytes == MiB + SIZE
 
@@ -332,7 +358,7 @@ def test_redirect_chain_keeps_range(srv: OriginServer, cfg: Settings) -> None:
     r = fetch(cfg, url)
     assert_stored(cfg, r)
     st = srv.stats("/a.pdf")
-    resumed = [rng for rng, status in zip(st.ranges, [s for s in st.statuses[1:]], strict=False) if rng]
+    resumed = [rng for rng, status in zip(st.ranges, st.statuses, strict=False) if rng]
     assert resumed and all(rng == f"bytes={3 * MiB}-" for rng in resumed)
     assert st.statuses[-1] == 206 and st.body_bytes <= SIZE + OVERLAP
     assert r.resumed_from == 3 * MiB and r.final_url is not None and "hop" not in url
@@ -340,7 +366,7 @@ def test_redirect_chain_keeps_range(srv: OriginServer, cfg: Settings) -> None:
 
 def test_head_405_is_not_an_error(srv: OriginServer, cfg: Settings) -> None:
     url = srv.add("/a.pdf", BODY, FaultMode(head_status=405, truncate_after=MiB))
-    r = fetch(cfg, url)
+    r = fetch(cfg.replace(http={"head_precheck": True}), url)
     assert_stored(cfg, r)
     st = srv.stats("/a.pdf")
     assert st.statuses[0] == 405 and st.if_ranges[-1] is not None
@@ -360,7 +386,7 @@ def test_quota_refusal_before_any_byte(srv: OriginServer, cfg: Settings) -> None
     r = fetch(settings, url)
     assert (r.status, r.reason) == ("failed", "quota_exceeded")
     st = srv.stats("/a.pdf")
-    assert st.get_requests == 0 and st.body_bytes == 0
+    assert st.requests == 0 and st.body_bytes == 0  # the free-space floor is checked before the GET
     assert list(settings.staging_dir.iterdir()) == [] and stored_pdfs(settings) == []
 
 
@@ -383,7 +409,8 @@ def test_max_bytes_abort(srv: OriginServer, cfg: Settings, announced: bool) -> N
     assert (r.status, r.reason) == ("failed", "too_large")
     st = srv.stats("/a.pdf")
     if announced:
-        assert st.get_requests == 0 and st.body_bytes == 0
+        # Refused on the GET's Content-Length: not one body byte read.
+        assert st.requests == 1 and r.body_bytes_received == 0
     else:
         assert r.body_bytes_received <= 2 * MiB + 1024 * 1024
     assert list(settings.staging_dir.iterdir()) == [] and stored_pdfs(settings) == []
@@ -445,7 +472,7 @@ def test_429_and_503_with_retry_after_are_retried(srv: OriginServer, cfg: Settin
     r = fetch(cfg, url)
     assert_stored(cfg, r)
     st = srv.stats("/a.pdf")
-    assert st.statuses == [200, *statuses, 200]
+    assert st.statuses == [*statuses, 200]  # no HEAD: the GETs themselves are retried
     assert r.attempts == len(statuses) + 1 and st.body_bytes == SIZE
 
 

@@ -1,9 +1,12 @@
 """The streaming engine: one candidate URL -> a verified PDF in the content-addressed store.
 
-Pipeline: HEAD precheck -> resume decision (from the `.part` and its sidecar) -> ranged GET with
-`If-Range` -> raw bytes appended to the `.part` with a rolling SHA-256 -> PDF validation ->
-atomic finalize into the store -> per-work link. Every step reports through `FetchHooks` so the
-orchestrator can record it in the ledger; on its own the engine uses `NullHooks`.
+Pipeline: resume decision (from the `.part` and its sidecar) -> GET (ranged with `If-Range` on a
+resume), whose status and headers are the precheck (validators, size, type, quota) before the first
+body byte -> raw bytes appended to the `.part` with a rolling SHA-256 -> PDF validation ->
+atomic finalize into the store -> per-work link. One request per fresh artifact: a HEAD is sent only
+where it saves bytes (see `Engine._wants_head`) or `http.head_precheck` asks for it. Every step
+reports through `FetchHooks` so the orchestrator can record it in the ledger; on its own the engine
+uses `NullHooks`.
 
 Invariants:
 - The rolling hash covers exactly the bytes on disk. On resume it is seeded by re-reading the
@@ -310,6 +313,8 @@ class _Download:
     prefix_sha256: str | None = None
     prefix_bytes: int = 0
     preallocated: bool = False
+    reservations: contextlib.ExitStack | None = None
+    reserved: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -456,21 +461,39 @@ class Engine:
                 return head_precheck(self.client, dl.url, dl.result.http_attempts)
         return None  # pragma: no cover - tenacity re-raises
 
+    def _wants_head(self, dl: _Download) -> bool:
+        """HEAD only where it can save bytes or a setting asks for it.
+
+        A fresh download learns validators, size and type from its GET's headers before the first
+        body byte, and a resume sends `If-Range` from the sidecar's validators (the server answers
+        200 when the object changed). A HEAD saves bytes only for a part whose sidecar has no strong
+        validator: it can show that the object changed before any body byte is fetched again."""
+        if self.settings.http.head_precheck:
+            return True
+        state = PartState.read(dl.sidecar)
+        if state is None or state.bytes_on_disk <= 0 or not dl.part.exists():
+            return False  # nothing to resume: the GET decides
+        return not (state.strong_etag or state.last_modified)
+
+    def _reserve(self, dl: _Download, remaining: int | None) -> None:
+        """Reserve room for this download once (raises quota_exceeded before any body byte)."""
+        if dl.reserved or dl.reservations is None:
+            return
+        dl.reservations.enter_context(self.store.quota.reserve(remaining))
+        dl.reserved = True
+
     def _fetch(self, url: str, work_id: str | None, hooks: FetchHooks, result: FetchResult) -> None:
         settings, store = self.settings, self.store
         part, sidecar = store.part_paths(work_id, url)
         dl = _Download(url=url, work_id=work_id, part=part, sidecar=sidecar, hooks=hooks, result=result)
 
-        validators = self._head(dl)
+        validators = self._head(dl) if self._wants_head(dl) else None
         dl.validators = validators
         if validators is not None:
             result.etag, result.last_modified = validators.etag, validators.last_modified
             result.content_type, result.http_status = validators.content_type, validators.status
             result.final_url = validators.final_url
-        hooks.stage(
-            "HEAD_DONE",
-            {"validators": dataclasses.asdict(validators) if validators else None, "head_supported": bool(validators)},
-        )
+            hooks.stage("HEAD_DONE", {"validators": dataclasses.asdict(validators), "head_supported": True})
         max_bytes = settings.quota.max_bytes
         if validators is not None and validators.content_length is not None and validators.content_length > max_bytes:
             raise DtkgError(Reason.TOO_LARGE, f"Content-Length {validators.content_length} > max_bytes {max_bytes}")
@@ -478,9 +501,15 @@ class Engine:
         decision = self._decide(dl)
         hooks.stage("RESUME_OK", {"decision": decision.mode, "reason": decision.reason, "offset": decision.offset})
 
-        expected = validators.content_length if validators else None
-        remaining = None if expected is None else max(0, expected - decision.offset)
-        with store.quota.reserve(remaining):
+        with contextlib.ExitStack() as reservations:
+            # The quota guard decides as soon as the size is known: here after a HEAD, else on the
+            # GET's headers, before the first body byte is written (see `_reserve`).
+            dl.reservations = reservations
+            if validators is not None and validators.content_length is not None:
+                self._reserve(dl, max(0, validators.content_length - decision.offset))
+            else:
+                # Size unknown until the GET: the free-space floor alone is checked before asking.
+                reservations.enter_context(store.quota.reserve(None))
             for attempt in retrying(settings.http):
                 with attempt:
                     result.attempts += 1
@@ -588,8 +617,12 @@ class Engine:
                         raise DtkgError(Reason.BAD_RANGE, detail) from None
                     offset, if_range = self._restart(dl), None
         except DtkgError as exc:
-            if exc.transient:
+            if exc.transient and dl.pos > 0:
                 self._save_progress(dl)
+            elif exc.transient:
+                # Nothing written yet (refused by the quota guard, or failed on the headers).
+                self._close_part(dl)
+                store.discard_part(dl.part, dl.sidecar)
             else:
                 # Permanent (too large, 404 on resume, broken ranges): the part is worthless.
                 self._close_part(dl)
@@ -692,6 +725,7 @@ class Engine:
                 max_bytes = self.settings.quota.max_bytes
                 if total is not None and total > max_bytes:
                     raise DtkgError(Reason.TOO_LARGE, f"object of {total} bytes > max_bytes {max_bytes}")
+                self._reserve(dl, None if total is None else max(0, total - offset))
                 dl.total = total
                 dl.validators = ServerValidators.from_response(response, total=total)
                 result.etag, result.last_modified = dl.validators.etag, dl.validators.last_modified

@@ -5,7 +5,9 @@ Side exits: DEDUPED (the bytes were already stored for another work), SKIPPED_DU
 work completed through another candidate, so this one is not tried), FAILED (with a class).
 
 Decisions (documented in docs/ledger-concurrency.md):
-- LEASED may go straight to RESUME_OK (the engine skips HEAD when a server rejects it) or to
+- HEAD_DONE is reached only when a HEAD was sent (setting `http.head_precheck`, or a part without a
+  strong validator). A fresh download and a resume with If-Range send no HEAD: the GET's headers are
+  the precheck, so the usual path is LEASED -> RESUME_OK. LEASED may also go to
   FINALIZED/DEDUPED (the work's file or a finalized blob is already on disk and verified, e.g.
   after a crash between the rename and the ledger commit), and RESUME_OK may go straight to
   FINALIZED/DEDUPED (the part was already complete).
@@ -44,7 +46,7 @@ TERMINAL: frozenset[State] = frozenset({S.INDEXED, S.DEDUPED, S.SKIPPED_DUPLICAT
 _forward = {
     (S.PLANNED, S.LEASED),
     (S.LEASED, S.HEAD_DONE),
-    (S.LEASED, S.RESUME_OK),  # HEAD rejected or skipped
+    (S.LEASED, S.RESUME_OK),  # no HEAD (the usual path: the GET's headers are the precheck)
     (S.LEASED, S.FINALIZED),  # the work's file is already on disk and verified: no network
     (S.LEASED, S.DEDUPED),
     (S.HEAD_DONE, S.RESUME_OK),
