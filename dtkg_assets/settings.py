@@ -4,12 +4,18 @@ Defaults follow the original design notes (seeds/streaming-implementation-plan.m
 be overridden from the environment as ``DTKG_<GROUP>_<FIELD>`` (e.g. ``DTKG_IO_FSYNC=0``,
 ``DTKG_QUOTA_FREE_BYTES_MIN=0``); paths and secrets have their own names (``DTKG_HOME``,
 ``DTKG_MAILTO``, ``OPENALEX_API_KEY``, ``DTKG_OFFLINE``, ``DTKG_ALLOW_HOSTS``, ``DTKG_RATE_LIMITS``).
+
+Scale-out (docs/scale-out.md): ``DTKG_LEDGER_URL=postgresql://…`` selects the PostgreSQL ledger (and
+fleet-wide politeness state in the same database); ``DTKG_STORE_DIR`` puts the content-addressed store,
+with per-worker staging, on a shared filesystem while ``DTKG_HOME`` stays per worker.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +116,8 @@ class LedgerSettings:
     part_orphan_ttl_s: float = 24 * 3600.0
     # How long a process waits for the single-writer lock before giving up with a clear message.
     writer_wait_s: float = 600.0
+    # DTKG_LEDGER_URL: "" = the embedded DuckDB file under DTKG_HOME; postgresql://… = PostgreSQL.
+    url: str = ""
 
 
 @dataclass(frozen=True)
@@ -138,15 +146,25 @@ class Settings:
     ledger: LedgerSettings = field(default_factory=LedgerSettings)
     openalex: OpenAlexSettings = field(default_factory=OpenAlexSettings)
     run: RunSettings = field(default_factory=RunSettings)
+    # DTKG_STORE_DIR: the content-addressed store on a filesystem shared by workers (None: under home).
+    shared_store: Path | None = None
 
-    # Where things live under DTKG_HOME.
+    @property
+    def ledger_is_postgres(self) -> bool:
+        return is_postgres_url(self.ledger.url)
+
+    # Where things live under DTKG_HOME (the store may live elsewhere, see DTKG_STORE_DIR).
     @property
     def store_dir(self) -> Path:
-        return self.home / "store"
+        return self.shared_store if self.shared_store is not None else self.home / "store"
 
     @property
     def staging_dir(self) -> Path:
-        return self.home / "staging"
+        """Partial downloads: on the store's filesystem (finalize is a rename). With a shared store,
+        each worker stages in its own directory there, named by host and home."""
+        if self.shared_store is None:
+            return self.home / "staging"
+        return self.shared_store / "staging" / worker_name(self.home)
 
     @property
     def ledger_path(self) -> Path:
@@ -181,7 +199,7 @@ class Settings:
         base = cls()
         groups: dict[str, Any] = {}
         for group_field in dataclasses.fields(cls):
-            if group_field.name == "home":
+            if group_field.name in ("home", "shared_store"):
                 continue
             group = getattr(base, group_field.name)
             changes: dict[str, Any] = {}
@@ -205,8 +223,26 @@ class Settings:
         groups["http"] = dataclasses.replace(http, **http_changes)
         if "OPENALEX_API_KEY" in env:
             groups["openalex"] = dataclasses.replace(groups["openalex"], api_key=env["OPENALEX_API_KEY"])
+        ledger: LedgerSettings = groups["ledger"]
+        if ledger.url and not is_postgres_url(ledger.url):
+            raise SettingsError(
+                "DTKG_LEDGER_URL must be a postgresql://user@host:port/dbname URL (leave it unset for the "
+                "embedded DuckDB ledger under DTKG_HOME)"
+            )
         home = Path(env.get("DTKG_HOME", ".dtkg")).expanduser().absolute()
-        return cls(home=home, **groups)
+        store = env.get("DTKG_STORE_DIR", "").strip()
+        shared_store = Path(store).expanduser().absolute() if store else None
+        return cls(home=home, shared_store=shared_store, **groups)
+
+
+def is_postgres_url(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def worker_name(home: Path) -> str:
+    """A stable name for one worker (host + DTKG_HOME), for its own staging directory in a shared store."""
+    digest = hashlib.sha256(str(Path(home).absolute()).encode()).hexdigest()[:10]
+    return f"{socket.gethostname()}-{digest}"
 
 
 def parse_rate_limits(text: str) -> dict[str, float]:

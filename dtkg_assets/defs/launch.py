@@ -6,10 +6,8 @@ keys the ledger marks complete are skipped by the asset itself.
 """
 
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -19,6 +17,7 @@ from dtkg_assets.core.ledger.queries import works_needing_work
 from dtkg_assets.core.sources import WorksSource
 from dtkg_assets.defs.assets import artifact_pdfs, openalex_works
 from dtkg_assets.defs.batching import partition_batches
+from dtkg_assets.defs.instance import instance_yaml, normalize_environment
 from dtkg_assets.defs.jobs import artifact_checks_job, reconcile_job
 from dtkg_assets.defs.partitions import ARTIFACT_PARTITIONS_NAME
 from dtkg_assets.defs.resources import default_resources
@@ -33,20 +32,16 @@ def quiet_loggers() -> dict[str, Any]:
     return {"loggers": {"console": {"config": {"log_level": level}}}}
 
 
-REPO_DAGSTER_YAML = Path(__file__).resolve().parents[2] / "dagster.yaml"
-FALLBACK_DAGSTER_YAML = "telemetry:\n  enabled: false\n"
-
-
 def dagster_instance(settings: Settings) -> dg.DagsterInstance:
-    """The persistent instance under $DTKG_HOME/dagster, with the project's dagster.yaml."""
+    """The persistent instance under $DTKG_HOME/dagster, with the project's dagster.yaml (or, when
+    DAGSTER_PG_URL is set, dagster.postgres.yaml: see `defs.instance`)."""
     home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
     target = home / "dagster.yaml"
-    if REPO_DAGSTER_YAML.is_file():
-        if not target.exists() or target.read_bytes() != REPO_DAGSTER_YAML.read_bytes():
-            shutil.copyfile(REPO_DAGSTER_YAML, target)
-    elif not target.exists():
-        target.write_text(FALLBACK_DAGSTER_YAML)
+    text = instance_yaml(settings)
+    normalize_environment()
+    if not target.exists() or target.read_text() != text:
+        target.write_text(text)
     os.environ["DAGSTER_HOME"] = str(home)
     return dg.DagsterInstance.get()
 

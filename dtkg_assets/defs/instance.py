@@ -1,0 +1,83 @@
+"""Which dagster.yaml a `dtkg` command's Dagster instance uses.
+
+- Embedded default: the project's `dagster.yaml` (SQLite storage under $DTKG_HOME/dagster, the
+  `ledger` pool limited to one run).
+- `DAGSTER_PG_URL` set: `dagster.postgres.yaml` (dagster-postgres storage, queued runs, a process per
+  run), so many `dtkg` processes and `dagster dev`/daemon on many hosts share one instance.
+- The `ledger` pool limit (`concurrency.pools.default_limit`) is forced to 1 whenever the ledger is
+  the DuckDB file, whatever the file says: DuckDB allows one read-write process.
+"""
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dtkg_assets.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_DAGSTER_YAML = REPO_ROOT / "dagster.yaml"
+REPO_DAGSTER_PG_YAML = REPO_ROOT / "dagster.postgres.yaml"
+FALLBACK_DAGSTER_YAML = "telemetry:\n  enabled: false\n"
+DAGSTER_PG_URL = "DAGSTER_PG_URL"
+
+# Used when the package runs without its repository files (an installed wheel).
+FALLBACK_PG_CONFIG: dict[str, Any] = {
+    "telemetry": {"enabled": False},
+    "storage": {"postgres": {"postgres_url": {"env": DAGSTER_PG_URL}}},
+    "run_launcher": {"module": "dagster._core.launcher", "class": "DefaultRunLauncher"},
+    "concurrency": {"runs": {"max_concurrent_runs": 8}, "pools": {"granularity": "run", "default_limit": 8}},
+}
+
+
+def dagster_pg_url(url: str) -> str:
+    """The URL with the driver dagster-postgres needs. SQLAlchemy 2.1 maps a bare ``postgresql://`` to
+    psycopg 3, whose server-side parameters break dagster-postgres (``NOTIFY run_events, $1``): name
+    psycopg2 explicitly."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix):]
+    return url
+
+
+def normalize_environment() -> None:
+    """Make DAGSTER_PG_URL (read by dagster.yaml's ``env:``) name the psycopg2 driver, for this
+    process and the run processes it starts."""
+    url = os.environ.get(DAGSTER_PG_URL, "").strip()
+    if url:
+        os.environ[DAGSTER_PG_URL] = dagster_pg_url(url)
+
+
+def uses_postgres(environ: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if environ is None else environ
+    return bool(env.get(DAGSTER_PG_URL, "").strip())
+
+
+def instance_yaml(settings: Settings, environ: Mapping[str, str] | None = None) -> str:
+    """The text of the dagster.yaml for this environment (see the module doc)."""
+    if not uses_postgres(environ):
+        if REPO_DAGSTER_YAML.is_file():
+            return REPO_DAGSTER_YAML.read_text()
+        return FALLBACK_DAGSTER_YAML
+    if REPO_DAGSTER_PG_YAML.is_file():
+        text = REPO_DAGSTER_PG_YAML.read_text()
+        config: dict[str, Any] = yaml.safe_load(text) or {}
+    else:
+        text, config = "", dict(FALLBACK_PG_CONFIG)
+    if settings.ledger_is_postgres and text:
+        return text  # the file as written (comments kept for whoever opens it)
+    if not settings.ledger_is_postgres:
+        pools = config.setdefault("concurrency", {}).setdefault("pools", {})
+        pools["granularity"] = "run"
+        pools["default_limit"] = 1
+    header = "# Written by dtkg from dagster.postgres.yaml (ledger pool limited to 1: DuckDB ledger).\n"
+    return header + yaml.safe_dump(config, sort_keys=False)
+
+
+def pool_limit(config_text: str) -> int | None:
+    """`concurrency.pools.default_limit` of a dagster.yaml text (None when unset)."""
+    config = yaml.safe_load(config_text) or {}
+    value = config.get("concurrency", {}).get("pools", {}).get("default_limit")
+    return None if value is None else int(value)
