@@ -102,6 +102,9 @@ class HttpSettings:
     offline: bool = False
     # Host names or CIDRs exempt from the private-address guard.
     allow_hosts: tuple[str, ...] = ()
+    # PostgreSQL URL for fleet-wide rate limits, breakers and robots.txt (default: DTKG_LEDGER_URL when
+    # that is PostgreSQL; neither: per process). DTKG_HTTP_SHARED_STATE_URL.
+    shared_state_url: str = ""
     # Send a HEAD before every artifact GET (DTKG_HTTP_HEAD_PRECHECK=1). Off: one request per fresh
     # artifact; a HEAD is then sent only before resuming a part that has no strong validator.
     head_precheck: bool = False

@@ -18,6 +18,8 @@ class Reason(StrEnum):
     QUOTA_EXCEEDED = "quota_exceeded"
     DISK_FULL = "disk_full"
     LEASE_LOST = "lease_lost"
+    # The fleet's shared politeness state (PostgreSQL: rate limits, breakers, robots) is unreachable.
+    COORDINATION_UNAVAILABLE = "coordination_unavailable"
     # Permanent: retrying will not help.
     HTTP_404 = "http_404"
     HTTP_410 = "http_410"
@@ -59,6 +61,7 @@ TRANSIENT_REASONS: frozenset[Reason] = RETRY_IN_PLACE | {
     Reason.DISK_FULL,
     Reason.LEASE_LOST,
     Reason.HASH_MISMATCH,
+    Reason.COORDINATION_UNAVAILABLE,
 }
 
 

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import httpx
 from pyrate_limiter import AbstractBucket, BucketFactory, InMemoryBucket, Limiter, MonotonicClock, Rate, RateItem
 
-from dtkg_assets.core import netguard
+from dtkg_assets.core import fleet, netguard
 from dtkg_assets.core.errors import DtkgError, Reason, reason_for_status
 from dtkg_assets.core.retrying import error_from_httpx, parse_retry_after, retrying
 from dtkg_assets.core.robots import RobotsCache
@@ -245,19 +245,34 @@ def _failure_status(status: int) -> bool:
 
 
 class HostPolicy:
-    """Per-run host state shared by every client built with it: rate limits, breakers, robots cache."""
+    """Per-run host state shared by every client built with it: rate limits, breakers, robots cache.
+
+    With a PostgreSQL URL for shared state (`fleet.shared_state_url`), limits, breakers and robots
+    verdicts hold for every process of the fleet (`core.fleet`), not only for this one.
+    """
 
     def __init__(self, settings: Settings) -> None:
         http = settings.http
         self.settings = settings
         self.allow = netguard.AllowList.parse(http.allow_hosts)
-        self.limiter = HostRateLimiter(dict(http.rate_limits))
-        self.breakers = HostBreakers(http.breaker_fail_max, http.breaker_reset_s)
+        self.fleet: Any = None
+        self.limiter: Any
+        self.breakers: Any
+        url = None if http.offline else fleet.shared_state_url(settings)
+        if url is not None:
+            self.fleet = fleet.FleetState(url, max_size=max(4, settings.run.workers + 2))
+            self.limiter = fleet.FleetRateLimiter(self.fleet, dict(http.rate_limits))
+            self.breakers = fleet.FleetBreakers(self.fleet, http.breaker_fail_max, http.breaker_reset_s)
+        else:
+            self.limiter = HostRateLimiter(dict(http.rate_limits))
+            self.breakers = HostBreakers(http.breaker_fail_max, http.breaker_reset_s)
         self.robots: RobotsCache | None = None  # set by the first transport (it fetches through it)
         self.resolver: netguard.Resolver = netguard.system_resolver
 
     def close(self) -> None:
         self.limiter.close()
+        if self.fleet is not None:
+            self.fleet.close()
 
 
 class PoliteTransport(httpx.BaseTransport):
@@ -279,6 +294,7 @@ class PoliteTransport(httpx.BaseTransport):
                 user_agent=user_agent(settings.http),
                 product=PRODUCT_TOKEN,
                 ttl_s=settings.http.robots_ttl_s,
+                shared=fleet.FleetRobots(self.policy.fleet) if self.policy.fleet is not None else None,
             )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -396,5 +412,6 @@ def client_features(settings: Settings) -> dict[str, Any]:
         "robots": {"ttl_s": http.robots_ttl_s} if http.robots_enabled else False,
         "metadata_cache": str(settings.http_cache_dir) if http.cache_enabled else False,
         "allow_hosts": list(http.allow_hosts),
+        "fleet_wide_politeness": fleet.redact_url(url) if (url := fleet.shared_state_url(settings)) else False,
         "max_redirects": http.max_redirects,
     }

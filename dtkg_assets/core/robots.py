@@ -17,12 +17,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 from protego import Protego
 
 from dtkg_assets.core.errors import DtkgError, Reason
+
+if TYPE_CHECKING:
+    from dtkg_assets.core.fleet import FleetRobots
 
 MAX_ROBOTS_BYTES = 512 * 1024
 MAX_ROBOTS_REDIRECTS = 5
@@ -41,6 +45,7 @@ class RobotsVerdict:
     fetched_at: float
     expires_at: float
     detail: str = ""
+    body: str | None = None  # the robots.txt text (kept to share the verdict with the fleet)
 
     def allows(self, url: str, product: str) -> bool:
         if not self.available:
@@ -64,8 +69,10 @@ def origin_key(url: str) -> str:
 class RobotsCache:
     """Thread-safe cache of robots verdicts: one fetch per origin per TTL, concurrent callers wait for it."""
 
-    def __init__(self, send: Sender, *, user_agent: str, product: str, ttl_s: float) -> None:
+    def __init__(self, send: Sender, *, user_agent: str, product: str, ttl_s: float,
+                 shared: FleetRobots | None = None) -> None:
         self._send = send
+        self._shared = shared  # fleet-wide store: one fetch per origin per TTL for every process
         self._user_agent = user_agent
         self._product = product
         self._ttl_s = ttl_s
@@ -97,9 +104,27 @@ class RobotsCache:
             cached = self._verdicts.get(key)
             if cached is not None and cached.expires_at > time.monotonic():
                 return cached
-            verdict = self._fetch(robots_url_for(url))
+            if self._shared is None:
+                verdict = self._fetch(robots_url_for(url))
+            else:
+                verdict = self._from_fleet(key, robots_url_for(url))
             self._verdicts[key] = verdict
             return verdict
+
+    def _from_fleet(self, key: str, robots_url: str) -> RobotsVerdict:
+        from dtkg_assets.core.fleet import StoredRobots
+
+        assert self._shared is not None
+
+        def fetch() -> StoredRobots:
+            v = self._fetch(robots_url)
+            return StoredRobots(v.status, v.body, v.available, v.detail, v.expires_at - v.fetched_at, True)
+
+        stored = self._shared.get_or_fetch(key, fetch)
+        now = time.monotonic()
+        parser = Protego.parse(stored.body) if stored.available and stored.body is not None else None
+        return RobotsVerdict(stored.status, parser, stored.available, now, now + stored.ttl_left_s, stored.detail,
+                             stored.body)
 
     def _fetch(self, robots_url: str) -> RobotsVerdict:
         now = time.monotonic()
@@ -127,7 +152,7 @@ class RobotsCache:
                 if 200 <= status < 300:
                     body = _read_limited(response, MAX_ROBOTS_BYTES)
                     text = body.decode("utf-8", errors="replace")
-                    return RobotsVerdict(status, Protego.parse(text), True, now, now + self._ttl_s)
+                    return RobotsVerdict(status, Protego.parse(text), True, now, now + self._ttl_s, body=text)
                 # Drain small error bodies so the pooled connection can be reused.
                 _read_limited(response, 64 * 1024)
                 if 400 <= status < 500 and status != 429:
