@@ -85,9 +85,12 @@ def add_ledger(subparsers: Any) -> None:
     r = sub.add_parser("repair", help="recreate missing tables, columns, indexes and views; never drops data")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_ledger_repair)
-    e = sub.add_parser("export", help="write manifest.jsonl and metrics.json")
-    e.add_argument("--out", required=True, help="output directory")
-    e.add_argument("--json", action="store_true", help="print metrics.json to stdout too")
+    e = sub.add_parser("export", help="write manifest.jsonl and metrics.json, or a DuckDB file (--duckdb)")
+    e.add_argument("--out", help="output directory for manifest.jsonl and metrics.json")
+    e.add_argument("--duckdb", metavar="FILE",
+                   help="write the ledger's tables and views to this DuckDB file (from PostgreSQL when "
+                        "DTKG_LEDGER_URL is set, else a copy of the published snapshot)")
+    e.add_argument("--json", action="store_true", help="print metrics.json (or the --duckdb summary) to stdout too")
     e.set_defaults(func=cmd_ledger_export)
 
 
@@ -125,7 +128,23 @@ def cmd_ledger_repair(args: argparse.Namespace) -> int:
 def cmd_ledger_export(args: argparse.Namespace) -> int:
     from dtkg_assets.core.export import export
 
+    if not args.out and not args.duckdb:
+        raise UsageError("dtkg ledger export: give --out DIR (manifest and metrics) and/or --duckdb FILE")
     settings = load_settings()
+    if args.duckdb:
+        from dtkg_assets.core.ledger.pg_export import ExportError, export_duckdb
+
+        try:
+            summary = export_duckdb(settings, Path(args.duckdb))
+        except ExportError as exc:
+            print(f"dtkg ledger export: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        rows = summary["rows"]
+        _print(summary, args.json and not args.out,
+               f"wrote {summary['path']} from {summary['source']} in {summary['seconds']:.1f} s: "
+               f"{rows.get('works', 0)} works, {rows.get('artifact_jobs', 0)} jobs, {rows.get('blobs', 0)} blobs")
+        if not args.out:
+            return EXIT_OK
     with reader(settings, "ledger export") as ledger:
         metrics = export(ledger, Path(args.out))
     human = (f"wrote {args.out}/manifest.jsonl ({metrics['manifest_lines']} works) and {args.out}/metrics.json: "
