@@ -121,6 +121,9 @@ class LedgerSettings:
     writer_wait_s: float = 600.0
     # DTKG_LEDGER_URL: "" = the embedded DuckDB file under DTKG_HOME; postgresql://… = PostgreSQL.
     url: str = ""
+    # A writer publishes the read snapshot at most this often while it runs (and always at close);
+    # each publication copies the ledger file (0.4 s at a million works). 0: only at close.
+    snapshot_interval_s: float = 30.0
 
 
 @dataclass(frozen=True)

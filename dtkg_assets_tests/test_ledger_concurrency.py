@@ -67,7 +67,7 @@ def test_second_writer_waits_with_message_then_busy_and_readers_use_snapshot(lse
         proc.wait()
 
 
-def test_reader_refreshes_snapshot_when_no_writer_and_live_reader(lsettings):
+def test_close_publishes_what_readers_see_and_live_reader(lsettings):
     with Ledger.open_writer(lsettings) as led:
         led.plan([WorkRecord("W1", [Candidate("http://127.0.0.1:9/a.pdf", "x")])])
         led.publish_snapshot(force=True)

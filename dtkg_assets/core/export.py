@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dtkg_assets.core.ledger import SCHEMA_VERSION, Ledger
+from dtkg_assets.core.store import resolve_store_path
 
 _STATUS = """CASE WHEN a.state = 'INDEXED' THEN 'stored' WHEN a.state = 'DEDUPED' THEN 'deduped'
                   WHEN a.state = 'FAILED' AND a.failure_class = 'permanent' THEN 'failed'
@@ -73,6 +74,10 @@ def export(ledger: Ledger, out_dir: Path | str) -> dict[str, Any]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = _rows(ledger, MANIFEST_SQL)
+    root = ledger.settings.store_dir
+    for r in rows:  # the ledger keeps paths relative to the store; the manifest names the files
+        if r.get("path"):
+            r["path"] = str(resolve_store_path(r["path"], root))
     _atomic_write(out / "manifest.jsonl", "".join(json.dumps(r, default=str, sort_keys=True) + "\n" for r in rows))
     summary = metrics(ledger)
     summary["manifest_lines"] = len(rows)
@@ -82,5 +87,9 @@ def export(ledger: Ledger, out_dir: Path | str) -> dict[str, Any]:
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves nothing half-written behind
+        raise

@@ -23,7 +23,7 @@ from dtkg_assets.core.crashpoints import crash_point
 from dtkg_assets.core.errors import Reason
 from dtkg_assets.core.ledger import IN_FLIGHT, Job, LeaseLost, Ledger, State
 from dtkg_assets.core.ledger.db import Lease
-from dtkg_assets.core.store import Store
+from dtkg_assets.core.store import Store, resolve_store_path
 from dtkg_assets.core.types import EffectType, FetchHooks, FetchResult, Stage, WorkRecord
 from dtkg_assets.settings import Settings
 
@@ -180,14 +180,15 @@ class Orchestrator:
         counts["bytes"] = sum(o.bytes for o in outcomes.values() if o.status == "downloaded")
         counts["works"] = len(ids)
         self.ledger.finish_run(run_id, counts)
-        self.ledger.publish_snapshot(force=True)
+        self.ledger.publish_snapshot()  # throttled; close publishes the rest
         return [outcomes[w] for w in ids]
 
     def _skipped(self, work_id: str) -> WorkOutcome:
         done = [j for j in self.ledger.jobs_for_work(work_id) if j.complete]
         j = done[0] if done else None
         return WorkOutcome(
-            work_id, "skipped_complete", "ok", None, j.sha256 if j else None, j.path if j else None,
+            work_id, "skipped_complete", "ok", None, j.sha256 if j else None,
+            str(resolve_store_path(j.path, self.store.root)) if j and j.path else None,
             int(j.bytes or 0) if j else 0, j.job_id if j else None,
         )
 
@@ -283,14 +284,16 @@ class Orchestrator:
             if not blob.exists() or not self.store.verify(sha):
                 continue
             t0 = time.perf_counter()
-            fin = hooks.effect("FINALIZE", sha, _const({"path": str(blob), "created": False}))
-            link = hooks.effect("LINK", f"{job.work_id}:{sha}", _linker(self.store, job.work_id, sha))
+            hooks.effect("FINALIZE", sha, _const({"path": str(blob), "created": False}))
+            hooks.effect("LINK", f"{job.work_id}:{sha}", _linker(self.store, job.work_id, sha))
             others = self.ledger.query(
                 "SELECT count(*) FROM artifact_jobs WHERE sha256 = ? AND state IN ('INDEXED','DEDUPED') "
                 "AND work_id <> ?", [sha, job.work_id])[0][0]
             return FetchResult(
                 status="deduped" if others else "stored", reason="ok", decision="already_complete", url=job.url,
-                work_id=job.work_id, sha256=sha, path=str(link["path"]), blob_path=str(fin["path"]),
+                # The files' names follow from the work and the hash (a replayed effect's recorded
+                # path may predate a move of the home).
+                work_id=job.work_id, sha256=sha, path=str(self.store.work_path(job.work_id)), blob_path=str(blob),
                 bytes=blob.stat().st_size, decision_reason="finalized_before_crash",
                 elapsed_s=time.perf_counter() - t0, detail=json.dumps({"recovered_from": "FINALIZE op"}),
             )

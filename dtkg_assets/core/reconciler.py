@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from dtkg_assets.core.ledger import Ledger
-from dtkg_assets.core.store import Store, sha256_file
+from dtkg_assets.core.store import Store, resolve_store_path, sha256_file
 from dtkg_assets.settings import Settings
 
 KINDS = (
@@ -75,7 +75,7 @@ def _check_finished(ledger: Ledger, store: Store, counts: dict[str, int], now: f
             if blob.exists() and not blob_ok[sha]:
                 quarantine(store, blob)  # wrong bytes under a content address
                 blob_bad.add(sha)
-        work = Path(path) if path else store.work_path(work_id)
+        work = resolve_store_path(path, store.root) if path else store.work_path(work_id)
         work_exists = work.exists()
         if work_exists and blob_ok[sha] and os.path.samefile(work, blob):
             work_ok = True

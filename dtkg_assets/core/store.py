@@ -81,6 +81,29 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def store_relative(path: str | Path | None, root: Path) -> str | None:
+    """The ledger's name for a file in the store: its path relative to the store root, so a home can
+    be moved or copied (`mv`, `cp -a`). A path outside the store is kept as given."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_absolute():
+        return str(p)
+    try:
+        return str(p.relative_to(root))
+    except ValueError:
+        try:
+            return str(p.resolve().relative_to(root.resolve()))
+        except (ValueError, OSError):
+            return str(p)
+
+
+def resolve_store_path(path: str | Path, root: Path) -> Path:
+    """A path from the ledger as a file on this machine: relative paths are under the store root."""
+    p = Path(path)
+    return p if p.is_absolute() else root / p
+
+
 def check_work_id(work_id: str) -> str:
     """Work ids become file names: refuse anything that could escape the store."""
     if not _WORK_ID_RE.match(work_id):

@@ -418,33 +418,33 @@ class Engine:
             result.http_status = exc.status
 
     def _already_complete(self, work_id: str, known_sha256: str | None, result: FetchResult) -> bool:
-        """A finished work is answered from disk with no network at all."""
+        """A finished work is answered from disk with no network, but only when its bytes hash to the
+        sha256 the ledger expects (with no expectation: to a blob the store already holds under that
+        hash). Anything else (a flipped byte, another version) is downloaded again."""
         store = self.store
         path = store.work_path(work_id)
         try:
             st = path.stat()
         except FileNotFoundError:
             return False
-        sha: str | None = None
+        sha = sha256_file(path)
         if known_sha256:
-            try:
-                blob_st = store.blob_path(known_sha256).stat()
-            except (FileNotFoundError, ValueError):
-                blob_st = None
-            if blob_st is not None and blob_st.st_size == st.st_size:
-                sha = known_sha256
-        if sha is None:
-            try:
-                validate_pdf(path, self.settings.validation)
-            except DtkgError:
+            if sha != known_sha256:
                 return False
-            sha = sha256_file(path)
             blob = store.blob_path(sha)
             if not blob.exists():
                 # The blob went missing but the work's bytes are intact: restore the address.
                 blob.parent.mkdir(parents=True, exist_ok=True)
                 with contextlib.suppress(FileExistsError):
                     os.link(path, blob)
+        else:
+            blob = store.blob_path(sha)
+            if not blob.exists() or (not os.path.samefile(blob, path) and sha256_file(blob) != sha):
+                return False
+            try:
+                validate_pdf(path, self.settings.validation)
+            except DtkgError:
+                return False
         result.status = "stored"
         result.reason = "ok"
         result.decision = "already_complete"
@@ -529,12 +529,14 @@ class Engine:
         t_fin = time.perf_counter()
         fin = hooks.effect("FINALIZE", sha, lambda: self._finalize_effect(part, sha))
         result.fsync_s += time.perf_counter() - t_fin
-        result.blob_path = str(fin["path"])
+        # Names follow from the hash and the work (a replayed effect's recorded path may predate a
+        # move of the home).
+        result.blob_path = str(store.blob_path(sha))
         created = bool(fin["created"])
         sidecar.unlink(missing_ok=True)
         if work_id is not None:
-            link = hooks.effect("LINK", f"{work_id}:{sha}", lambda: self._link_effect(work_id, sha))
-            result.path = str(link["path"])
+            hooks.effect("LINK", f"{work_id}:{sha}", lambda: self._link_effect(work_id, sha))
+            result.path = str(store.work_path(work_id))
         else:
             result.path = result.blob_path
         result.status = "stored" if created else "deduped"

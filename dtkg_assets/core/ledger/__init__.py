@@ -2,23 +2,29 @@
 single-writer concurrency with a published read snapshot, analyst views."""
 
 from dtkg_assets.core.ledger.db import (
-    HolderInfo,
     Job,
     LeaseLost,
     Ledger,
-    LedgerBusy,
     LedgerStats,
-    LedgerUnavailable,
     canonical_url,
     default_owner,
     job_id_for,
-    lock_path,
     op_key_for,
     reason_is_transient,
     stable_hash,
 )
 from dtkg_assets.core.ledger.schema import LATEST as SCHEMA_VERSION
 from dtkg_assets.core.ledger.states import COMPLETE, IN_FLIGHT, TRANSITIONS, IllegalTransition, State
+from dtkg_assets.core.ledger.storage import (
+    HolderInfo,
+    LedgerBusy,
+    LedgerCorrupt,
+    LedgerDiskFull,
+    LedgerError,
+    LedgerUnavailable,
+    LedgerUnwritable,
+    lock_path,
+)
 
 __all__ = [
     "COMPLETE",
@@ -31,8 +37,12 @@ __all__ = [
     "LeaseLost",
     "Ledger",
     "LedgerBusy",
+    "LedgerCorrupt",
+    "LedgerDiskFull",
+    "LedgerError",
     "LedgerStats",
     "LedgerUnavailable",
+    "LedgerUnwritable",
     "State",
     "canonical_url",
     "default_owner",

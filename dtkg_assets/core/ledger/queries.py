@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from dtkg_assets.core.ledger.db import Ledger
+from dtkg_assets.core.store import resolve_store_path
 
 
 def works_seen_since(ledger: Ledger, after: float, limit: int) -> list[tuple[str, float]]:
@@ -40,13 +41,16 @@ def works_needing_work(ledger: Ledger, *, now: float | None = None, limit: int =
 
 
 def finished_artifacts(ledger: Ledger, *, run_id: str | None = None) -> list[tuple[str, str, str, int]]:
-    """(work_id, sha256, path, bytes) of every finished artifact, or only those a run finished."""
+    """(work_id, sha256, file, bytes) of every finished artifact, or only those a run finished; the
+    ledger's store-relative path is resolved under this home's store."""
+    root = ledger.settings.store_dir
     sql = (
         "SELECT work_id, sha256, path, bytes FROM artifact_jobs WHERE state IN ('INDEXED', 'DEDUPED')"
         + (" AND run_id = ?" if run_id else "")
         + " ORDER BY work_id"
     )
-    return [(str(r[0]), str(r[1]), str(r[2]), int(r[3] or 0)) for r in ledger.query(sql, [run_id] if run_id else [])]
+    return [(str(r[0]), str(r[1]), str(resolve_store_path(str(r[2]), root)), int(r[3] or 0))
+            for r in ledger.query(sql, [run_id] if run_id else [])]
 
 
 def summary(ledger: Ledger) -> dict[str, object]:

@@ -246,10 +246,19 @@ def _v2(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("DROP INDEX IF EXISTS idx_jobs_lease")
 
 
+def _v3(con: duckdb.DuckDBPyConnection) -> None:
+    # Absolute paths die with a moved home. Every path the ledger holds is a blob
+    # (`<store>/<sha[:w]>/<sha>.pdf`) or a work file (`<store>/works/<id>.pdf`): its last two
+    # components are its path relative to the store root, wherever the home was then.
+    for table in ("artifact_jobs", "blobs"):
+        con.execute(f"UPDATE {table} SET path = regexp_extract(path, '([^/]+/[^/]+)$', 1) WHERE path LIKE '/%'")
+
+
 # Forward-only: append new (version, description, function) entries; never edit applied ones.
 MIGRATIONS: list[tuple[int, str, Any]] = [
     (1, "initial ledger: works, jobs, ops, blobs, attempts, runs, versions, views", _v1),
     (2, "drop the state/eligibility and lease-expiry indexes (each state write rewrote them)", _v2),
+    (3, "store paths relative to the store root (a home can be moved or copied)", _v3),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -1,0 +1,190 @@
+"""The ledger's storage: readers never write, store paths survive a moved home, files are accepted
+only when they hash to what the ledger expects. Real DuckDB files, real `dtkg` processes, the real
+test origin on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from dtkg_assets.core.ledger import SCHEMA_VERSION, Ledger, LedgerUnavailable
+from dtkg_assets.core.store import Store
+from dtkg_assets.core.types import Candidate, WorkRecord
+from dtkg_assets.settings import Settings
+from dtkg_assets_tests.conftest import loopback_env
+
+
+def dtkg(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "dtkg_assets.cli", *args], env=loopback_env(home, **env),
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    return proc
+
+
+def tree_state(home: Path) -> dict[str, tuple[int, int, str]]:
+    """Every file under the home: size, mtime and content hash (to prove nothing was written)."""
+    state = {}
+    for p in sorted(home.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            state[str(p.relative_to(home))] = (st.st_size, st.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+    return state
+
+
+def works_file(tmp_path: Path, urls: dict[str, str]) -> Path:
+    path = tmp_path / "works.jsonl"
+    path.write_text("".join(
+        json.dumps({"id": f"https://openalex.org/{wid}", "best_oa_location": {"pdf_url": url}}) + "\n"
+        for wid, url in urls.items()))
+    return path
+
+
+CRASHED_WRITER = textwrap.dedent(
+    """
+    import os, sys
+    from dtkg_assets.core.ledger import Ledger
+    from dtkg_assets.core.types import Candidate, WorkRecord
+    from dtkg_assets.settings import Settings
+    s = Settings().with_home(sys.argv[1]).replace(ledger={"snapshot_interval_s": 0})
+    led = Ledger.open_writer(s, owner="crashes")
+    led.plan([WorkRecord("LATE", [Candidate("http://127.0.0.1:9/late.pdf", "x")])])
+    job = led.jobs_for_work("LATE")[0]
+    led.acquire(job.job_id, "crashes")
+    print("ready", flush=True)
+    sys.stdin.readline()
+    """
+)
+
+
+def test_readers_never_write_even_after_a_crashed_writer(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    settings = Settings().with_home(home)
+    with Ledger.open_writer(settings) as led:
+        led.plan([WorkRecord("W1", [Candidate("http://127.0.0.1:9/1.pdf", "x")])])
+    # A writer that is killed mid-run: its work is in the live file (and WAL), not in the snapshot.
+    proc = subprocess.Popen([sys.executable, "-c", CRASHED_WRITER, str(home)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = tree_state(home)
+    with Ledger.open_reader(settings) as reader:
+        assert reader.query("SELECT work_id FROM works") == [("W1",)]  # as last published
+        assert reader.health()["status"] == "healthy"
+    for args in (("status", "--json"), ("ledger", "health", "--json"), ("ledger", "validate"),
+                 ("ledger", "export", "--out", str(tmp_path / "out"))):
+        proc2 = dtkg(home, *args)
+        assert proc2.returncode == 0, (args, proc2.stderr)
+    assert tree_state(home) == before  # no migration, no lease voided, no snapshot refresh
+    # The next writer recovers the crashed one's lease and publishes.
+    with Ledger.open_writer(settings) as led:
+        assert led.recovered["released_leases"] == 1
+    with Ledger.open_reader(settings) as reader:
+        assert reader.query("SELECT count(*) FROM works") == [(2,)]
+
+
+def test_no_snapshot_is_said_in_words(tmp_path: Path) -> None:
+    missing = Settings().with_home(tmp_path / "nowhere")
+    with pytest.raises(LedgerUnavailable, match="does not exist"):
+        Ledger.open_reader(missing)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(LedgerUnavailable, match="nothing has been imported"):
+        Ledger.open_reader(Settings().with_home(empty))
+    status = dtkg(empty, "status", "--json")
+    assert status.returncode == 0 and "nothing has been imported" in json.loads(status.stdout)["ledger"]["detail"]
+    health = dtkg(empty, "ledger", "health")
+    assert health.returncode == 2 and "dtkg works import" in health.stderr
+    assert list(empty.iterdir()) == []  # and the readers created nothing
+
+
+def test_an_idle_writer_session_does_not_copy_the_ledger_again(tmp_path: Path) -> None:
+    settings = Settings().with_home(tmp_path)
+    with Ledger.open_writer(settings) as led:
+        led.plan([WorkRecord("W1", [Candidate("http://127.0.0.1:9/1.pdf", "x")])])
+    ino = settings.snapshot_path.stat().st_ino
+    with Ledger.open_writer(settings):
+        pass
+    assert settings.snapshot_path.stat().st_ino == ino  # publication costs O(ledger): only after writes
+
+
+def test_moved_home_with_a_flipped_byte_redownloads_only_that_work(tmp_path: Path, origin, pdf_bytes) -> None:
+    bodies = {f"W{i}": pdf_bytes(40_000 + i * 1000, i) for i in range(1, 4)}
+    urls = {wid: origin.add(f"/{wid}.pdf", body) for wid, body in bodies.items()}
+    home_a = tmp_path / "a"
+    assert dtkg(home_a, "works", "import", str(works_file(tmp_path, urls))).returncode == 0
+    first = dtkg(home_a, "works", "download", "--json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["downloaded"] == 3
+    with Ledger.open_reader(Settings().with_home(home_a)) as led:
+        paths = led.query("SELECT path FROM artifact_jobs WHERE state = 'INDEXED' UNION ALL SELECT path FROM blobs")
+    assert paths and all(not Path(p).is_absolute() for (p,) in paths)
+
+    home_b = tmp_path / "b"
+    os.rename(home_a, home_b)
+    store = Store(Settings().with_home(home_b))
+    sha2 = hashlib.sha256(bodies["W2"]).hexdigest()
+    blob = store.blob_path(sha2)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    blob.write_bytes(bytes(data))  # the work file is the same inode: flipped too
+    with Ledger.open_reader(Settings().with_home(home_b)) as led:
+        finished_before = dict(led.query("SELECT work_id, finished_at FROM artifact_jobs WHERE state = 'INDEXED'"))
+
+    rec = dtkg(home_b, "reconcile", "--json")
+    assert rec.returncode == 0, rec.stderr
+    counts = json.loads(rec.stdout)
+    assert (counts["requeued_corrupt"], counts["requeued_missing"]) == (1, 0), counts
+    assert len(list((store.root / "quarantine").iterdir())) >= 1  # kept as evidence, never deleted
+
+    origin.reset_stats()
+    again = dtkg(home_b, "works", "download", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout).get("downloaded") == 1
+    assert origin.stats("/W2.pdf").get_requests == 1
+    assert origin.stats("/W1.pdf").requests == origin.stats("/W3.pdf").requests == 0
+    with Ledger.open_reader(Settings().with_home(home_b)) as led:
+        rows = dict(led.query("SELECT work_id, sha256 FROM artifact_jobs WHERE state = 'INDEXED'"))
+        finished_after = dict(led.query("SELECT work_id, finished_at FROM artifact_jobs WHERE state = 'INDEXED'"))
+    assert rows == {wid: hashlib.sha256(b).hexdigest() for wid, b in bodies.items()}
+    assert {w: finished_after[w] for w in ("W1", "W3")} == {w: finished_before[w] for w in ("W1", "W3")}
+    assert hashlib.sha256(store.work_path("W2").read_bytes()).hexdigest() == sha2
+
+    # A copy of the home (cp -a) is as valid as the original: nothing to heal, nothing to fetch.
+    home_c = tmp_path / "c"
+    shutil.copytree(home_b, home_c, symlinks=True)
+    again_c = dtkg(home_c, "reconcile", "--json")
+    assert again_c.returncode == 0 and set(json.loads(again_c.stdout).values()) == {0}
+    assert dtkg(home_c, "ledger", "validate").returncode == 0
+
+
+def test_migration_makes_absolute_paths_relative(tmp_path: Path) -> None:
+    settings = Settings().with_home(tmp_path / "home")
+    old_root = "/somewhere/else/.dtkg/store"
+    sha = "ab" + "0" * 62
+    with Ledger.open_writer(settings) as led:
+        led.plan([WorkRecord("W1", [Candidate("http://127.0.0.1:9/1.pdf", "x")])])
+        cur = led.cursor()
+        cur.execute("UPDATE artifact_jobs SET state = 'INDEXED', sha256 = ?, bytes = 5, path = ?",
+                    [sha, f"{old_root}/works/W1.pdf"])
+        cur.execute("INSERT INTO blobs VALUES (?, ?, 5, 1, 0, 0)", [sha, f"{old_root}/ab/{sha}.pdf"])
+        cur.execute("DELETE FROM schema_version WHERE version = 3")  # as written by the previous release
+    with Ledger.open_writer(settings) as led:
+        assert led.query("SELECT max(version) FROM schema_version") == [(SCHEMA_VERSION,)]
+        assert led.query("SELECT path FROM artifact_jobs") == [("works/W1.pdf",)]
+        assert led.query("SELECT path FROM blobs") == [(f"ab/{sha}.pdf",)]
+    con = duckdb.connect(str(settings.snapshot_path), read_only=True)
+    try:
+        assert con.execute("SELECT path FROM artifact_jobs").fetchall() == [("works/W1.pdf",)]
+    finally:
+        con.close()
