@@ -5,7 +5,7 @@
 `stop()` shuts it down and deletes the directory. `initdb` and `pg_ctl` refuse to run as root, so
 as root they run as the `postgres` user (`runuser -u postgres -- …`) and the data directory is
 handed to that user; as any other user they run as that user. Durability is switched off (fsync,
-synchronous commit, full-page writes): a crash loses the cluster anyway.
+synchronous commit, full-page writes) unless ``durable=True``: a crash loses the cluster anyway.
 
 Binaries come from Debian's `postgresql` package (`make system-deps` installs it).
 """
@@ -46,7 +46,9 @@ def pg_bindir() -> Path:
 class PgCluster:
     """A private PostgreSQL cluster: ``url(db)`` gives a ``postgresql://`` URL for a database on it."""
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, max_connections: int = 200) -> None:
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, max_connections: int = 200,
+                 durable: bool = False) -> None:
+        self.durable = durable  # True: fsync and synchronous commit on (benchmarks of real write costs)
         self.host = host
         self.port = port
         self.max_connections = max_connections
@@ -94,8 +96,8 @@ class PgCluster:
                 self.port = _free_port(self.host)
             options = " ".join([
                 f"-p {self.port}", f"-c listen_addresses={self.host}", f"-k {self.dir}",
-                f"-c max_connections={self.max_connections}", "-c fsync=off", "-c synchronous_commit=off",
-                "-c full_page_writes=off", "-c shared_buffers=64MB",
+                f"-c max_connections={self.max_connections}", "-c shared_buffers=128MB",
+                *([] if self.durable else ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]),
             ])
             self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.dir / "server.log"), "-o", options,
                       "-w", "-t", "60", "start", timeout=90)
