@@ -87,6 +87,37 @@ def test_export_from_postgres_has_the_same_tables_rows_and_views(demo_home: Path
         b.close()
 
 
+def test_notebook_runs_unchanged_on_the_export(demo_home: Path, pg_url: str, tmp_path: Path) -> None:
+    """The analyst path: export from PostgreSQL as a snapshot file, point DTKG_HOME at its folder, run
+    notebooks/ledger.ipynb as committed; every cell runs and the tables show the exported numbers."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    from dtkg_assets_tests.test_notebook import NOTEBOOK
+
+    load_into_postgres(demo_home / "ledger.snapshot.duckdb", pg_url)
+    analyst = tmp_path / "analyst"
+    env = {**demo_env(tmp_path / "worker-home"), "DTKG_LEDGER_URL": pg_url}
+    proc = subprocess.run([str(DTKG), "ledger", "export", "--duckdb", str(analyst / "ledger.snapshot.duckdb")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    client = NotebookClient(nb, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+    client.execute(env=demo_env(analyst))  # raises if any cell fails
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(c.execution_count is not None for c in code)
+    opened = [c for c in nb.cells if "open" in c.get("metadata", {}).get("tags", [])][0]
+    text = "".join(o.get("text", "") for o in opened.outputs)
+    assert str(analyst / "ledger.snapshot.duckdb") in text and "status: healthy" in text
+    with duckdb.connect(str(analyst / "ledger.snapshot.duckdb"), read_only=True) as con:
+        states = con.execute("SELECT state, count(*) FROM v_artifacts GROUP BY state").fetchall()
+    shown = "".join(o.get("data", {}).get("text/plain", "") for c in nb.cells
+                    if "artifacts-by-state" in c.get("metadata", {}).get("tags", []) for o in c.outputs)
+    for state, n in states:
+        assert state in shown and str(n) in shown
+
+
 def test_export_names_what_is_missing(tmp_path: Path, pg_url: str) -> None:
     env = {**demo_env(tmp_path / "home"), "DTKG_LEDGER_URL": pg_url}
     proc = subprocess.run([str(DTKG), "ledger", "export", "--duckdb", str(tmp_path / "x.duckdb")], env=env,
