@@ -16,29 +16,46 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import duckdb
+
 from dtkg_assets.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, load_settings
-from dtkg_assets.core.ledger import Ledger, LedgerBusy, LedgerUnavailable, default_owner
+from dtkg_assets.core.ledger import Ledger, LedgerError, default_owner
+from dtkg_assets.core.ledger.storage import is_disk_full, storage_error
 from dtkg_assets.core.types import Candidate, FetchResult, InputProblem, WorkRecord
 from dtkg_assets.settings import Settings
+
+# DuckDB errors that mean the file or the disk, not the query: worded by `storage_error`.
+_STORAGE_ERRORS = (duckdb.IOException, duckdb.FatalException, duckdb.InternalException, duckdb.SerializationException)
+
+
+@contextmanager
+def storage_words(settings: Settings, what: str, *, path: Path | None = None, snapshot: bool = False) -> Iterator[None]:
+    """A damaged ledger, a full disk or an unwritable home become one message naming the file and
+    what to do (exit 2), never a traceback."""
+    path = path or (settings.snapshot_path if snapshot else settings.ledger_path)
+    try:
+        yield
+    except LedgerError as exc:
+        raise UsageError(f"dtkg {what}: {exc}") from None
+    except _STORAGE_ERRORS as exc:
+        raise UsageError(f"dtkg {what}: {storage_error(exc, path, snapshot=snapshot)}") from None
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        where = Path(exc.filename) if isinstance(exc.filename, str) else path
+        raise UsageError(f"dtkg {what}: {storage_error(exc, where)}") from None
 
 
 @contextmanager
 def writer(settings: Settings, what: str) -> Iterator[Ledger]:
-    try:
-        ledger = Ledger.open_writer(settings, owner=f"dtkg {what} ({default_owner()})")
-    except LedgerBusy as exc:
-        raise UsageError(f"dtkg {what}: {exc}") from None
-    with ledger:
+    owner = f"dtkg {what} ({default_owner()})"
+    with storage_words(settings, what), Ledger.open_writer(settings, owner=owner) as ledger:
         yield ledger
 
 
 @contextmanager
 def reader(settings: Settings, what: str) -> Iterator[Ledger]:
-    try:
-        ledger = Ledger.open_reader(settings)
-    except (LedgerBusy, LedgerUnavailable) as exc:
-        raise UsageError(f"dtkg {what}: {exc}") from None
-    with ledger:
+    with storage_words(settings, what, snapshot=True), Ledger.open_reader(settings) as ledger:
         yield ledger
 
 
@@ -94,21 +111,44 @@ def add_ledger(subparsers: Any) -> None:
     e.set_defaults(func=cmd_ledger_export)
 
 
+def ledger_health(settings: Settings) -> dict[str, Any]:
+    """The snapshot's health plus what is wrong with the live file, in words; never writes.
+    status: healthy | degraded | unhealthy (the snapshot's) | damaged (the live file) | unavailable."""
+    from dtkg_assets.core.ledger.recovery import live_problem
+
+    problem = live_problem(settings)
+    try:
+        with reader(settings, "ledger health") as ledger:
+            report = ledger.health()
+    except UsageError as exc:
+        report = {"status": "unavailable", "version": None, "path": str(settings.snapshot_path),
+                  "row_counts": {}, "problems": [str(exc).removeprefix("dtkg ledger health: ")]}
+    if problem:
+        report["status"] = "damaged"
+        report["problems"] = [problem, *report["problems"]]
+    return report
+
+
 def cmd_ledger_health(args: argparse.Namespace) -> int:
-    settings = load_settings()
-    with reader(settings, "ledger health") as ledger:
-        report = ledger.health()
+    report = ledger_health(load_settings())
     human = [f"status: {report['status']}  version: {report['version']}  ({report['path']})"]
     if report.get("snapshot_age_s") is not None:
         human.append(f"data as of the snapshot published {report['snapshot_age_s']:.1f} s ago")
     human += [f"  {k}: {v}" for k, v in report["row_counts"].items()]
     human += [f"  problem: {p}" for p in report["problems"]]
     _print(report, args.json, "\n".join(human))
+    if report["status"] in ("damaged", "unavailable"):
+        return EXIT_USAGE
     return EXIT_OK if report["status"] == "healthy" else EXIT_FAILED
 
 
 def cmd_ledger_validate(args: argparse.Namespace) -> int:
+    from dtkg_assets.core.ledger.recovery import live_problem
+
     settings = load_settings()
+    problem = live_problem(settings)
+    if problem:
+        raise UsageError(f"dtkg ledger validate: {problem}")
     with reader(settings, "ledger validate") as ledger:
         problems = ledger.validate()
     _print({"problems": problems}, args.json, "\n".join(problems) if problems else "ledger is valid")
@@ -116,13 +156,13 @@ def cmd_ledger_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger_repair(args: argparse.Namespace) -> int:
+    from dtkg_assets.core.ledger.recovery import repair
+
     settings = load_settings()
-    with writer(settings, "ledger repair") as ledger:
-        actions = ledger.repair()
-        problems = ledger.validate()
-    _print({"actions": actions, "problems": problems}, args.json,
-           "\n".join(actions or ["nothing to repair"]) + "".join(f"\nstill: {p}" for p in problems))
-    return EXIT_FAILED if problems else EXIT_OK
+    with storage_words(settings, "ledger repair"):
+        report = repair(settings)
+    _print(report.to_json(), args.json, report.describe())
+    return EXIT_FAILED if report.problems else EXIT_OK
 
 
 def cmd_ledger_export(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -15,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from dtkg_assets.cli import EXIT_FAILED, EXIT_OK, UsageError, load_settings
+from dtkg_assets.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, load_settings
 from dtkg_assets.settings import Settings
 
 DEMO_PORT = 8787
@@ -295,25 +296,32 @@ def status_report(settings: Settings) -> dict[str, Any]:
         **client_features(settings),
     }
     report: dict[str, Any] = {"home": str(settings.home), "features": features}
+    from dtkg_assets.core.ledger.recovery import live_problem
+
+    damaged = live_problem(settings)
     try:
         led = Ledger.open_reader(settings)
     except (LedgerUnavailable, LedgerBusy) as exc:
         report["ledger"] = {"status": "unavailable", "detail": str(exc)}
-        return report
-    with led:
-        report["ledger"] = led.health()
-        report["states"] = {
-            str(k): int(v)
-            for k, v in led.query("SELECT state, count(*) FROM artifact_jobs GROUP BY state ORDER BY state")
-        }
+    else:
+        with led:
+            report["ledger"] = led.health()
+            report["states"] = {
+                str(k): int(v)
+                for k, v in led.query("SELECT state, count(*) FROM artifact_jobs GROUP BY state ORDER BY state")
+            }
+    if damaged:
+        report["ledger"]["status"] = "damaged"
+        report["ledger"]["detail"] = damaged
     return report
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     report = status_report(load_settings())
+    code = EXIT_USAGE if report["ledger"].get("status") == "damaged" else EXIT_OK  # repair first
     if args.json:
         print(json.dumps(report, sort_keys=True, default=str))
-        return EXIT_OK
+        return code
     console.print(f"[bold]DTKG_HOME[/] {report['home']}")
     table = Table(title="features")
     table.add_column("feature")
@@ -325,4 +333,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     console.print(f"[bold]ledger[/] {ledger.get('status')} {json.dumps(ledger, default=str)}")
     for state, n in report.get("states", {}).items():
         console.print(f"  {state:<18} {n}")
-    return EXIT_OK
+    if ledger.get("detail"):
+        print(ledger["detail"], file=sys.stderr)
+    return code

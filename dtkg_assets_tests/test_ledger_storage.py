@@ -104,7 +104,7 @@ def test_no_snapshot_is_said_in_words(tmp_path: Path) -> None:
     status = dtkg(empty, "status", "--json")
     assert status.returncode == 0 and "nothing has been imported" in json.loads(status.stdout)["ledger"]["detail"]
     health = dtkg(empty, "ledger", "health")
-    assert health.returncode == 2 and "dtkg works import" in health.stderr
+    assert health.returncode == 2 and "dtkg works import" in health.stdout
     assert list(empty.iterdir()) == []  # and the readers created nothing
 
 
@@ -188,3 +188,56 @@ def test_migration_makes_absolute_paths_relative(tmp_path: Path) -> None:
         assert con.execute("SELECT path FROM artifact_jobs").fetchall() == [("works/W1.pdf",)]
     finally:
         con.close()
+
+
+def _download(home: Path, tmp_path: Path, urls: dict[str, str], name: str) -> None:
+    works = works_file(tmp_path, urls).rename(tmp_path / name)
+    assert dtkg(home, "works", "import", str(works)).returncode == 0
+    proc = dtkg(home, "works", "download", "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["downloaded"] == len(urls), proc.stderr
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_corrupt_ledger_is_said_in_words_and_repair_loses_no_finished_work(
+        tmp_path: Path, origin, pdf_bytes, damage: str) -> None:
+    home = tmp_path / "home"
+    settings = Settings().with_home(home)
+    bodies = {f"W{i}": pdf_bytes(30_000 + i * 1000, 10 + i) for i in range(1, 5)}
+    urls = {wid: origin.add(f"/{wid}.pdf", body) for wid, body in bodies.items()}
+    _download(home, tmp_path, {w: urls[w] for w in ("W1", "W2", "W3")}, "first.jsonl")
+    older_snapshot = tmp_path / "older.duckdb"
+    shutil.copyfile(settings.snapshot_path, older_snapshot)
+    _download(home, tmp_path, {"W4": urls["W4"]}, "second.jsonl")  # finished after that snapshot
+    shutil.copyfile(older_snapshot, settings.snapshot_path)  # the newest snapshot predates W4
+    live = settings.ledger_path
+    if damage == "truncated":
+        with open(live, "r+b") as f:
+            f.truncate(live.stat().st_size // 3)
+    else:
+        live.write_bytes(os.urandom(20_000))
+
+    health = dtkg(home, "ledger", "health")
+    assert health.returncode == 2 and "damaged" in health.stdout and str(live) in health.stdout
+    assert "dtkg ledger repair" in health.stdout
+    for args in (("reconcile",), ("works", "download"), ("ledger", "validate"), ("status",)):
+        proc = dtkg(home, *args)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        assert "dtkg ledger repair" in proc.stderr and str(live) in proc.stderr, (args, proc.stderr)
+
+    origin.reset_stats()
+    rep = dtkg(home, "ledger", "repair", "--json")
+    assert rep.returncode == 0, rep.stdout + rep.stderr
+    report = json.loads(rep.stdout)
+    assert report["kept_aside"] and Path(report["kept_aside"]).exists()  # the damaged file, kept
+    assert report["restored_from"] == str(settings.snapshot_path)
+    assert report["recovered_works"] == 1 and report["recovered_without_url"] == ["W4"]
+    assert report["not_recovered"] and report["problems"] == []
+    human = dtkg(home, "ledger", "health")
+    assert human.returncode == 0 and "healthy" in human.stdout
+    with Ledger.open_reader(settings) as led:
+        done = dict(led.query("SELECT work_id, sha256 FROM artifact_jobs WHERE state IN ('INDEXED', 'DEDUPED')"))
+    assert done == {w: hashlib.sha256(b).hexdigest() for w, b in bodies.items()}  # no finished work lost
+    again = dtkg(home, "works", "download", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout).get("downloaded", 0) == 0
+    assert sum(origin.stats(f"/{w}.pdf").requests for w in bodies) == 0  # nothing downloaded again
+    assert dtkg(home, "ledger", "repair").stdout.strip() == "nothing to repair"

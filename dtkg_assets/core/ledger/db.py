@@ -249,6 +249,8 @@ class Ledger:
             if not path.exists() and settings.snapshot_path.exists():
                 # Never start an empty ledger over a home that has data: repair restores it.
                 raise LedgerCorrupt(path, f"the file is missing although {settings.snapshot_path.name} exists")
+            if path.exists() and (problem := storage.header_problem(path)) is not None:
+                raise LedgerCorrupt(path, problem)  # before DuckDB writes anything into it
             fresh = storage.snapshot_is_current(settings)  # judged before DuckDB touches the file
             path.parent.mkdir(parents=True, exist_ok=True)
             con = duckdb.connect(str(path))

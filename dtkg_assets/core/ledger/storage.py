@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from dtkg_assets.settings import Settings
 # A DuckDB file starts with an 8-byte checksum and the magic bytes "DUCK".
 _MAGIC = b"DUCK"
 _MAGIC_OFFSET = 8
+_HEADER_SIZE = 4096  # the main header, then two alternating database headers
 _SNAPSHOT_TMP_GLOB = ".ledger.snapshot.duckdb.*.tmp"
 
 
@@ -203,7 +205,31 @@ def header_problem(path: Path) -> str | None:
         return "the file is empty (0 bytes)"
     if head[_MAGIC_OFFSET:] != _MAGIC:
         return "it is not a DuckDB database file (no DuckDB header)"
+    expected = _described_size(path)
+    if expected is not None and size < expected:
+        return f"the file is truncated: {size} bytes of the {expected} its header describes"
     return None
+
+
+def _described_size(path: Path) -> int | None:
+    """The size the active database header describes (header blocks + block_count x block size), or
+    None when the headers do not look like DuckDB 1.x/2.x ones (then no claim is made)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(_HEADER_SIZE)
+            raw = f.read(2 * _HEADER_SIZE)
+    except OSError:
+        return None
+    if len(raw) < 2 * _HEADER_SIZE:
+        return _HEADER_SIZE * 3  # not even the two database headers
+    best: tuple[int, int] | None = None  # (iteration, size)
+    for off in (0, _HEADER_SIZE):
+        _checksum, iteration, _meta, _free, blocks, alloc = struct.unpack_from("<QQqqQQ", raw, off)
+        if not (16 * 1024 <= alloc <= 64 * 1024 * 1024 and alloc & (alloc - 1) == 0 and blocks < 1 << 40):
+            continue
+        if best is None or iteration > best[0]:
+            best = (iteration, 3 * _HEADER_SIZE + blocks * alloc)
+    return None if best is None else best[1]
 
 
 # ---------------------------------------------------------------- the published snapshot
