@@ -225,7 +225,7 @@ def test_failed_run_leases_are_released(tmp_path: Path, home: Path, origin: Orig
         # A run that died holding a lease: take one in its name.
         led = Ledger.open_writer(settings)
         job_id = led.jobs_for_work("W1")[0].job_id
-        assert led.acquire(job_id, "run:dead-run", run_id="dead-run") is not None
+        assert led.lease(job_id, "run:dead-run", run_id="dead-run") is not None
         led.close()
         failing = dg.materialize(
             [openalex_works],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 
 import pytest
 
@@ -12,6 +11,8 @@ from dtkg_assets.core.ledger import (
     SCHEMA_VERSION,
     TRANSITIONS,
     IllegalTransition,
+    Lease,
+    LeaseGrant,
     LeaseLost,
     Ledger,
     State,
@@ -65,9 +66,9 @@ def stored(job_url: str, sha: str = "a" * 64, status: str = "stored") -> FetchRe
     )
 
 
-def walk(ledger, jid, owner, tok):
-    for st in (State.HEAD_DONE, State.RESUME_OK, State.STREAMING):
-        ledger.transition(jid, st, owner=owner, token=tok)
+def walk(lease):
+    for st in (State.RESUME_OK, State.STREAMING):
+        lease.stage(st)
 
 
 # ------------------------------------------------------------------ schema
@@ -151,12 +152,15 @@ def test_transition_table_enforced_on_write(shared_ledger, src, dst):
     ledger.cursor().execute(
         "UPDATE artifact_jobs SET state = ?, lease_owner = 'me', fencing_token = 7 WHERE job_id = ?", [src.value, jid]
     )
+    lease = Lease(ledger.commits, LeaseGrant(jid, wid, "me", 7, 1, None, None), ttl_s=10)
+    lease.state = lease.target = src
     if (src, dst) in TRANSITIONS:
-        ledger.transition(jid, dst, owner="me", token=7)
+        lease.stage(dst)
+        lease.flush()
         assert ledger.job(jid).state == dst.value
     else:
         with pytest.raises(IllegalTransition) as info:
-            ledger.transition(jid, dst, owner="me", token=7)
+            lease.stage(dst)
         assert jid in str(info.value) and f"{src.value} -> {dst.value}" in str(info.value)
         assert ledger.job(jid).state == src.value  # nothing written
 
@@ -178,30 +182,39 @@ def test_transition_table_shape():
 def test_lease_expiry_takeover_and_stale_token_refused(ledger):
     ledger.plan([work(1, 1)])
     jid = ledger.jobs_for_work("W1")[0].job_id
-    t1 = ledger.acquire(jid, "a", ttl_s=30, now=1000.0)
-    assert t1 == 1
-    assert ledger.acquire(jid, "b", ttl_s=30, now=1010.0) is None  # live lease
-    ledger.transition(jid, State.HEAD_DONE, owner="a", token=t1, now=1011.0)
-    t2 = ledger.acquire(jid, "b", ttl_s=30, now=1100.0)  # expired: takeover with a new token
-    assert t2 == 2
+    a = ledger.lease(jid, "a", ttl_s=30, now=1000.0)
+    assert a is not None and a.token == 1
+    assert ledger.lease(jid, "b", ttl_s=30, now=1010.0) is None  # live lease
+    a.stage(State.RESUME_OK)
+    a.renew(ttl_s=30, now=1011.0)
+    b = ledger.lease(jid, "b", ttl_s=30, now=1100.0)  # expired: takeover with a new token
+    assert b is not None and b.token == 2
     job = ledger.job(jid)
     assert (job.state, job.lease_owner, job.attempts) == ("LEASED", "b", 2)
     with pytest.raises(LeaseLost) as info:
-        ledger.transition(jid, State.HEAD_DONE, owner="a", token=t1)
+        a.renew()
     assert info.value.reason.value == "lease_lost"
+    a.record_effect("FINALIZE", "k", lambda: {"ran": True})  # runs (idempotent on disk), never recorded
     with pytest.raises(LeaseLost):
-        ledger.renew(jid, "a", t1)
-    with pytest.raises(LeaseLost):
-        ledger.complete(jid, owner="a", token=t1, result=stored("http://x/"))
-    with pytest.raises(LeaseLost):
-        ledger.run_effect(jid, "FINALIZE", "k", owner="a", token=t1, fn=lambda: {"never": True})
+        a.complete(stored("http://x/"))
     assert ledger.query("SELECT count(*) FROM artifact_ops") == [(0,)]
-    ledger.renew(jid, "b", t2)
-    for st in (State.HEAD_DONE, State.RESUME_OK, State.STREAMING):
-        ledger.transition(jid, st, owner="b", token=t2)
-    assert ledger.complete(jid, owner="b", token=t2, result=stored(job.url)) == State.INDEXED
+    b.renew()
+    walk(b)
+    assert b.complete(stored(job.url)) == State.INDEXED
     assert ledger.query("SELECT sha256, ref_count FROM blobs") == [("a" * 64, 1)]
     assert ledger.query("SELECT count(*) FROM http_attempts WHERE job_id = ?", [jid]) == [(2,)]
+
+
+def test_backend_refuses_a_write_from_a_state_the_row_left(ledger):
+    """The transition is enforced against the row (guarded update), not only against the holder's copy."""
+    ledger.plan([work(1, 1)])
+    jid = ledger.jobs_for_work("W1")[0].job_id
+    lease = ledger.lease(jid, "w", ttl_s=30)
+    ledger.cursor().execute("UPDATE artifact_jobs SET state = 'STREAMING' WHERE job_id = ?", [jid])
+    lease.stage(State.RESUME_OK)
+    with pytest.raises(IllegalTransition):
+        lease.flush()
+    assert ledger.job(jid).state == "STREAMING"
 
 
 def test_transient_failure_backoff_then_retries_exhausted(ledger):
@@ -210,101 +223,123 @@ def test_transient_failure_backoff_then_retries_exhausted(ledger):
     now = 1000.0
     backoffs = []
     for attempt in (1, 2):
-        tok = ledger.acquire(jid, "w", now=now)
-        assert tok is not None and ledger.job(jid).attempts == attempt
-        assert ledger.fail(jid, owner="w", token=tok, reason="http_5xx", detail="503", now=now) == "transient"
+        lease = ledger.lease(jid, "w", now=now)
+        assert lease is not None and ledger.job(jid).attempts == attempt
+        assert lease.fail(reason="http_5xx", detail="503", now=now) == "transient"
         job = ledger.job(jid)
         backoffs.append(job.next_eligible_at - now)
-        assert ledger.acquire(jid, "w", now=now + 1) is None  # not yet eligible
+        assert ledger.lease(jid, "w", now=now + 1) is None  # not yet eligible
         now = job.next_eligible_at
     assert backoffs == [10.0, 20.0]
-    tok = ledger.acquire(jid, "w", now=now)
-    assert ledger.fail(jid, owner="w", token=tok, reason="timeout", now=now) == "permanent"
+    lease = ledger.lease(jid, "w", now=now)
+    assert lease.fail(reason="timeout", now=now) == "permanent"
     job = ledger.job(jid)
     assert (job.state, job.failure_class, job.last_reason, job.attempts) == ("FAILED", "permanent",
                                                                             "retries_exhausted", 3)
-    assert ledger.acquire(jid, "w", now=now + 1e6) is None
+    assert ledger.lease(jid, "w", now=now + 1e6) is None
 
 
 def test_permanent_failure_not_retried_and_requeue_reopens(ledger):
     ledger.plan([work(1, 1)])
     jid = ledger.jobs_for_work("W1")[0].job_id
-    tok = ledger.acquire(jid, "w")
-    assert ledger.fail(jid, owner="w", token=tok, reason="http_404") == "permanent"
-    assert ledger.acquire(jid, "w", now=1e12) is None
+    lease = ledger.lease(jid, "w")
+    assert lease.fail(reason="http_404") == "permanent"
+    assert ledger.lease(jid, "w", now=1e12) is None
     assert ledger.requeue(jid, reason="operator")
     assert ledger.job(jid).state == "PLANNED"
-    assert ledger.acquire(jid, "w") == tok + 3  # fail, requeue and acquire each bump the token
+    assert ledger.lease(jid, "w").token == lease.token + 3  # fail, requeue and acquire each bump the token
 
 
 def test_expire_and_release_leases(ledger):
     ledger.plan([work(i, 1) for i in range(3)])
     ids = [ledger.jobs_for_work(f"W{i}")[0].job_id for i in range(3)]
-    toks = [ledger.acquire(j, "dead", ttl_s=10, run_id="r1", now=100.0) for j in ids]
-    ledger.transition(ids[0], State.HEAD_DONE, owner="dead", token=toks[0])
-    assert ledger.expire_leases(now=105.0) == 0
+    leases = [ledger.lease(j, "dead", ttl_s=10, run_id="r1", now=100.0) for j in ids]
+    leases[0].stage(State.RESUME_OK)
+    leases[0].renew(ttl_s=5, now=100.0)
+    assert ledger.expire_leases(now=104.0) == 0
     assert ledger.release_leases(run_id="r1") == 3
     assert {ledger.job(j).state for j in ids} == {"PLANNED"}
     assert ledger.job(ids[0]).attempts == 1
+    leases[0].stage(State.STREAMING)
     with pytest.raises(LeaseLost):
-        ledger.transition(ids[0], State.RESUME_OK, owner="dead", token=toks[0])
+        leases[0].flush()
 
 
-# ------------------------------------------------------------------ exactly-once effects
+# ------------------------------------------------------------------ effects
 
 
-def test_finished_op_is_replayed_not_rerun(ledger):
+def test_effect_records_are_written_with_the_completion(ledger):
     ledger.plan([work(1, 1)])
     jid = ledger.jobs_for_work("W1")[0].job_id
-    tok = ledger.acquire(jid, "w")
-    calls = []
+    lease = ledger.lease(jid, "w")
+    walk(lease)
+    out = lease.record_effect("FINALIZE", "a" * 64, lambda: {"path": "/store/aa/a.pdf", "created": True})
+    assert out == {"path": "/store/aa/a.pdf", "created": True}
+    lease.record_effect("LINK", "W1", lambda: {"path": "/w1"})
+    assert ledger.query("SELECT count(*) FROM artifact_ops") == [(0,)]  # nothing per effect
+    assert lease.complete(stored(ledger.job(jid).url)) == State.INDEXED
+    rows = ledger.query("SELECT op_type, result_code, runs, json_valid(result_json::VARCHAR), finished_at IS NOT NULL "
+                        "FROM artifact_ops ORDER BY op_type")
+    assert rows == [("FINALIZE", "OK", 1, True, True), ("LINK", "OK", 1, True, True)]
+    # Reopened and done again: the same op keys are re-run, not duplicated.
+    assert ledger.requeue(jid, reason="file_missing")
+    again = ledger.lease(jid, "w2")
+    walk(again)
+    again.record_effect("FINALIZE", "a" * 64, lambda: {"path": "/store/aa/a.pdf", "created": False})
+    again.complete(stored(ledger.job(jid).url))
+    assert ledger.query("SELECT op_type, owner, runs FROM artifact_ops ORDER BY op_type") == [
+        ("FINALIZE", "w2", 2), ("LINK", "w", 1)]
 
-    def effect():
-        calls.append(1)
-        return {"path": "/store/ab/abc.pdf", "linked": True}
 
-    first = ledger.run_effect(jid, "FINALIZE", "abc", owner="w", token=tok, fn=effect)
-    second = ledger.run_effect(jid, "FINALIZE", "abc", owner="w", token=tok, fn=effect)
-    assert first == second == {"path": "/store/ab/abc.pdf", "linked": True}
-    assert calls == [1]
-    row = ledger.query("SELECT result_code, runs, json_valid(result_json::VARCHAR) FROM artifact_ops")
-    assert row == [("OK", 1, True)]
+def test_group_commit_batches_many_works_into_few_transactions(ledger):
+    """16 threads leasing and completing 64 works: far fewer transactions than writes, every work
+    committed exactly once, and a stale holder in the same batches is refused alone."""
+    import threading
 
+    ledger.plan([work(i, 1) for i in range(64)])
+    jobs = [ledger.jobs_for_work(f"W{i}")[0] for i in range(64)]
+    stale = ledger.lease(jobs[0].job_id, "old", ttl_s=10, now=100.0)
+    tx0 = ledger.stats.transactions
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(16)
 
-def test_abandoned_op_is_marked_and_reexecuted_by_next_owner(ledger):
-    ledger.plan([work(1, 1)])
-    jid = ledger.jobs_for_work("W1")[0].job_id
-    tok = ledger.acquire(jid, "dead", ttl_s=10, now=100.0)
+    def worker(k: int) -> None:
+        barrier.wait()
+        for job in jobs[k::16]:
+            lease = ledger.lease(job.job_id, f"t{k}")
+            assert lease is not None
+            walk(lease)
+            lease.complete(stored(job.url, f"{job.work_id:0>64}"[-64:]))
+        if k == 0:
+            try:
+                stale.complete(stored(jobs[0].url))
+            except LeaseLost as exc:
+                errors.append(exc)
 
-    class Crash(BaseException):
-        pass
-
-    def dies():
-        raise Crash()
-
-    with pytest.raises(Crash):
-        ledger.run_effect(jid, "DEDUPE", "sha", owner="dead", token=tok, fn=dies)
-    assert ledger.abandon_ops(now=105.0) == 0  # lease still live
-    assert ledger.abandon_ops(now=200.0) == 1
-    assert ledger.abandon_ops(now=200.0) == 0
-    tok2 = ledger.acquire(jid, "next", now=200.0)
-    out = ledger.run_effect(jid, "DEDUPE", "sha", owner="next", token=tok2, fn=lambda: {"linked": "again"})
-    assert out == {"linked": "again"}
-    rows = ledger.query("SELECT owner, runs, result_code, result_json::VARCHAR FROM artifact_ops")
-    assert rows == [("next", 2, "OK", json.dumps({"linked": "again"}))]
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(errors) == 1
+    assert ledger.query("SELECT count(*) FROM artifact_jobs WHERE state = 'INDEXED'") == [(64,)]
+    assert ledger.query("SELECT count(*), sum(ref_count) FROM blobs") == [(64, 64)]
+    assert ledger.query("SELECT count(*) FROM http_attempts") == [(128,)]
+    used = ledger.stats.transactions - tx0
+    assert used < 128, used  # 64 leases + 64 completions + 1 refusal, batched
 
 
 def test_dedupe_and_skip_other_candidates(ledger):
     ledger.plan([work(1, 3), work(2, 1)])
     j1 = ledger.jobs_for_work("W1")
-    tok = ledger.acquire(j1[1].job_id, "w")
-    walk(ledger, j1[1].job_id, "w", tok)
-    ledger.complete(j1[1].job_id, owner="w", token=tok, result=stored(j1[1].url, "b" * 64))
+    lease = ledger.lease(j1[1].job_id, "w")
+    walk(lease)
+    lease.complete(stored(j1[1].url, "b" * 64))
     assert [j.state for j in ledger.jobs_for_work("W1")] == ["SKIPPED_DUPLICATE", "INDEXED", "SKIPPED_DUPLICATE"]
     j2 = ledger.jobs_for_work("W2")[0]
-    tok = ledger.acquire(j2.job_id, "w")
-    walk(ledger, j2.job_id, "w", tok)
-    assert ledger.complete(j2.job_id, owner="w", token=tok, result=stored(j2.url, "b" * 64, "deduped")) == "DEDUPED"
+    lease = ledger.lease(j2.job_id, "w")
+    walk(lease)
+    assert lease.complete(stored(j2.url, "b" * 64, "deduped")) == "DEDUPED"
     assert ledger.query("SELECT ref_count FROM blobs") == [(2,)]
     assert ledger.complete_work_ids(["W1", "W2", "W3"]) == {"W1", "W2"}
     # Requeue (file missing): the ref is dropped and the skipped candidates come back.
@@ -330,46 +365,13 @@ def test_lease_queues_stages_and_commits_them_in_one_fenced_write(ledger):
     assert ledger.stats.transactions == tx0 and ledger.job(jid).state == "LEASED"  # queued, not written
     with pytest.raises(IllegalTransition):
         lease.stage(State.HEAD_DONE)  # checked against the table when queued
-    lease.stage(State.STREAMING, commit=True, ttl_s=10, now=150.0)
+    lease.stage(State.STREAMING)
+    lease.renew(ttl_s=10, now=150.0)
     assert ledger.stats.transactions == tx0 + 1
     job = ledger.job(jid)
     assert (job.state, job.etag, job.http_status, job.decision, job.resumed_from) == (
         "STREAMING", '"v1"', 200, "fresh", 0)
     assert job.lease_expires_at == 160.0  # the commit renews the lease
-
-
-def test_lease_records_ride_on_the_next_write_and_a_stale_holder_commits_nothing(ledger):
-    ledger.plan([work(1, 1), work(2, 1)])
-    jid, jid2 = (ledger.jobs_for_work(w)[0].job_id for w in ("W1", "W2"))
-    lease = ledger.lease(jid, "a", ttl_s=10, now=100.0)
-    lease.stage(State.HEAD_DONE)
-    lease.stage(State.RESUME_OK)
-    lease.stage(State.STREAMING, commit=True, ttl_s=10, now=100.0)
-    fin = lease.run_effect("FINALIZE", "a" * 64, lambda: {"path": "/blob", "created": True})
-    assert fin == {"path": "/blob", "created": True}
-    # The effect ran; its record waits for the next write (a crash here leaves the op unfinished).
-    assert ledger.query("SELECT op_type, finished_at IS NULL FROM artifact_ops") == [("FINALIZE", True)]
-    lease.run_effect("LINK", "W1", lambda: {"path": "/w1"})
-    assert ledger.query("SELECT op_type, finished_at IS NULL FROM artifact_ops ORDER BY op_type") == [
-        ("FINALIZE", False), ("LINK", True)]
-    assert lease.complete(stored(ledger.job(jid).url)) == State.INDEXED
-    assert ledger.query("SELECT count(*) FROM artifact_ops WHERE finished_at IS NULL OR result_code <> 'OK'") == [(0,)]
-    assert (ledger.job(jid).state, ledger.job(jid).lease_owner) == ("INDEXED", None)
-
-    # A holder whose lease expired and was taken over: its queued stage, its claim and its queued
-    # record are all refused, and its effect never runs.
-    stale = ledger.lease(jid2, "a", ttl_s=10, now=100.0)
-    stale.stage(State.HEAD_DONE)
-    assert ledger.lease(jid2, "b", ttl_s=10, now=200.0) is not None
-    ran = []
-    with pytest.raises(LeaseLost):
-        stale.run_effect("FINALIZE", "b" * 64, lambda: ran.append(1) or {})
-    with pytest.raises(LeaseLost):
-        stale.stage(State.RESUME_OK, commit=True)
-    with pytest.raises(LeaseLost):
-        stale.complete(stored(ledger.job(jid2).url, "b" * 64))
-    assert ran == [] and ledger.job(jid2).lease_owner == "b" and ledger.job(jid2).state == "LEASED"
-    assert ledger.query("SELECT count(*) FROM artifact_ops WHERE job_id = ?", [jid2]) == [(0,)]
 
 
 def test_lease_failure_keeps_stage_columns_and_counts_attempts(ledger):

@@ -89,12 +89,12 @@ def test_threads_share_the_writer_connection(lsettings):
         def worker(chunk: list[str]) -> None:
             try:
                 for jid in chunk:
-                    tok = led.acquire(jid, f"t{threading.get_ident()}")
-                    assert tok is not None
+                    lease = led.lease(jid, f"t{threading.get_ident()}")
+                    assert lease is not None
                     for st in (State.HEAD_DONE, State.RESUME_OK, State.STREAMING):
-                        led.transition(jid, st, owner=f"t{threading.get_ident()}", token=tok)
-                    led.run_effect(jid, "FINALIZE", jid, owner=f"t{threading.get_ident()}", token=tok,
-                                   fn=lambda: {"ok": True})
+                        lease.stage(st)
+                    lease.record_effect("FINALIZE", jid, lambda: {"ok": True})
+                    lease.flush()
             except BaseException as exc:  # surfaced below
                 errors.append(exc)
 
@@ -116,13 +116,12 @@ def test_snapshot_publishes_on_a_reopened_ledger_and_only_when_written(lsettings
     works = [WorkRecord(f"W{i}", [Candidate(f"http://127.0.0.1:9/{i}.pdf", "x")]) for i in range(4)]
     with Ledger.open_writer(lsettings) as led:
         led.plan(works)
-        led.acquire(led.jobs_for_work("W0")[0].job_id, "gone")  # a lease the next writer voids
+        led.lease(led.jobs_for_work("W0")[0].job_id, "gone")  # a lease the next writer voids
     for round_ in range(2):
         with Ledger.open_writer(lsettings) as led:
             assert led.recovered["released_leases"] == 1  # the previous writer's lease
             jid = led.jobs_for_work(f"W{round_ + 1}")[0].job_id
-            tok = led.acquire(jid, "o")
-            assert tok is not None
+            assert led.lease(jid, "o") is not None
             # Worker threads each leave a cursor behind; none of them may hold the checkpoint back.
             threads = [threading.Thread(target=led.job, args=(jid,)) for _ in range(4)]
             for t in threads:

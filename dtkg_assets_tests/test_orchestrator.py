@@ -161,16 +161,16 @@ def test_stale_worker_cannot_commit_after_takeover(osettings, origin, pdf_bytes)
             Orchestrator(ledger, engine, s, owner="A").process(["W1"], workers=1)))
         worker.start()
         deadline = time.monotonic() + 30
-        while ledger.job(job_id).state != "STREAMING" and time.monotonic() < deadline:
+        while origin.stats("/slow.pdf").body_bytes < 1024 * 1024 and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.5)  # past A's 0.3 s lease, well inside the 4 s stall
-        token_b = ledger.acquire(job_id, "B")
-        assert token_b is not None
+        lease_b = ledger.lease(job_id, "B")
+        assert lease_b is not None
         worker.join(timeout=60)
         assert [(o.status, o.reason) for o in result] == [("deferred", "lease_lost")]
         assert ledger.query("SELECT count(*) FROM artifact_ops WHERE owner = 'A'") == [(0,)]
         assert not list(engine.store.root.glob("??/*.pdf"))  # nothing finalized by the stale worker
-        ledger.release(job_id, "B", token_b)
+        lease_b.release()
         out = Orchestrator(ledger, engine, s, owner="B").process(["W1"], workers=1)
         assert [o.status for o in out] == ["downloaded"]
         assert engine.store.work_path("W1").read_bytes() == body

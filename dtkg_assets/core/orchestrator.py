@@ -10,7 +10,6 @@ without any network. `on_done` is called from worker threads as each work finish
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 import time
 import uuid
@@ -68,18 +67,17 @@ class WorkOutcome:
 
 
 class LedgerHooks:
-    """FetchHooks backed by a ledger `Lease`: stages are fenced state writes, progress renews the lease,
-    effects are exactly-once ops.
+    """FetchHooks backed by a ledger `Lease`: stages are queued fenced state writes, progress renews the
+    lease, effects (all idempotent on disk) run and are recorded with the completion.
 
-    Per artifact this is three write transactions besides acquire and complete: HEAD_DONE and
-    RESUME_OK are queued and committed together with STREAMING (before the first body byte, with a
-    lease renewal), FINALIZE's claim commits nothing else, and LINK's claim carries FINALIZE's
-    record (LINK's own record goes with the completion). See `Lease` for why that is as safe.
+    Per artifact that is two ledger round trips, each batched with the other worker threads': the
+    lease, and the completion (job row, effect records, blob, attempts, skipped candidates). A stream
+    longer than a third of the lease TTL also commits a renewal (with the queued stages).
     """
 
-    def __init__(self, lease: Lease) -> None:
+    def __init__(self, lease: Lease, ttl_s: float) -> None:
         self.lease = lease
-        self.renew_every_s = max(1.0, lease.ledger.settings.ledger.lease_ttl_s / 3)
+        self.renew_every_s = max(1.0, ttl_s / 3)
         self._last_renew = time.monotonic()
 
     def stage(self, stage: Stage, info: dict[str, Any]) -> None:
@@ -92,10 +90,7 @@ class LedgerHooks:
             fields = {"etag": v.get("etag"), "last_modified": v.get("last_modified"), "http_status": v.get("status")}
         elif stage == "RESUME_OK":
             fields = {"decision": info.get("decision"), "resumed_from": info.get("offset")}
-        streaming = target == State.STREAMING
-        self.lease.stage(target, fields, commit=streaming)
-        if streaming:
-            self._last_renew = time.monotonic()
+        self.lease.stage(target, fields)
 
     def progress(self, bytes_on_disk: int) -> None:
         if time.monotonic() - self._last_renew >= self.renew_every_s:
@@ -103,13 +98,13 @@ class LedgerHooks:
             self._last_renew = time.monotonic()
 
     def check_fence(self) -> None:
-        # The engine calls this right before the FINALIZE effect, whose claim checks this same token
-        # in the transaction that claims the op, before the effect runs: a separate check here would
-        # be a read under the write lock that decides nothing more.
-        return None
+        # Right before finalize: a holder whose lease may have run out (a stalled stream) must not put
+        # files in place for a job another worker may now hold. Within the lease, nobody else can
+        # hold it, so this costs no ledger round trip (see `Lease.ensure_live`).
+        self.lease.ensure_live(self.renew_every_s)
 
     def effect(self, effect_type: EffectType, key: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        return self.lease.run_effect(effect_type, key, fn)
+        return self.lease.record_effect(effect_type, key, fn)
 
 
 class Orchestrator:
@@ -123,6 +118,7 @@ class Orchestrator:
         self.owner = owner
         self.run_id = run_id
         self._refresh = False
+        self._jobs: dict[str, list[Job]] = {}
 
     # ---------------------------------------------------------------- planning
 
@@ -155,7 +151,9 @@ class Orchestrator:
         t0 = time.time()
         self.ledger.start_run(run_id, kind="process", owner=self.owner, now=t0)
         ids = list(dict.fromkeys(work_ids))
-        complete = self.ledger.complete_work_ids(ids)
+        # Every work's jobs in one query: nothing below reads the ledger per work on the happy path.
+        self._jobs = self.ledger.jobs_for_works(ids)
+        complete = {w for w, jobs in self._jobs.items() if any(j.complete for j in jobs)}
         outcomes: dict[str, WorkOutcome] = {}
         lock = threading.Lock()
 
@@ -184,7 +182,7 @@ class Orchestrator:
         return [outcomes[w] for w in ids]
 
     def _skipped(self, work_id: str) -> WorkOutcome:
-        done = [j for j in self.ledger.jobs_for_work(work_id) if j.complete]
+        done = [j for j in self._work_jobs(work_id) if j.complete]
         j = done[0] if done else None
         return WorkOutcome(
             work_id, "skipped_complete", "ok", None, j.sha256 if j else None,
@@ -192,8 +190,12 @@ class Orchestrator:
             int(j.bytes or 0) if j else 0, j.job_id if j else None,
         )
 
+    def _work_jobs(self, work_id: str) -> list[Job]:
+        jobs = self._jobs.get(work_id)
+        return self.ledger.jobs_for_work(work_id) if jobs is None else jobs
+
     def process_one(self, work_id: str) -> WorkOutcome:
-        jobs = self.ledger.jobs_for_work(work_id)
+        jobs = self._work_jobs(work_id)
         if not jobs:
             return WorkOutcome(work_id, "failed", Reason.NO_CANDIDATES.value, detail="the work has no candidate URL")
         if any(j.complete for j in jobs):
@@ -235,12 +237,9 @@ class Orchestrator:
         return WorkOutcome(work_id, "failed", Reason.NO_CANDIDATES.value, detail="no candidate could be tried")
 
     def _run_job(self, job: Job, lease: Lease) -> WorkOutcome:
-        hooks = LedgerHooks(lease)
+        hooks = LedgerHooks(lease, self.settings.ledger.lease_ttl_s)
         try:
-            # A refresh wants the new object, not a blob an earlier version left finalized. On a first
-            # attempt no earlier holder can have finalized anything: no need to look.
-            recovered = None if self._refresh or lease.first_attempt else self._recover_finalized(job, hooks)
-            result = recovered or self.engine.fetch(
+            result = self.engine.fetch(
                 job.url, work_id=job.work_id, hooks=hooks, known_sha256=job.sha256, refresh=self._refresh
             )
         except LeaseLost as exc:
@@ -268,45 +267,3 @@ class Orchestrator:
         status = "deferred" if klass == "transient" else "failed"
         return WorkOutcome(job.work_id, status, reason, result, job_id=job.job_id, detail=result.detail)
 
-    def _recover_finalized(self, job: Job, hooks: LedgerHooks) -> FetchResult | None:
-        """A crash after the blob was renamed into place but before the ledger commit: the part is
-        gone, the blob is there. Verify it and finish from disk instead of downloading again."""
-        rows = self.ledger.query(
-            "SELECT effect_key, result_json::VARCHAR FROM artifact_ops WHERE job_id = ? AND op_type = 'FINALIZE' "
-            "ORDER BY started_at DESC",
-            [job.job_id],
-        )
-        for sha, _result in rows:
-            try:
-                blob = self.store.blob_path(sha)
-            except ValueError:
-                continue
-            if not blob.exists() or not self.store.verify(sha):
-                continue
-            t0 = time.perf_counter()
-            hooks.effect("FINALIZE", sha, _const({"path": str(blob), "created": False}))
-            hooks.effect("LINK", f"{job.work_id}:{sha}", _linker(self.store, job.work_id, sha))
-            others = self.ledger.query(
-                "SELECT count(*) FROM artifact_jobs WHERE sha256 = ? AND state IN ('INDEXED','DEDUPED') "
-                "AND work_id <> ?", [sha, job.work_id])[0][0]
-            return FetchResult(
-                status="deduped" if others else "stored", reason="ok", decision="already_complete", url=job.url,
-                # The files' names follow from the work and the hash (a replayed effect's recorded
-                # path may predate a move of the home).
-                work_id=job.work_id, sha256=sha, path=str(self.store.work_path(job.work_id)), blob_path=str(blob),
-                bytes=blob.stat().st_size, decision_reason="finalized_before_crash",
-                elapsed_s=time.perf_counter() - t0, detail=json.dumps({"recovered_from": "FINALIZE op"}),
-            )
-        return None
-
-
-def _const(value: dict[str, Any]) -> Callable[[], dict[str, Any]]:
-    return lambda: value
-
-
-def _linker(store: Store, work_id: str, sha: str) -> Callable[[], dict[str, Any]]:
-    def run() -> dict[str, Any]:
-        link = store.link_work(work_id, sha)
-        return {"path": str(link.path), "mode": link.mode}
-
-    return run

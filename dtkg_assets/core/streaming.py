@@ -181,6 +181,9 @@ class PartState:
     prefix_sha256: str | None = None
     prefix_bytes: int = 0
     updated_at: float = 0.0
+    # Set once the part is complete, before it is renamed into the store: after a crash between that
+    # rename and the ledger commit, the sidecar names the blob the part became (no refetch).
+    sha256: str | None = None
 
     @property
     def strong_etag(self) -> str | None:
@@ -486,6 +489,8 @@ class Engine:
         settings, store = self.settings, self.store
         part, sidecar = store.part_paths(work_id, url)
         dl = _Download(url=url, work_id=work_id, part=part, sidecar=sidecar, hooks=hooks, result=result)
+        if self._finalized_before(dl):
+            return
 
         validators = self._head(dl) if self._wants_head(dl) else None
         dl.validators = validators
@@ -532,15 +537,42 @@ class Engine:
         # Names follow from the hash and the work (a replayed effect's recorded path may predate a
         # move of the home).
         result.blob_path = str(store.blob_path(sha))
-        created = bool(fin["created"])
-        sidecar.unlink(missing_ok=True)
+        self._link(dl, sha, created=bool(fin["created"]))
+
+    def _link(self, dl: _Download, sha: str, *, created: bool) -> None:
+        """The per-work link, then drop the sidecar (until then it names the finalized blob)."""
+        result, work_id = dl.result, dl.work_id
         if work_id is not None:
-            hooks.effect("LINK", f"{work_id}:{sha}", lambda: self._link_effect(work_id, sha))
-            result.path = str(store.work_path(work_id))
+            dl.hooks.effect("LINK", f"{work_id}:{sha}", lambda: self._link_effect(work_id, sha))
+            result.path = str(self.store.work_path(work_id))
         else:
             result.path = result.blob_path
+        dl.sidecar.unlink(missing_ok=True)
         result.status = "stored" if created else "deduped"
         result.reason = "ok"
+
+    def _finalized_before(self, dl: _Download) -> bool:
+        """A crash after the part was renamed into the store but before the ledger commit: the part is
+        gone, its sidecar names the blob. Verify the blob and finish from disk, with no request."""
+        state = PartState.read(dl.sidecar)
+        if state is None or not state.sha256 or dl.part.exists() or state.url != dl.url:
+            return False
+        sha = state.sha256
+        try:
+            blob = self.store.blob_path(sha)
+        except ValueError:
+            return False
+        if not self.store.verify(sha):
+            dl.sidecar.unlink(missing_ok=True)  # the blob is gone or damaged: download again
+            return False
+        result = dl.result
+        result.decision, result.decision_reason = "already_complete", "finalized_before_crash"
+        result.sha256, result.bytes = sha, blob.stat().st_size
+        result.etag, result.last_modified = state.etag, state.last_modified
+        dl.hooks.effect("FINALIZE", sha, lambda: self._finalize_effect(dl.part, sha))
+        result.blob_path = str(blob)
+        self._link(dl, sha, created=True)
+        return True
 
     def _finalize_effect(self, part: Path, sha: str) -> dict[str, Any]:
         fin = self.store.finalize(part, sha)
@@ -831,7 +863,7 @@ class Engine:
         while written < len(chunk):
             written += os.write(fd, view[written:])
 
-    def _checkpoint(self, dl: _Download, sync: bool = True) -> None:
+    def _checkpoint(self, dl: _Download, sync: bool = True, sha256: str | None = None) -> None:
         """Make `dl.pos` bytes durable, then record them in the sidecar (never the other way round)."""
         fsync = self.settings.io.fsync
         if sync and fsync:
@@ -852,6 +884,7 @@ class Engine:
             bytes_on_disk=durable,
             prefix_sha256=dl.prefix_sha256,
             prefix_bytes=dl.prefix_bytes,
+            sha256=sha256,
         ).write(dl.sidecar, fsync=fsync)
         dl.durable = durable
 
@@ -869,7 +902,7 @@ class Engine:
     def _finish_part(self, dl: _Download) -> None:
         """Body complete: cut any preallocation, fsync, and record the final size."""
         os.ftruncate(dl.fd, dl.pos)
-        self._checkpoint(dl)
+        self._checkpoint(dl, sha256=dl.hasher.hexdigest())
         if self.settings.io.fsync:
             t0 = time.perf_counter()
             os.fsync(dl.fd)

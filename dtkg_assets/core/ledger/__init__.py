@@ -13,6 +13,8 @@ from dtkg_assets.core.ledger.db import (
     reason_is_transient,
     stable_hash,
 )
+from dtkg_assets.core.ledger.interface import LeaseGrant, LeaseRequest, LeaseWrite, LedgerBackend, LedgerWriteBackend
+from dtkg_assets.core.ledger.lease import GroupCommit, Lease
 from dtkg_assets.core.ledger.schema import LATEST as SCHEMA_VERSION
 from dtkg_assets.core.ledger.states import COMPLETE, IN_FLIGHT, TRANSITIONS, IllegalTransition, State
 from dtkg_assets.core.ledger.storage import (
@@ -33,7 +35,14 @@ __all__ = [
     "TRANSITIONS",
     "HolderInfo",
     "IllegalTransition",
+    "GroupCommit",
     "Job",
+    "Lease",
+    "LeaseGrant",
+    "LeaseRequest",
+    "LeaseWrite",
+    "LedgerBackend",
+    "LedgerWriteBackend",
     "LeaseLost",
     "Ledger",
     "LedgerBusy",

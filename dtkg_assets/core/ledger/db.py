@@ -13,7 +13,7 @@ See docs/ledger-concurrency.md for the design. In short:
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import dataclasses
 import json
 import os
 import socket
@@ -27,10 +27,27 @@ from typing import Any, TextIO, TypeVar
 
 import duckdb
 
-from dtkg_assets.core import crashpoints
-from dtkg_assets.core.errors import TRANSIENT_REASONS, DtkgError, Reason
+from dtkg_assets.core.errors import Reason
 from dtkg_assets.core.http import host_of
 from dtkg_assets.core.ledger import schema, storage
+from dtkg_assets.core.ledger.interface import (
+    Job,
+    LeaseGrant,
+    LeaseRequest,
+    LeaseWrite,
+    canonical_url,
+    job_id_for,
+    op_key_for,
+    stable_hash,
+)
+from dtkg_assets.core.ledger.lease import (
+    GroupCommit,
+    Lease,
+    LeaseLost,
+    failure_values,
+    reason_is_transient,
+    stale,
+)
 from dtkg_assets.core.ledger.schema import first_row
 from dtkg_assets.core.ledger.states import COMPLETE, IN_FLIGHT, IllegalTransition, State, check_transition
 from dtkg_assets.core.ledger.storage import (
@@ -42,95 +59,17 @@ from dtkg_assets.core.ledger.storage import (
     read_holder,
 )
 from dtkg_assets.core.store import store_relative
-from dtkg_assets.core.types import FetchResult, HttpAttempt, InputProblem, WorkRecord
+from dtkg_assets.core.types import HttpAttempt, InputProblem, WorkRecord
 from dtkg_assets.settings import Settings
 
 T = TypeVar("T")
-
-
-class LeaseLost(DtkgError):
-    """This worker's lease was taken over (stale fencing token) or released: it must not commit."""
-
-    def __init__(self, job_id: str, detail: str) -> None:
-        super().__init__(Reason.LEASE_LOST, f"job {job_id}: {detail}")
-        self.job_id = job_id
-
-
-def stable_hash(obj: Any) -> str:
-    """SHA-256 of canonical JSON (sorted keys, no spaces): deterministic across processes."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def canonical_url(url: str) -> str:
-    """Scheme and host lower-cased, default port and fragment dropped (path and query kept as is)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
-    port = parts.port
-    if port and not ((scheme == "http" and port == 80) or (scheme == "https" and port == 443)):
-        host = f"{host}:{port}"
-    if parts.username:
-        host = f"{parts.username}@{host}"
-    return urlunsplit((scheme, host, parts.path or "/", parts.query, ""))
-
-
-def job_id_for(work_id: str, url: str, artifact: str = "pdf") -> str:
-    return stable_hash({"work_id": work_id, "artifact": artifact, "url": canonical_url(url)})
-
-
-def op_key_for(job_id: str, op_type: str, effect_key: str) -> str:
-    return stable_hash({"job_id": job_id, "op_type": op_type, "key": effect_key})
-
-
-def reason_is_transient(reason: str) -> bool:
-    return reason in {r.value for r in TRANSIENT_REASONS}
-
-
-@dataclass
-class Job:
-    job_id: str
-    idempotency_key: str
-    work_id: str
-    artifact: str
-    url: str
-    host: str | None
-    candidate_rank: int | None
-    candidate_source: str | None
-    state: str
-    lease_owner: str | None
-    lease_expires_at: float | None
-    fencing_token: int
-    attempts: int
-    failure_class: str | None
-    last_error: str | None
-    last_reason: str | None
-    next_eligible_at: float | None
-    sha256: str | None
-    path: str | None
-    bytes: int | None
-    final_url: str | None
-    http_status: int | None
-    decision: str | None
-    resumed_from: int | None
-    elapsed_s: float | None
-    etag: str | None
-    last_modified: str | None
-    result: Any
-    created_at: float | None
-    updated_at: float | None
-    finished_at: float | None
-    reopened_at: float | None
-    run_id: str | None
-
-    @property
-    def complete(self) -> bool:
-        return self.state in COMPLETE
-
-
 _JOB_COLS = ", ".join(f.name for f in fields(Job))
+
+# Re-exported: the ledger package's names for the deterministic keys and the lease error.
+__all__ = ["Job", "LeaseLost", "Ledger", "canonical_url", "job_id_for", "op_key_for", "reason_is_transient",
+           "stable_hash"]
+
+
 
 
 @dataclass
@@ -183,6 +122,7 @@ class Ledger:
         self.stats = LedgerStats()
         self.recovered: dict[str, int] = {}
         self.group_commit = True
+        self.commits = GroupCommit(self)  # the batched lease write path (interface.py)
         self._qlock = threading.Lock()
         self._queue: list[_Ticket] = []
         self._publish_lock = threading.Lock()
@@ -663,128 +603,146 @@ class Ledger:
 
     # ---------------------------------------------------------------- leases and state
 
-    def acquire(self, job_id: str, owner: str, *, ttl_s: float | None = None, run_id: str | None = None,
-                now: float | None = None) -> int | None:
-        """Lease a job; returns the new fencing token, or None if it is not leasable now."""
-        lease = self.lease(job_id, owner, ttl_s=ttl_s, run_id=run_id, now=now)
-        return None if lease is None else lease.token
+    def jobs_for_works(self, work_ids: Sequence[str]) -> dict[str, list[Job]]:
+        """Each work's jobs in candidate order, for a whole batch in one query (not one per work)."""
+        out: dict[str, list[Job]] = {w: [] for w in work_ids}
+        if not work_ids:
+            return out
+        with self._timed():
+            rows = self._cur().execute(
+                f"SELECT {_JOB_COLS} FROM artifact_jobs WHERE work_id IN (SELECT unnest($1)) "
+                "ORDER BY work_id, candidate_rank, job_id", [list(work_ids)],
+            ).fetchall()
+        for r in rows:
+            out[r[2]].append(Job(*r))
+        return out
+
+    # ---------------------------------------------------------------- the lease write path (interface.py)
 
     def lease(self, job_id: str, owner: str, *, ttl_s: float | None = None, run_id: str | None = None,
               now: float | None = None) -> Lease | None:
-        """Lease a job like `acquire`, returning the holder's handle for its fenced writes (`Lease`)."""
-        now = time.time() if now is None else now
+        """Lease a job (batched with other threads' requests); None if it is not leasable now.
+        An explicit `now` (tests of expiry and backoff) commits this request on its own."""
         ttl = self.settings.ledger.lease_ttl_s if ttl_s is None else ttl_s
+        request = LeaseRequest(job_id, owner, run_id, ttl)
+        grant = self.commits.acquire(request) if now is None else self.acquire([request], now=now)[0]
+        return None if grant is None else Lease(self.commits, grant, ttl_s=ttl)
+
+    def acquire(self, requests: Sequence[LeaseRequest], *, now: float) -> list[LeaseGrant | None]:
+        """`LedgerWriteBackend.acquire`: one read of the requested rows, one update of the granted ones."""
         max_attempts = self.settings.ledger.max_attempts
-        def _body(cur: duckdb.DuckDBPyConnection) -> Any:
-            job = _job_lite(cur, job_id)
-            if job is None:
-                raise KeyError(f"no job {job_id}")
-            state = State(job.state)
-            if state == State.PLANNED:
-                pass
-            elif state == State.FAILED:
-                eligible = job.next_eligible_at is None or job.next_eligible_at <= now
-                if job.failure_class != "transient" or not eligible or job.attempts >= max_attempts:
-                    return None
-            elif state in IN_FLIGHT:
-                if job.lease_expires_at is not None and job.lease_expires_at > now:
-                    return None  # someone holds a live lease
-                if job.attempts >= max_attempts:
-                    why = f"lease expired on attempt {job.attempts} (state {job.state})"
-                    self._set_failed(cur, job, Reason.RETRIES_EXHAUSTED.value, why, now, permanent=True)
-                    return None
-            else:
-                return None
-            check_transition(job_id, job.state, State.LEASED)
-            # No RETURNING (it costs DuckDB about as much as the update): under the write lock the
-            # row read above is the row updated, so the new token and attempts are known.
-            cur.execute(
-                """UPDATE artifact_jobs SET state = 'LEASED', lease_owner = ?, lease_expires_at = ?,
-                       fencing_token = fencing_token + 1, attempts = attempts + 1, updated_at = ?,
-                       run_id = coalesce(?, run_id)
-                   WHERE job_id = ?""",
-                [owner, now + ttl, now, run_id, job_id],
-            )
-            return Lease(self, job_id, owner, job.fencing_token + 1, work_id=job.work_id,
-                         run_id=run_id or job.run_id, attempts=job.attempts + 1, reopened_at=job.reopened_at)
-        lease: Lease | None = self._tx(_body)
-        return lease
 
-    def _fenced(self, cur: duckdb.DuckDBPyConnection, job_id: str, owner: str, token: int) -> Job:
-        job = _job_lite(cur, job_id)
-        if job is None:
-            raise KeyError(f"no job {job_id}")
-        if job.fencing_token != token or job.lease_owner != owner:
-            raise LeaseLost(
-                job_id,
-                f"fencing token {token} of {owner} is stale (job holds token {job.fencing_token}, "
-                f"owner {job.lease_owner}, state {job.state})",
-            )
-        return job
+        def _body(cur: duckdb.DuckDBPyConnection) -> list[LeaseGrant | None]:
+            ids = list(dict.fromkeys(r.job_id for r in requests))
+            rows = cur.execute(f"{_LITE_SELECT} WHERE job_id IN (SELECT unnest($1))", [ids]).fetchall()
+            jobs = {str(r[0]): _lite(r) for r in rows}
+            works = list({j.work_id for j in jobs.values()})
+            siblings: dict[str, list[str]] = {}
+            for wid, jid in cur.execute(
+                "SELECT work_id, job_id FROM artifact_jobs WHERE work_id IN (SELECT unnest($1))", [works]
+            ).fetchall():
+                siblings.setdefault(str(wid), []).append(str(jid))
+            grants: list[LeaseGrant | None] = []
+            granted: list[LeaseRequest] = []
+            for req in requests:
+                job = jobs.get(req.job_id)
+                if job is None or any(g.job_id == req.job_id for g in granted):
+                    grants.append(None)
+                    continue
+                state = State(job.state)
+                if state == State.FAILED:
+                    eligible = job.next_eligible_at is None or job.next_eligible_at <= now
+                    if job.failure_class != "transient" or not eligible or job.attempts >= max_attempts:
+                        grants.append(None)
+                        continue
+                elif state in IN_FLIGHT:
+                    if job.lease_expires_at is not None and job.lease_expires_at > now:
+                        grants.append(None)  # someone holds a live lease
+                        continue
+                    if job.attempts >= max_attempts:
+                        why = f"lease expired on attempt {job.attempts} (state {job.state})"
+                        self._set_failed(cur, job, Reason.RETRIES_EXHAUSTED.value, why, now, permanent=True)
+                        grants.append(None)
+                        continue
+                elif state != State.PLANNED:
+                    grants.append(None)
+                    continue
+                check_transition(req.job_id, job.state, State.LEASED)
+                granted.append(req)
+                others = tuple(j for j in siblings.get(job.work_id, []) if j != req.job_id)
+                grants.append(LeaseGrant(req.job_id, job.work_id, req.owner, job.fencing_token + 1, job.attempts + 1,
+                                         job.reopened_at, req.run_id or job.run_id, others))
+            if granted:
+                # No RETURNING (it costs DuckDB about as much as the update): under the write lock the
+                # rows read above are the rows updated, so the new tokens and attempts are known.
+                cur.execute(
+                    """UPDATE artifact_jobs AS j SET state = 'LEASED', lease_owner = v.owner,
+                           lease_expires_at = v.expires, fencing_token = j.fencing_token + 1,
+                           attempts = j.attempts + 1, updated_at = $5, run_id = coalesce(v.run_id, j.run_id)
+                       FROM (SELECT unnest($1) AS job_id, unnest($2) AS owner, unnest($3::DOUBLE[]) AS expires,
+                                    unnest($4::VARCHAR[]) AS run_id) v
+                       WHERE j.job_id = v.job_id""",
+                    [[r.job_id for r in granted], [r.owner for r in granted], [now + r.ttl_s for r in granted],
+                     [r.run_id for r in granted], now],
+                )
+            return grants
 
-    def check_fence(self, job_id: str, owner: str, token: int) -> None:
-        with self._timed(), self._wlock:
-            self._fenced(self._cur(), job_id, owner, token)
+        grants: list[LeaseGrant | None] = self._tx(_body)
+        return grants
 
-    def renew(self, job_id: str, owner: str, token: int, *, ttl_s: float | None = None,
-              now: float | None = None) -> None:
-        now = time.time() if now is None else now
-        ttl = self.settings.ledger.lease_ttl_s if ttl_s is None else ttl_s
-        def _body(cur: duckdb.DuckDBPyConnection) -> Any:
-            self._fenced(cur, job_id, owner, token)
-            cur.execute("UPDATE artifact_jobs SET lease_expires_at = ? WHERE job_id = ?", [now + ttl, job_id])
-        self._tx(_body)
+    def commit(self, writes: Sequence[LeaseWrite], *, now: float) -> list[Exception | None]:
+        """`LedgerWriteBackend.commit`: the writes of many works in one transaction, a few set-based
+        statements per kind of write (not per work)."""
+        errors: list[Exception | None] = self._tx(lambda cur: self._apply_writes(cur, writes, now))
+        return errors
 
-    def release(self, job_id: str, owner: str, token: int, *, now: float | None = None) -> None:
-        """Give an in-flight job back (PLANNED); the token is bumped so the old holder is fenced."""
-        now = time.time() if now is None else now
-        def _body(cur: duckdb.DuckDBPyConnection) -> Any:
-            job = self._fenced(cur, job_id, owner, token)
-            if State(job.state) in IN_FLIGHT:
-                self._set_state(cur, job, State.PLANNED, now, {"lease_owner": None, "lease_expires_at": None},
-                                bump=True)
-        self._tx(_body)
-
-    def transition(self, job_id: str, to: State | str, *, owner: str, token: int,
-                   fields: dict[str, Any] | None = None, now: float | None = None) -> None:
-        """A fenced state write: the table must allow it and the token must be current."""
-        now = time.time() if now is None else now
-        def _body(cur: duckdb.DuckDBPyConnection) -> Any:
-            job = self._fenced(cur, job_id, owner, token)
-            self._set_state(cur, job, State(to), now, fields or {})
-        self._tx(_body)
-
-    def _guarded_update(self, cur: duckdb.DuckDBPyConnection, lease: Lease, to: State,
-                        values: dict[str, Any], *, bump: bool = False) -> None:
-        """Update a leased job's row to `to` only if it still holds the lease's token and owner and the
-        state the lease last committed (the caller checked the path from there against the table)."""
-        cols = {"state": to.value, **values}
-        sets = _assignments(cols) + (", fencing_token = fencing_token + 1" if bump else "")
-        row = first_row(
-            cur, f"UPDATE artifact_jobs SET {sets} WHERE job_id = ? AND fencing_token = ? AND lease_owner = ? "
-            "AND state = ?", [*cols.values(), lease.job_id, lease.token, lease.owner, lease.state.value],
-        )
-        if row is not None and int(row[0]) == 1:
-            return
-        job = _job_lite(cur, lease.job_id)
-        if job is None:
-            raise KeyError(f"no job {lease.job_id}")
-        if job.fencing_token != lease.token or job.lease_owner != lease.owner:
-            raise _stale(lease.job_id, lease.owner, lease.token, job.fencing_token, job.lease_owner, job.state)
-        raise IllegalTransition(lease.job_id, job.state, to)
-
-    def _record_op_error(self, op_key: str, exc: BaseException) -> None:
-        error = json.dumps({"error": f"{type(exc).__name__}: {exc}"})
-
-        def record_error(cur: duckdb.DuckDBPyConnection) -> None:
-            cur.execute("UPDATE artifact_ops SET result_code = 'ERROR', result_json = ? WHERE op_key = ?",
-                        [error, op_key])
-
-        with contextlib.suppress(Exception):
-            self._tx(record_error)
+    def _apply_writes(self, cur: duckdb.DuckDBPyConnection, writes: Sequence[LeaseWrite],
+                      now: float) -> list[Exception | None]:
+        root = self.settings.store_dir
+        # Paths are stored relative to the store root (the home can move).
+        writes = [dataclasses.replace(w, values={**w.values, "path": store_relative(w.values["path"], root)})
+                  if w.completion is not None and w.values.get("path") else w for w in writes]
+        errors: list[Exception | None] = [None] * len(writes)
+        accepted: list[int] = []
+        pending = list(range(len(writes)))
+        while pending:
+            # One statement never carries two writes for one job (a stale and a current holder).
+            seen: set[str] = set()
+            this: list[int] = []
+            later: list[int] = []
+            for i in pending:
+                (later if writes[i].job_id in seen else this).append(i)
+                seen.add(writes[i].job_id)
+            groups: dict[tuple[tuple[str, ...], bool], list[int]] = {}
+            for i in this:
+                groups.setdefault((tuple(sorted(writes[i].values)), writes[i].bump), []).append(i)
+            for (cols, bump), idxs in groups.items():
+                done = _guarded_update_many(cur, [writes[i] for i in idxs], cols, bump)
+                accepted.extend(i for i in idxs if writes[i].job_id in done)
+            pending = later
+        refused = sorted(set(range(len(writes))) - set(accepted))
+        if refused:
+            rows = cur.execute(f"{_LITE_SELECT} WHERE job_id IN (SELECT unnest($1))",
+                               [[writes[i].job_id for i in refused]]).fetchall()
+            held = {str(r[0]): _lite(r) for r in rows}
+            for i in refused:
+                w, job = writes[i], held.get(writes[i].job_id)
+                if job is None:
+                    errors[i] = KeyError(f"no job {w.job_id}")
+                elif job.fencing_token != w.token or job.lease_owner != w.owner:
+                    errors[i] = stale(w.job_id, w.owner, w.token, job.fencing_token, job.lease_owner, job.state)
+                else:
+                    errors[i] = IllegalTransition(w.job_id, job.state, w.to_state)
+        ok = [writes[i] for i in sorted(accepted)]
+        if ok:
+            _record_effects(cur, ok)
+            _record_attempts(cur, ok)
+            _record_completions(cur, [w for w in ok if w.completion is not None], now, root)
+        return errors
 
     def _set_state(self, cur: duckdb.DuckDBPyConnection, job: Job, to: State, now: float,
                    values: dict[str, Any], *, bump: bool = False) -> None:
+        """Maintenance state writes (expiry, requeue, exhausted retries), checked against the table."""
         check_transition(job.job_id, job.state, to)
         cols = {"state": to.value, "updated_at": now, **values}
         sets = ", ".join(f"{k} = ?" for k in cols)
@@ -793,87 +751,11 @@ class Ledger:
         cur.execute(f"UPDATE artifact_jobs SET {sets} WHERE job_id = ?", [*cols.values(), job.job_id])
         job.state = to.value
 
-    def _failure(self, attempts: int, reason: str, detail: str | None, now: float, *,
-                 permanent: bool = False, retry_after: float | None = None) -> tuple[str, dict[str, Any]]:
-        """The class (transient/permanent) and the job columns of a failure on attempt `attempts`."""
-        cfg = self.settings.ledger
-        transient = reason_is_transient(reason) and not permanent
-        if transient and attempts >= cfg.max_attempts:
-            detail = f"{reason}: {detail or ''}".strip().rstrip(":")
-            reason, transient = Reason.RETRIES_EXHAUSTED.value, False
-        next_at = None
-        if transient:
-            backoff = min(cfg.retry_backoff_s * 2 ** max(0, attempts - 1), cfg.retry_backoff_max_s)
-            next_at = now + max(backoff, retry_after or 0.0)
-        klass = "transient" if transient else "permanent"
-        return klass, {"failure_class": klass, "last_reason": reason, "last_error": detail,
-                       "next_eligible_at": next_at, "lease_owner": None, "lease_expires_at": None,
-                       "finished_at": None if transient else now}
-
     def _set_failed(self, cur: duckdb.DuckDBPyConnection, job: Job, reason: str, detail: str | None,
-                    now: float, *, permanent: bool = False, retry_after: float | None = None) -> str:
-        klass, values = self._failure(job.attempts, reason, detail, now, permanent=permanent, retry_after=retry_after)
+                    now: float, *, permanent: bool = False) -> str:
+        klass, values = failure_values(self.settings.ledger, job.attempts, reason, detail, now, permanent=permanent)
         self._set_state(cur, job, State.FAILED, now, values, bump=True)
         return klass
-
-    def fail(self, job_id: str, *, owner: str, token: int, reason: str, detail: str | None = None,
-             result: FetchResult | None = None, retry_after: float | None = None, now: float | None = None) -> str:
-        """FAILED with class transient (backoff, retried later) or permanent. Returns the class."""
-        now = time.time() if now is None else now
-        def _body(cur: duckdb.DuckDBPyConnection) -> Any:
-            job = self._fenced(cur, job_id, owner, token)
-            if result is not None:
-                cur.execute(
-                    "UPDATE artifact_jobs SET http_status = ?, final_url = ?, elapsed_s = ?, result = ? "
-                    "WHERE job_id = ?",
-                    [result.http_status, result.final_url, result.elapsed_s, json.dumps(result.to_json()), job_id],
-                )
-                self._insert_attempts(cur, job_id, job.run_id, result.http_attempts)
-            return self._set_failed(cur, job, reason, detail, now, retry_after=retry_after)
-        return self._tx(_body)
-
-    def complete(self, job_id: str, *, owner: str, token: int, result: FetchResult,
-                 now: float | None = None) -> State:
-        """Record a stored (FINALIZED → INDEXED) or deduped (→ DEDUPED) artifact, its blob and attempts,
-        and mark the work's other untried candidates SKIPPED_DUPLICATE — all in one transaction."""
-        now = time.time() if now is None else now
-        final, values = _completion(result, now, self.settings.store_dir)
-        def _body(cur: duckdb.DuckDBPyConnection) -> Any:
-            job = self._fenced(cur, job_id, owner, token)
-            _check_chain(job_id, job.state, _completion_path(final))
-            cur.execute(f"UPDATE artifact_jobs SET {_assignments(values)}, fencing_token = fencing_token + 1 "
-                        "WHERE job_id = ?", [*values.values(), job_id])
-            self._record_completion(cur, job_id, job.work_id, job.run_id, result, now)
-            return final
-
-        final_state: State = self._tx(_body)
-        return final_state
-
-    def _record_completion(self, cur: duckdb.DuckDBPyConnection, job_id: str, work_id: str, run_id: str | None,
-                           result: FetchResult, now: float) -> None:
-        """The rows a finished artifact adds besides its job row: blob reference, version, attempts,
-        and the work's untried candidates marked SKIPPED_DUPLICATE."""
-        assert result.sha256 is not None
-        blob_path = store_relative(result.blob_path or result.path, self.settings.store_dir)
-        # Look up, then a plain INSERT or UPDATE: INSERT … ON CONFLICT costs DuckDB twice as much.
-        if first_row(cur, "SELECT 1 FROM blobs WHERE sha256 = ?", [result.sha256]) is None:
-            cur.execute("INSERT INTO blobs VALUES (?, ?, ?, 1, ?, ?)",
-                        [result.sha256, blob_path, result.bytes, now, now])
-        else:
-            cur.execute("UPDATE blobs SET ref_count = ref_count + 1, verified_at = ? WHERE sha256 = ?",
-                        [now, result.sha256])
-        cur.execute(
-            "INSERT INTO work_versions VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [work_id, result.final_url or result.url, result.sha256, result.etag, result.last_modified,
-             result.bytes, now],
-        )
-        self._insert_attempts(cur, job_id, run_id, result.http_attempts)
-        cur.execute(
-            """UPDATE artifact_jobs SET state = 'SKIPPED_DUPLICATE', updated_at = ?, next_eligible_at = NULL
-               WHERE work_id = ? AND job_id <> ?
-                 AND (state = 'PLANNED' OR (state = 'FAILED' AND failure_class = 'transient'))""",
-            [now, work_id, job_id],
-        )
 
     def requeue(self, job_id: str, *, reason: str, detail: str = "", now: float | None = None) -> bool:
         """Explicit reopen of a finished or failed job (missing/corrupt file, changed object, operator)."""
@@ -938,47 +820,6 @@ class Ledger:
         return self._expire_in_flight("lease_owner = ? OR run_id = ?", [owner, run_id], now, "lease released")
 
     # ---------------------------------------------------------------- exactly-once effects
-
-    def run_effect(self, job_id: str, op_type: str, key: str, *, owner: str, token: int,
-                   fn: Callable[[], dict[str, Any]], now: float | None = None) -> dict[str, Any]:
-        """Claim the op row (fenced), run `fn` unless a finished row exists (replay), record the result.
-
-        An unfinished row means an earlier holder died mid-effect (its lease is gone, or we could not
-        hold the fence): the effect is re-executed, which is safe because effects on disk are idempotent.
-        """
-        op_key = op_key_for(job_id, op_type, key)
-        now = time.time() if now is None else now
-
-        def claim(cur: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:
-            job = self._fenced(cur, job_id, owner, token)
-            row = first_row(cur, "SELECT finished_at, result_json::VARCHAR FROM artifact_ops WHERE op_key = ?",
-                            [op_key])
-            # Replay a finished effect, unless the job was reopened since (file lost: do it again).
-            if row is not None and row[0] is not None and (job.reopened_at is None or row[0] > job.reopened_at):
-                return dict(json.loads(row[1]))
-            _claim_op(cur, op_key, job_id, op_type, key, owner, token, now, exists=row is not None)
-            return None
-
-        replay: dict[str, Any] | None = self._tx(claim)
-        if replay is not None:
-            return replay
-        try:
-            result = fn()
-        except BaseException as exc:
-            self._record_op_error(op_key, exc)
-            raise
-        crashpoints.crash_point(f"effect_done:{op_type}")
-        text = json.dumps(result, default=str)
-
-        def record(cur: duckdb.DuckDBPyConnection) -> None:
-            self._fenced(cur, job_id, owner, token)
-            cur.execute(
-                "UPDATE artifact_ops SET finished_at = ?, result_code = 'OK', result_json = ? WHERE op_key = ?",
-                [time.time(), text, op_key],
-            )
-
-        self._tx(record)
-        return dict(json.loads(text))
 
     def abandon_ops(self, *, now: float | None = None) -> int:
         """Ops started but not finished whose job is no longer leased by the op's owner/token."""
@@ -1077,15 +918,12 @@ def _job(cur: duckdb.DuckDBPyConnection, job_id: str) -> Job | None:
 # placeholders included: select only these, fill the rest of the Job in Python.
 _LITE = ("job_id", "work_id", "state", "lease_owner", "lease_expires_at", "fencing_token", "attempts",
          "failure_class", "next_eligible_at", "reopened_at", "run_id", "sha256")
-_LITE_SQL = f"SELECT {', '.join(_LITE)} FROM artifact_jobs WHERE job_id = ?"
+_LITE_SELECT = f"SELECT {', '.join(_LITE)} FROM artifact_jobs"
+_LITE_SQL = f"{_LITE_SELECT} WHERE job_id = ?"
 _NOT_LITE: dict[str, Any] = {f.name: None for f in fields(Job) if f.name not in _LITE}
 
 
-def _job_lite(cur: duckdb.DuckDBPyConnection, job_id: str) -> Job | None:
-    """The job's lease/state columns only (others None): for fenced writes and lease decisions."""
-    row = first_row(cur, _LITE_SQL, [job_id])
-    if row is None:
-        return None
+def _lite(row: Sequence[Any]) -> Job:
     values: dict[str, Any] = dict(zip(_LITE, row, strict=True))
     job = Job(**values, **_NOT_LITE)
     job.fencing_token = int(job.fencing_token)
@@ -1093,245 +931,112 @@ def _job_lite(cur: duckdb.DuckDBPyConnection, job_id: str) -> Job | None:
     return job
 
 
+def _job_lite(cur: duckdb.DuckDBPyConnection, job_id: str) -> Job | None:
+    """The job's lease/state columns only (others None): for lease decisions."""
+    row = first_row(cur, _LITE_SQL, [job_id])
+    return None if row is None else _lite(row)
+
+
 def _assignments(values: dict[str, Any]) -> str:
     return ", ".join(f"{k} = ?" for k in values)
 
 
-def _check_chain(job_id: str, start: str, path: Sequence[State]) -> None:
-    """Each step of `start → path[0] → path[1] …` must be in the transition table."""
-    at = start
-    for to in path:
-        check_transition(job_id, at, to)
-        at = to
+_JOB_TYPES: dict[str, str] = {name: kind.split()[0] for name, kind in schema.TABLES["artifact_jobs"]}
 
 
-def _completion_path(final: State) -> tuple[State, ...]:
-    return (State.FINALIZED, State.INDEXED) if final == State.INDEXED else (State.DEDUPED,)
+def _guarded_update_many(cur: duckdb.DuckDBPyConnection, writes: Sequence[LeaseWrite], cols: tuple[str, ...],
+                         bump: bool) -> set[str]:
+    """Move each job from its write's `from_state` to `to_state` with its values, only where the row
+    still holds the write's token and owner and that state; returns the job ids updated."""
+    params: list[Any] = [[w.job_id for w in writes], [w.token for w in writes], [w.owner for w in writes],
+                         [w.from_state.value for w in writes], [w.to_state.value for w in writes]]
+    selects = ["unnest($1) AS job_id", "unnest($2::BIGINT[]) AS token", "unnest($3) AS owner",
+               "unnest($4) AS from_state", "unnest($5) AS to_state"]
+    sets = ["state = v.to_state"]
+    for n, col in enumerate(cols, start=6):
+        kind = _JOB_TYPES[col]
+        params.append([w.values[col] for w in writes])
+        selects.append(f"unnest(${n}::{'VARCHAR' if kind == 'JSON' else kind}[]) AS c{n}")
+        sets.append(f"{col} = v.c{n}")
+    if bump:
+        sets.append("fencing_token = j.fencing_token + 1")
+    rows = cur.execute(
+        f"UPDATE artifact_jobs AS j SET {', '.join(sets)} FROM (SELECT {', '.join(selects)}) v "
+        "WHERE j.job_id = v.job_id AND j.fencing_token = v.token AND j.lease_owner = v.owner "
+        "AND j.state = v.from_state RETURNING j.job_id",
+        params,
+    ).fetchall()
+    return {str(r[0]) for r in rows}
 
 
-def _completion(result: FetchResult, now: float, store_root: Path) -> tuple[State, dict[str, Any]]:
-    """The final state of a successful result and every job column it sets (lease released); the
-    path is stored relative to the store root."""
-    if not result.ok or not result.sha256:
-        raise ValueError(f"complete() needs a successful result with a sha256, got {result.status}")
-    final = State.INDEXED if result.status == "stored" else State.DEDUPED
-    return final, {
-        "state": final.value, "updated_at": now,
-        "sha256": result.sha256, "path": store_relative(result.path, store_root), "bytes": result.bytes,
-        "final_url": result.final_url,
-        "http_status": result.http_status, "decision": result.decision, "resumed_from": result.resumed_from,
-        "elapsed_s": result.elapsed_s, "etag": result.etag, "last_modified": result.last_modified,
-        "result": json.dumps(result.to_json()), "failure_class": None, "last_reason": "ok",
-        "last_error": None, "next_eligible_at": None,
-        "lease_owner": None, "lease_expires_at": None, "finished_at": now,
-    }
-
-
-class Lease:
-    """One holder's lease on one job (owner + fencing token): its fenced writes, in fewer transactions.
-
-    The same writes as `Ledger.transition/run_effect/complete/fail`, with the same checks, but a
-    write that need not be durable on its own is queued and committed in the transaction of the
-    next write that must be:
-
-    - stage transitions (HEAD_DONE, RESUME_OK): each is checked against the transition table when
-      queued, and the job row moves once, to the last stage, when a stage is committed (STREAMING,
-      right before the first body byte) or with the next effect claim, completion or failure. The
-      update is guarded by the state the ledger holds and by the fencing token, so it is enforced
-      against the row exactly like a read-check-write. A crash before then leaves the job LEASED,
-      from which recovery (expiry, release) is as legal as from any in-flight state.
-    - the record of a finished effect (finished_at, result): committed with the next effect's claim
-      or with the completion. A crash before then leaves the op unfinished, as a crash between an
-      effect and its own record transaction always did: the next holder finds it and runs the effect
-      again (effects are idempotent on disk). A lost fence refuses the whole transaction, record
-      included, as the separately fenced record was refused.
-
-    Every transaction checks the token (in the guarded update or the op claim), so a holder whose
-    lease was taken over commits nothing. A `Lease` belongs to one worker thread.
-    """
-
-    def __init__(self, ledger: Ledger, job_id: str, owner: str, token: int, *, work_id: str,
-                 run_id: str | None, attempts: int, reopened_at: float | None,
-                 state: State = State.LEASED) -> None:
-        self.ledger, self.job_id, self.owner, self.token = ledger, job_id, owner, token
-        self.work_id, self.run_id, self.attempts, self.reopened_at = work_id, run_id, attempts, reopened_at
-        self.state = state  # as committed in the ledger
-        self.target = state  # after the queued transitions
-        self._fields: dict[str, Any] = {}
-        self._records: list[tuple[str, float, str]] = []  # (op_key, finished_at, result_json)
-        self.last_reason: str | None = None  # the reason `fail` recorded (retries_exhausted may replace it)
-
-    @property
-    def first_attempt(self) -> bool:
-        """No holder before this one (never leased, never reopened): no op of this job can exist."""
-        return self.attempts <= 1 and self.reopened_at is None
-
-    # ---------------------------------------------------------------- queued writes
-
-    def stage(self, to: State | str, fields: dict[str, Any] | None = None, *, commit: bool = False,
-              ttl_s: float | None = None, now: float | None = None) -> None:
-        """Move to an in-flight stage (checked now); `commit=True` commits it and every queued write,
-        and renews the lease."""
-        to = State(to)
-        check_transition(self.job_id, self.target, to)
-        self.target = to
-        self._fields.update(fields or {})
-        if commit:
-            self.renew(ttl_s=ttl_s, now=now)
-
-    def _apply_queued(self, cur: duckdb.DuckDBPyConnection, now: float, extra: dict[str, Any] | None = None,
-                      *, always: bool = False) -> None:
-        """Inside a transaction: the queued op records, then one guarded update of the job row to the
-        queued stage (with `extra` columns). Mutates nothing on `self`: `_applied` does, after the commit
-        (a failed group-commit batch re-runs this body)."""
-        self._write_records(cur)
-        values = {**self._fields, **(extra or {})}
-        if self.target != self.state or values or always:
-            self.ledger._guarded_update(cur, self, self.target, {"updated_at": now, **values})
-
-    def _write_records(self, cur: duckdb.DuckDBPyConnection) -> None:
-        for op_key, finished_at, text in self._records:
-            cur.execute("UPDATE artifact_ops SET finished_at = ?, result_code = 'OK', result_json = ? "
-                        "WHERE op_key = ?", [finished_at, text, op_key])
-
-    def _applied(self) -> None:
-        self.state = self.target
-        self._fields.clear()
-        self._records.clear()
-
-    def renew(self, *, ttl_s: float | None = None, now: float | None = None) -> None:
-        """Extend the lease (committing queued writes with it); raises LeaseLost if it was taken over."""
-        now = time.time() if now is None else now
-        ttl = self.ledger.settings.ledger.lease_ttl_s if ttl_s is None else ttl_s
-        self.ledger._tx(lambda cur: self._apply_queued(cur, now, {"lease_expires_at": now + ttl}))
-        self._applied()
-
-    def flush(self, *, now: float | None = None) -> None:
-        """Commit the queued writes now (fenced even when nothing is queued)."""
-        now = time.time() if now is None else now
-        self.ledger._tx(lambda cur: self._apply_queued(cur, now, always=True))
-        self._applied()
-
-    # ---------------------------------------------------------------- effects
-
-    def run_effect(self, op_type: str, key: str, fn: Callable[[], dict[str, Any]],
-                   *, now: float | None = None) -> dict[str, Any]:
-        """`Ledger.run_effect` for this lease: the claim commits the queued writes; the record is queued."""
-        op_key = op_key_for(self.job_id, op_type, key)
-        now = time.time() if now is None else now
-
-        def claim(cur: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:
-            self._apply_queued(cur, now)
-            # The fence and the op row in one statement.
-            row = first_row(
-                cur,
-                "SELECT j.fencing_token, j.lease_owner, j.state, o.finished_at, o.result_json::VARCHAR "
-                "FROM artifact_jobs j LEFT JOIN artifact_ops o ON o.op_key = ? WHERE j.job_id = ?",
-                [op_key, self.job_id],
-            )
-            if row is None:
-                raise KeyError(f"no job {self.job_id}")
-            if int(row[0]) != self.token or row[1] != self.owner:
-                raise _stale(self.job_id, self.owner, self.token, int(row[0]), row[1], row[2])
-            finished_at, text = row[3], row[4]
-            # Replay a finished effect, unless the job was reopened since (file lost: do it again).
-            # The reopen time read at acquire still holds: a requeue bumps the token.
-            if finished_at is not None and (self.reopened_at is None or finished_at > self.reopened_at):
-                return dict(json.loads(text))
-            _claim_op(cur, op_key, self.job_id, op_type, key, self.owner, self.token, now, exists=text is not None)
-            return None
-
-        replay: dict[str, Any] | None = self.ledger._tx(claim)
-        self._applied()
-        if replay is not None:
-            return replay
-        try:
-            result = fn()
-        except BaseException as exc:
-            self.ledger._record_op_error(op_key, exc)
-            raise
-        crashpoints.crash_point(f"effect_done:{op_type}")
-        text = json.dumps(result, default=str)
-        self._records.append((op_key, time.time(), text))
-        return dict(json.loads(text))
-
-    # ---------------------------------------------------------------- endings
-
-    def complete(self, result: FetchResult, *, now: float | None = None) -> State:
-        """`Ledger.complete` for this lease, with the queued writes, in one transaction."""
-        now = time.time() if now is None else now
-        final, values = _completion(result, now, self.ledger.settings.store_dir)
-        _check_chain(self.job_id, self.target, _completion_path(final))
-
-        def body(cur: duckdb.DuckDBPyConnection) -> None:
-            self._write_records(cur)
-            self.ledger._guarded_update(cur, self, final, values, bump=True)
-            self.ledger._record_completion(cur, self.job_id, self.work_id, self.run_id, result, now)
-
-        self.ledger._tx(body)
-        self._applied()
-        self.state = self.target = final
-        return final
-
-    def fail(self, *, reason: str, detail: str | None = None, result: FetchResult | None = None,
-             retry_after: float | None = None, now: float | None = None) -> str:
-        """`Ledger.fail` for this lease (the queued stage columns are kept). Returns the class."""
-        now = time.time() if now is None else now
-        check_transition(self.job_id, self.target, State.FAILED)
-        klass, values = self.ledger._failure(self.attempts, reason, detail, now, retry_after=retry_after)
-        if result is not None:
-            values = {"http_status": result.http_status, "final_url": result.final_url,
-                      "elapsed_s": result.elapsed_s, "result": json.dumps(result.to_json()), **values}
-
-        def body(cur: duckdb.DuckDBPyConnection) -> None:
-            self._write_records(cur)
-            self.ledger._guarded_update(cur, self, State.FAILED, {**self._fields, "updated_at": now, **values},
-                                        bump=True)
-            if result is not None:
-                self.ledger._insert_attempts(cur, self.job_id, self.run_id, result.http_attempts)
-
-        self.ledger._tx(body)
-        self._applied()
-        self.state = self.target = State.FAILED
-        self.last_reason = values["last_reason"]
-        return klass
-
-    def release(self, *, now: float | None = None) -> None:
-        """Give the job back (PLANNED, token bumped), committing the queued op records first."""
-        now = time.time() if now is None else now
-        check_transition(self.job_id, self.target, State.PLANNED)
-
-        def body(cur: duckdb.DuckDBPyConnection) -> None:
-            self._write_records(cur)
-            self.ledger._guarded_update(cur, self, State.PLANNED, {"updated_at": now, "lease_owner": None,
-                                                                   "lease_expires_at": None}, bump=True)
-
-        self.ledger._tx(body)
-        self._applied()
-        self.state = self.target = State.PLANNED
-
-
-def _stale(job_id: str, owner: str, token: int, held_token: int, held_owner: str | None, state: str) -> LeaseLost:
-    return LeaseLost(
-        job_id,
-        f"fencing token {token} of {owner} is stale (job holds token {held_token}, owner {held_owner}, state {state})",
+def _record_effects(cur: duckdb.DuckDBPyConnection, writes: Sequence[LeaseWrite]) -> None:
+    """Finished effect records: new op rows, or a re-run of an op an earlier holder recorded."""
+    recs = [(w, e) for w in writes for e in w.effects]
+    if not recs:
+        return
+    cur.execute(
+        """INSERT INTO artifact_ops (op_key, job_id, op_type, effect_key, started_at, finished_at, owner,
+               fencing_token, runs, result_code, result_json)
+           SELECT unnest($1), unnest($2), unnest($3), unnest($4), unnest($5::DOUBLE[]), unnest($6::DOUBLE[]),
+                  unnest($7), unnest($8::BIGINT[]), 1, 'OK', unnest($9)::JSON
+           ON CONFLICT (op_key) DO UPDATE SET started_at = excluded.started_at, finished_at = excluded.finished_at,
+               owner = excluded.owner, fencing_token = excluded.fencing_token, runs = artifact_ops.runs + 1,
+               result_code = 'OK', result_json = excluded.result_json""",
+        [[e.op_key for _, e in recs], [w.job_id for w, _ in recs], [e.op_type for _, e in recs],
+         [e.key for _, e in recs], [e.started_at for _, e in recs], [e.finished_at for _, e in recs],
+         [w.owner for w, _ in recs], [w.token for w, _ in recs], [e.result_json for _, e in recs]],
     )
 
 
-def _claim_op(cur: duckdb.DuckDBPyConnection, op_key: str, job_id: str, op_type: str, key: str, owner: str,
-              token: int, now: float, *, exists: bool) -> None:
-    """Claim an op row: a new row, or a re-run of an unfinished (or reopened) one."""
-    if not exists:
+def _record_attempts(cur: duckdb.DuckDBPyConnection, writes: Sequence[LeaseWrite]) -> None:
+    rows = [(w, a) for w in writes for a in w.attempts]
+    if not rows:
+        return
+    cur.execute(
+        "INSERT INTO http_attempts (job_id, run_id, method, url, host, status, bytes, elapsed_s, error, started_at) "
+        "SELECT unnest($1), unnest($2::VARCHAR[]), unnest($3), unnest($4), unnest($5::VARCHAR[]), "
+        "unnest($6::INTEGER[]), unnest($7::BIGINT[]), unnest($8::DOUBLE[]), unnest($9::VARCHAR[]), "
+        "unnest($10::DOUBLE[])",
+        [[w.job_id for w, _ in rows], [w.run_id for w, _ in rows], [a.method for _, a in rows],
+         [a.url for _, a in rows], [a.host for _, a in rows], [a.status for _, a in rows],
+         [a.bytes for _, a in rows], [a.elapsed_s for _, a in rows], [a.error for _, a in rows],
+         [a.started_at for _, a in rows]],
+    )
+
+
+def _record_completions(cur: duckdb.DuckDBPyConnection, writes: Sequence[LeaseWrite], now: float,
+                        store_root: Path) -> None:
+    """Blob references, work versions and the works' other candidates, for every completion at once."""
+    if not writes:
+        return
+    blobs: dict[str, list[Any]] = {}
+    for w in writes:
+        r = w.completion
+        assert r is not None and r.sha256 is not None
+        entry = blobs.setdefault(r.sha256, [store_relative(r.blob_path or r.path, store_root), r.bytes, 0])
+        entry[2] += 1
+    cur.execute(
+        """INSERT INTO blobs SELECT unnest($1), unnest($2), unnest($3::BIGINT[]), unnest($4::INTEGER[]), $5, $5
+           ON CONFLICT (sha256) DO UPDATE SET ref_count = blobs.ref_count + excluded.ref_count,
+               verified_at = excluded.verified_at""",
+        [list(blobs), [b[0] for b in blobs.values()], [b[1] for b in blobs.values()],
+         [b[2] for b in blobs.values()], now],
+    )
+    results = [w.completion for w in writes if w.completion is not None]
+    cur.execute(
+        "INSERT INTO work_versions SELECT unnest($1), unnest($2), unnest($3), unnest($4::VARCHAR[]), "
+        "unnest($5::VARCHAR[]), unnest($6::BIGINT[]), $7",
+        [[w.work_id for w in writes], [r.final_url or r.url for r in results], [r.sha256 for r in results],
+         [r.etag for r in results], [r.last_modified for r in results], [r.bytes for r in results], now],
+    )
+    others = [j for w in writes for j in w.other_jobs]
+    if others:
+        # By job id (the lease named the work's other candidates): no scan of the jobs by work.
         cur.execute(
-            "INSERT INTO artifact_ops (op_key, job_id, op_type, effect_key, started_at, owner, fencing_token, "
-            "result_code, result_json) VALUES (?, ?, ?, ?, ?, ?, ?, 'STARTED', '{}')",
-            [op_key, job_id, op_type, key, now, owner, token],
-        )
-    else:
-        cur.execute(
-            "UPDATE artifact_ops SET started_at = ?, finished_at = NULL, owner = ?, fencing_token = ?, "
-            "runs = runs + 1, result_code = 'RERUN' WHERE op_key = ?",
-            [now, owner, token, op_key],
+            """UPDATE artifact_jobs SET state = 'SKIPPED_DUPLICATE', updated_at = $2, next_eligible_at = NULL
+               WHERE job_id IN (SELECT unnest($1))
+                 AND (state = 'PLANNED' OR (state = 'FAILED' AND failure_class = 'transient'))""",
+            [others, now],
         )
 
 
