@@ -140,6 +140,8 @@ class Ledger:
     @classmethod
     def try_open_writer(cls, settings: Settings, *, owner: str | None = None) -> Ledger | None:
         """Open for writing if nobody holds the writer lock right now, else None (sensors skip)."""
+        if settings.ledger_is_postgres:  # many writers: there is no lock to wait for
+            return _postgres(settings, owner=owner)
         owner = owner or default_owner()
         lock = FileLock.try_take(lock_path(settings), exclusive=True, owner=owner)
         return None if lock is None else cls._open_locked(settings, lock, owner)
@@ -154,6 +156,8 @@ class Ledger:
         notify: Callable[[str], None] | None = None,
     ) -> Ledger:
         """Take the single-writer lock (waiting up to `wait_s` with one message), then open read-write."""
+        if settings.ledger_is_postgres:  # many writers: there is no lock to wait for
+            return _postgres(settings, owner=owner)
         owner = owner or default_owner()
         wait_s = settings.ledger.writer_wait_s if wait_s is None else wait_s
         path = lock_path(settings)
@@ -189,8 +193,6 @@ class Ledger:
             if not path.exists() and settings.snapshot_path.exists():
                 # Never start an empty ledger over a home that has data: repair restores it.
                 raise LedgerCorrupt(path, f"the file is missing although {settings.snapshot_path.name} exists")
-            if path.exists() and (problem := storage.header_problem(path)) is not None:
-                raise LedgerCorrupt(path, problem)  # before DuckDB writes anything into it
             fresh = storage.snapshot_is_current(settings)  # judged before DuckDB touches the file
             path.parent.mkdir(parents=True, exist_ok=True)
             con = duckdb.connect(str(path))
@@ -230,6 +232,8 @@ class Ledger:
         a shared lock; fails with `LedgerBusy` while a writer holds it (writers then wait for this
         reader to close).
         """
+        if settings.ledger_is_postgres:
+            return _postgres(settings, owner=None, reader=True)
         if live:
             path = lock_path(settings)
             lock = FileLock.try_take(path, exclusive=False, owner="reader")
@@ -1038,6 +1042,16 @@ def _record_completions(cur: duckdb.DuckDBPyConnection, writes: Sequence[LeaseWr
                  AND (state = 'PLANNED' OR (state = 'FAILED' AND failure_class = 'transient'))""",
             [others, now],
         )
+
+
+def _postgres(settings: Settings, *, owner: str | None, reader: bool = False) -> Ledger:
+    """The PostgreSQL ledger (DTKG_LEDGER_URL), which answers every `Ledger` call the product makes."""
+    from typing import cast
+
+    from dtkg_assets.core.ledger.pg import PgLedger
+
+    handle = PgLedger.open_reader(settings) if reader else PgLedger.open_writer(settings, owner=owner)
+    return cast(Ledger, handle)
 
 
 def default_owner() -> str:
