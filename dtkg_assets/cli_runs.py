@@ -188,7 +188,8 @@ def _compare_expected(settings: Settings, corpus: Any) -> list[str]:
     with reader(settings, "demo") as led:
         rows = led.query(
             "SELECT work_id, bool_or(state IN ('INDEXED', 'DEDUPED')), "
-            "arg_max(last_reason, candidate_rank) FROM artifact_jobs GROUP BY work_id"
+            # (array_agg … ORDER BY)[1] is arg_max in SQL both ledger backends (DuckDB, PostgreSQL) speak.
+            "(array_agg(last_reason ORDER BY candidate_rank DESC))[1] FROM artifact_jobs GROUP BY work_id"
         )
         problems = {str(r[0]): str(r[1]) for r in led.query("SELECT work_id, reason FROM input_problems")}
     state = {str(r[0]): (bool(r[1]), r[2]) for r in rows}

@@ -6,9 +6,12 @@ and the loopback test origin.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -16,7 +19,7 @@ import pytest
 import yaml
 
 from dtkg_assets.defs.instance import instance_yaml, pool_limit
-from dtkg_assets.origin import OriginServer
+from dtkg_assets.origin import FaultMode, OriginServer
 from dtkg_assets.settings import Settings
 from dtkg_assets_tests.conftest import loopback_env, pdf_bytes
 
@@ -187,6 +190,156 @@ def test_unreachable_shared_state_is_a_reasoned_transient_failure() -> None:
         FleetState("postgresql://nobody:secret@127.0.0.1:1/none?connect_timeout=1")
     assert info.value.reason == Reason.COORDINATION_UNAVAILABLE and info.value.transient
     assert "secret" not in str(info.value)
+
+
+# ---- many workers on one PostgreSQL ledger ---------------------------------------------------
+
+
+def fleet_env(home: Path, ledger_url: str, dagster_url: str, store: Path, **extra: str) -> dict[str, str]:
+    """A worker: its own DTKG_HOME; the fleet's ledger, Dagster storage and store."""
+    return loopback_env(home, DTKG_LEDGER_URL=ledger_url, DAGSTER_PG_URL=dagster_url, DTKG_STORE_DIR=str(store),
+                        **extra)
+
+
+def ledger_rows(url: str, sql: str, params: list | None = None) -> list[tuple]:
+    with psycopg.connect(url, options="-c search_path=dtkg") as con:
+        return con.execute(sql, params).fetchall()
+
+
+def test_two_workers_backfill_overlapping_works_once_each_and_politely(
+    tmp_path: Path, origin: OriginServer, pg_cluster
+) -> None:
+    """Two `dtkg backfill` processes (own homes; one ledger, one Dagster instance, one store) over
+    overlapping works at the same time: every body is fetched once, one blob per content, no lost or
+    duplicated ledger rows, and together they keep the host's request spacing (server-side times)."""
+    ledger_url, dagster_url = pg_cluster.create_database("fleet_ledger"), pg_cluster.create_database("fleet_dagster")
+    store = tmp_path / "shared-store"
+    bodies = {f"W{100 + i}": pdf_bytes(30_000 + 97 * i, seed=i) for i in range(30)}
+    bodies["W128"], bodies["W129"] = bodies["W100"], bodies["W101"]  # same bytes as others: dedupe
+    urls = {wid: [origin.add(f"/{wid}.pdf", body)] for wid, body in bodies.items()}
+    ids = list(urls)
+    interval = 0.1
+    envs = [fleet_env(tmp_path / f"home-{w}", ledger_url, dagster_url, store,
+                      DTKG_RATE_LIMITS=f"127.0.0.1={1 / interval}") for w in ("a", "b")]
+    # Worker a knows works 0-19, worker b works 10-29: the middle third is imported twice.
+    for env, part in zip(envs, (ids[:20], ids[10:]), strict=True):
+        works = write_works(tmp_path / f"works-{part[0]}.jsonl", {k: urls[k] for k in part})
+        assert dtkg(env, "works", "import", str(works)).returncode == 0
+    procs = [subprocess.Popen([DTKG, "backfill", "--workers", "6", "--json"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for env in envs]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for _, err in outs:
+        assert "Traceback" not in err, err
+    # Whatever one worker deferred (leased by the other), the fleet finished every work.
+    done = dict(ledger_rows(ledger_url, "SELECT work_id, count(*) FROM artifact_jobs "
+                                        "WHERE state IN ('INDEXED', 'DEDUPED') GROUP BY work_id"))
+    assert done == {wid: 1 for wid in ids}
+    # Every body fetched once.
+    assert [origin.stats(f"/{wid}.pdf").get_requests for wid in ids] == [1] * len(ids)
+    # One blob per content, on the shared store; every work has its file.
+    contents = {hashlib.sha256(b).hexdigest() for b in bodies.values()}
+    blob_files = {p.stem for p in store.rglob("*.pdf") if p.parent.name not in ("works", "staging")
+                  and p.parent.parent != store / "staging"}
+    assert blob_files == contents
+    assert sorted(p.stem for p in (store / "works").iterdir()) == sorted(ids)
+    # No lost or duplicated ledger rows.
+    assert ledger_rows(ledger_url, "SELECT count(*), count(DISTINCT work_id) FROM artifact_jobs") == [(30, 30)]
+    assert ledger_rows(ledger_url, "SELECT count(*) FROM works") == [(30,)]
+    assert ledger_rows(ledger_url, "SELECT count(*), count(DISTINCT job_id) FROM http_attempts") == [(30, 30)]
+    assert ledger_rows(ledger_url, "SELECT count(*), sum(ref_count) FROM blobs") == [(len(contents), 30)]
+    assert ledger_rows(ledger_url, "SELECT count(*) FROM work_versions") == [(30,)]
+    # Both workers did work, and both ran their batches through the shared Dagster instance.
+    owners = {r[0].split(":")[1] for r in ledger_rows(ledger_url, "SELECT DISTINCT owner FROM artifact_ops")}
+    assert len(owners) == 2, owners
+    with psycopg.connect(dagster_url) as con:
+        assert con.execute("SELECT count(*) FROM runs").fetchone()[0] >= 2
+    # Together, the two processes kept one request per `interval` on the host: every run of 5
+    # consecutive arrivals spans at least 4 intervals (10% slack), and no two come in a burst (a
+    # single gap can shrink by the scheduling delay of the request before it, never to nothing).
+    times = sorted(t for wid in ids for t in origin.stats(f"/{wid}.pdf").request_times)
+    spans = [b - a for a, b in zip(times, times[4:], strict=False)]
+    assert min(spans) >= 4 * interval * 0.9, sorted(spans)[:3]
+    assert min(_gaps(times)) >= interval * 0.5, sorted(_gaps(times))[:3]
+
+
+def _wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_killed_worker_is_taken_over_after_its_lease_and_a_stopped_workers_late_write_is_refused(
+    tmp_path: Path, origin: OriginServer, pg_cluster
+) -> None:
+    ledger_url, dagster_url = pg_cluster.create_database("kill_ledger"), pg_cluster.create_database("kill_dagster")
+    store = tmp_path / "shared-store"
+    ttl = 2.0
+    body1, body2 = pdf_bytes(400_000, seed=1), pdf_bytes(400_000, seed=2)
+    # The first GET of each stalls mid-body (the worker is then mid-stream); later GETs do not.
+    stall = FaultMode(stall_after_bytes=64 * 1024, stall_s=3.0, stall_times=1)
+    urls = {"W201": [origin.add("/W201.pdf", body1, stall)], "W202": [origin.add("/W202.pdf", body2, stall)]}
+
+    def env(name: str) -> dict[str, str]:
+        return fleet_env(tmp_path / f"home-{name}", ledger_url, dagster_url, store,
+                         DTKG_LEDGER_LEASE_TTL_S=str(ttl))
+
+    assert dtkg(env("a"), "works", "import", str(write_works(tmp_path / "w1.jsonl", {"W201": urls["W201"]}))
+                ).returncode == 0
+
+    def job(wid: str) -> tuple:
+        return ledger_rows(ledger_url, "SELECT state, lease_owner, fencing_token, run_id FROM artifact_jobs "
+                                       "WHERE work_id = %s", [wid])[0]
+
+    # kill -9 mid-stream: the lease stays until it expires, then another worker takes the work over.
+    a = subprocess.Popen([DTKG, "works", "download", "--json"], env=env("a"), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: origin.stats("/W201.pdf").body_bytes >= 64 * 1024, 60, "worker a mid-stream")
+    a.send_signal(signal.SIGKILL)
+    a.communicate(timeout=30)
+    assert job("W201")[0] in ("LEASED", "STREAMING") and job("W201")[1] is not None  # the dead worker's lease
+    early = dtkg(env("b"), "works", "download", "--json")
+    assert early.returncode == 0 and json.loads(early.stdout)["works"] == 0  # nothing to take over yet
+    assert origin.stats("/W201.pdf").get_requests == 1
+    _wait_for(lambda: ledger_rows(ledger_url, "SELECT lease_expires_at < extract(epoch FROM now()) FROM "
+                                              "artifact_jobs WHERE work_id = 'W201'")[0][0], 30, "lease expiry")
+    after = dtkg(env("b"), "works", "download", "--json")
+    assert after.returncode == 0, after.stderr
+    assert json.loads(after.stdout).get("downloaded") == 1
+    assert origin.stats("/W201.pdf").get_requests == 2
+    state, owner, _, _ = job("W201")
+    assert state == "INDEXED" and owner is None
+    assert (store / "works" / "W201.pdf").read_bytes() == body1
+
+    # SIGSTOP mid-stream, lease expires, another worker finishes; SIGCONT: the late write is fenced off.
+    assert dtkg(env("c"), "works", "import", str(write_works(tmp_path / "w2.jsonl", {"W202": urls["W202"]}))
+                ).returncode == 0
+    c = subprocess.Popen([DTKG, "works", "download", "--json"], env=env("c"), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: origin.stats("/W202.pdf").body_bytes >= 64 * 1024, 60, "worker c mid-stream")
+    c.send_signal(signal.SIGSTOP)
+    try:
+        _, c_owner, c_token, _ = job("W202")
+        _wait_for(lambda: ledger_rows(ledger_url, "SELECT lease_expires_at < extract(epoch FROM now()) FROM "
+                                                  "artifact_jobs WHERE work_id = 'W202'")[0][0], 30, "lease expiry")
+        d = dtkg(env("d"), "works", "download", "--json")
+        assert d.returncode == 0 and json.loads(d.stdout).get("downloaded") == 1, d.stdout + d.stderr
+        d_run = json.loads(d.stdout)["run_id"]
+    finally:
+        c.send_signal(signal.SIGCONT)
+    c_out, c_err = c.communicate(timeout=120)
+    assert "Traceback" not in c_err, c_err
+    assert json.loads(c_out).get("downloaded") is None, c_out  # the stopped worker committed nothing
+    state, owner, token, run_id = job("W202")
+    assert (state, owner, run_id) == ("INDEXED", None, d_run) and token > c_token
+    # Only the finishing worker's records: one version, one blob reference, its attempt only.
+    jid = ledger_rows(ledger_url, "SELECT job_id FROM artifact_jobs WHERE work_id = 'W202'")[0][0]
+    assert ledger_rows(ledger_url, "SELECT count(*) FROM work_versions WHERE work_id = 'W202'") == [(1,)]
+    assert ledger_rows(ledger_url, "SELECT run_id FROM http_attempts WHERE job_id = %s", [jid]) == [(d_run,)]
+    assert ledger_rows(ledger_url, "SELECT ref_count FROM blobs WHERE sha256 = %s",
+                       [hashlib.sha256(body2).hexdigest()]) == [(1,)]
+    assert not ledger_rows(ledger_url, "SELECT 1 FROM artifact_ops WHERE owner = %s", [c_owner])
+    assert (store / "works" / "W202.pdf").read_bytes() == body2
 
 
 if __name__ == "__main__":  # pragma: no cover

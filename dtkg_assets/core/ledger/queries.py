@@ -73,7 +73,8 @@ def summary(ledger: Ledger) -> dict[str, object]:
     failed_by_reason = ledger.query(
         """
         WITH last_fail AS (
-            SELECT work_id, arg_max(last_reason, candidate_rank) AS reason FROM artifact_jobs
+            -- (array_agg … ORDER BY)[1]: arg_max in SQL both backends (DuckDB, PostgreSQL) speak.
+            SELECT work_id, (array_agg(last_reason ORDER BY candidate_rank DESC))[1] AS reason FROM artifact_jobs
             GROUP BY work_id
             HAVING NOT bool_or(state IN ('INDEXED', 'DEDUPED', 'PLANNED')) AND bool_or(state = 'FAILED'))
         SELECT reason, count(*) FROM last_fail GROUP BY reason ORDER BY count(*) DESC, reason
