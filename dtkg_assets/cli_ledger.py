@@ -37,7 +37,9 @@ def storage_words(settings: Settings, what: str, *, path: Path | None = None, sn
         yield
     except LedgerError as exc:
         raise UsageError(f"dtkg {what}: {exc}") from None
-    except _STORAGE_ERRORS as exc:
+    except duckdb.Error as exc:
+        if not (isinstance(exc, _STORAGE_ERRORS) or is_disk_full(exc)):
+            raise
         raise UsageError(f"dtkg {what}: {storage_error(exc, path, snapshot=snapshot)}") from None
     except OSError as exc:
         if not is_disk_full(exc):

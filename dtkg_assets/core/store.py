@@ -150,8 +150,10 @@ class QuotaGuard:
             if available < need:
                 raise DtkgError(
                     Reason.QUOTA_EXCEEDED,
-                    f"free {free} - reserved {self._reserved} = {available} bytes < required {need} "
-                    f"(floor {quota.free_bytes_min} + {quota.margin_factor} x {expected})",
+                    f"not enough free space on the store's filesystem ({self.settings.store_dir}): free {free} - "
+                    f"reserved {self._reserved} = {available} bytes < required {need} (floor "
+                    f"DTKG_QUOTA_FREE_BYTES_MIN={quota.free_bytes_min} + DTKG_QUOTA_MARGIN_FACTOR={quota.margin_factor}"
+                    f" x {expected} expected bytes). Free space there, or lower DTKG_QUOTA_FREE_BYTES_MIN",
                 )
             self._reserved += expected
         try:
