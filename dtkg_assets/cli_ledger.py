@@ -8,7 +8,9 @@ commands that only read use the published snapshot, so they work while a run is 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ from typing import Any
 import duckdb
 
 from dtkg_assets.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, load_settings
-from dtkg_assets.core.ledger import Ledger, LedgerError, default_owner
+from dtkg_assets.core.ledger import Ledger, LedgerCorrupt, LedgerError, default_owner
 from dtkg_assets.core.ledger.storage import is_disk_full, storage_error
 from dtkg_assets.core.types import Candidate, FetchResult, InputProblem, WorkRecord
 from dtkg_assets.settings import Settings
@@ -57,8 +59,37 @@ def writer(settings: Settings, what: str) -> Iterator[Ledger]:
 
 @contextmanager
 def reader(settings: Settings, what: str) -> Iterator[Ledger]:
+    """The published snapshot, read-only. A live file that is visibly damaged (its header) is said
+    first: what the snapshot shows may be all that is left until `dtkg ledger repair`."""
+    from dtkg_assets.core.ledger.storage import header_problem
+
+    live = settings.ledger_path
+    if live.exists() and (problem := header_problem(live)) is not None:
+        raise UsageError(f"dtkg {what}: {LedgerCorrupt(live, problem)}")
     with storage_words(settings, what, snapshot=True), Ledger.open_reader(settings) as ledger:
         yield ledger
+
+
+def preflight(settings: Settings, what: str) -> None:
+    """Before launching Dagster runs: a damaged ledger, an unwritable or full home is said here in
+    words (exit 2), not from inside a run."""
+    from dtkg_assets.core.ledger.recovery import live_problem
+
+    problem = live_problem(settings)
+    if problem:
+        raise UsageError(f"dtkg {what}: {problem}")
+    probe = settings.home / f".dtkg-write-probe.{os.getpid()}"
+    try:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"x")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise UsageError(f"dtkg {what}: {storage_error(exc, settings.ledger_path)}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
 
 
 def _print(data: Any, as_json: bool, human: str) -> None:
@@ -120,7 +151,7 @@ def ledger_health(settings: Settings) -> dict[str, Any]:
 
     problem = live_problem(settings)
     try:
-        with reader(settings, "ledger health") as ledger:
+        with storage_words(settings, "ledger health", snapshot=True), Ledger.open_reader(settings) as ledger:
             report = ledger.health()
     except UsageError as exc:
         report = {"status": "unavailable", "version": None, "path": str(settings.snapshot_path),

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dtkg_assets.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, load_settings
+from dtkg_assets.cli_ledger import preflight
 from dtkg_assets.settings import Settings
 
 DEMO_PORT = 8787
@@ -54,6 +55,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = load_settings()
     if args.json:
         console.stderr = True  # stdout carries only the JSON object
+    preflight(settings, "demo")
 
     from dtkg_assets.core.sources import WorksSource
     from dtkg_assets.defs.launch import dagster_instance, ingest, pending_keys, run_checks, run_reconcile
@@ -230,6 +232,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     settings = load_settings()
     if args.json:
         console.stderr = True  # stdout carries only the JSON object
+    preflight(settings, "backfill")
     from dtkg_assets.defs.launch import dagster_instance, pending_keys, run_checks
 
     instance = dagster_instance(settings)

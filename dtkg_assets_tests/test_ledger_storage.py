@@ -4,6 +4,7 @@ test origin on loopback."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -59,7 +60,7 @@ CRASHED_WRITER = textwrap.dedent(
     led = Ledger.open_writer(s, owner="crashes")
     led.plan([WorkRecord("LATE", [Candidate("http://127.0.0.1:9/late.pdf", "x")])])
     job = led.jobs_for_work("LATE")[0]
-    led.acquire(job.job_id, "crashes")
+    led.lease(job.job_id, "crashes")
     print("ready", flush=True)
     sys.stdin.readline()
     """
@@ -241,3 +242,37 @@ def test_corrupt_ledger_is_said_in_words_and_repair_loses_no_finished_work(
     assert again.returncode == 0 and json.loads(again.stdout).get("downloaded", 0) == 0
     assert sum(origin.stats(f"/{w}.pdf").requests for w in bodies) == 0  # nothing downloaded again
     assert dtkg(home, "ledger", "repair").stdout.strip() == "nothing to repair"
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path):  # type: ignore[no-untyped-def]
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_failed_publication_on_a_full_disk_leaves_nothing_behind(small_fs: Path) -> None:
+    settings = Settings().with_home(small_fs / "home").replace(ledger={"snapshot_interval_s": 0})
+    with Ledger.open_writer(settings) as led:
+        led.plan([WorkRecord("W1", [Candidate("http://127.0.0.1:9/1.pdf", "x")])])
+    filler = small_fs / "filler"
+    with Ledger.open_writer(settings) as led:
+        led.plan([WorkRecord("W2", [Candidate("http://127.0.0.1:9/2.pdf", "x")])])
+        with open(filler, "wb") as f, contextlib.suppress(OSError):  # now fill the disk to the last byte
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        for _ in range(3):
+            assert led.publish_snapshot(force=True) is False
+        assert led.snapshot_error is not None and "disk full" in led.snapshot_error
+        assert sorted(p.name for p in settings.home.iterdir() if p.name.endswith(".tmp")) == []
+        with Ledger.open_reader(settings) as reader:  # the previous snapshot, read on a full disk
+            assert reader.query("SELECT work_id FROM works") == [("W1",)]
+        filler.unlink()
+        assert led.publish_snapshot(force=True) is True  # the writer is unharmed
+    with Ledger.open_reader(settings) as reader:
+        assert reader.query("SELECT count(*) FROM works") == [(2,)]

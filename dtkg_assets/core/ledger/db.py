@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import socket
@@ -314,6 +315,11 @@ class Ledger:
 
     def _publish(self) -> bool:
         snap = self.settings.snapshot_path
+        short = storage.space_shortfall(self.path)
+        if short is not None:
+            # Not even a CHECKPOINT: one that fails for want of space stops this DuckDB connection
+            # for good, and the copy would need that space anyway.
+            return self._publish_failed(OSError(errno.ENOSPC, short))
         with self._wlock:
             generation = self._generation
             # No write of ours can start while we hold the write lock, and no result of ours is left

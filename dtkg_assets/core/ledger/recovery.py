@@ -245,9 +245,13 @@ def live_problem(settings: Settings) -> str | None:
     header = storage.header_problem(live)
     if header is not None:
         return f"the ledger {live} is damaged: {header}; run `dtkg ledger repair`"
-    lock = storage.FileLock.try_take(storage.lock_path(settings), exclusive=False, owner="health")
-    if lock is None:
-        return None  # a writer has it open: it opened, so it is readable
+    try:
+        lock = storage.FileLock.try_take(storage.lock_path(settings), exclusive=False, owner="health")
+    except LedgerError:
+        lock = None  # no lock file can be made (a read-only home): then no writer can be at work either
+    else:
+        if lock is None:
+            return None  # a writer has it open: it opened, so it is readable
     try:
         con = duckdb.connect(str(live), read_only=True)
         try:
@@ -258,7 +262,8 @@ def live_problem(settings: Settings) -> str | None:
         err = storage.storage_error(exc, live)
         return str(err) if isinstance(err, LedgerCorrupt) else None
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
     return None
 
 

@@ -128,8 +128,11 @@ class FileLock:
     @classmethod
     def try_take(cls, path: Path, *, exclusive: bool, owner: str) -> FileLock | None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            if exclusive or not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            else:
+                fd = os.open(path, os.O_RDONLY)  # a shared lock needs no write access
         except OSError as exc:
             raise storage_error(exc, path) from None
         try:
@@ -175,6 +178,11 @@ def storage_error(exc: BaseException, path: Path, *, snapshot: bool = False) -> 
         w in text for w in _UNWRITABLE_WORDS
     ):
         return LedgerUnwritable(path, detail)
+    if "invalidated" in text:
+        return LedgerError(
+            f"the ledger {path} stopped accepting writes after an earlier error in this process ({detail}); "
+            f"what was committed is safe in {path.name} and its WAL. Fix the cause (often a full disk) and run "
+            "the command again: the next writer replays the WAL.")
     if any(w in text for w in _BUSY_WORDS):
         return LedgerBusy(f"the ledger {path} is open in another process ({detail}); wait for it to finish")
     if isinstance(exc, IsADirectoryError) or (isinstance(exc, OSError) and exc.errno in (errno.EISDIR, errno.ENOTDIR)):
@@ -274,6 +282,19 @@ def install(tmp: Path, dest: Path, *, fsync: bool = True) -> None:
     if fsync:
         with contextlib.suppress(OSError):
             fsync_dir(dest.parent)
+
+
+def space_shortfall(live: Path) -> str | None:
+    """Why a snapshot of `live` cannot be published for want of space (None: there is room). A
+    publication checkpoints the WAL into the file and copies the file beside it."""
+    try:
+        need = live.stat().st_size + (wal_path(live).stat().st_size if wal_path(live).exists() else 0)
+        free = shutil.disk_usage(live.parent).free
+    except OSError:
+        return None
+    if free >= need:
+        return None
+    return f"No space left on device: {free} bytes free in {live.parent}, a snapshot needs about {need}"
 
 
 def remove_stale_temps(settings: Settings) -> int:

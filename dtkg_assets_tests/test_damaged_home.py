@@ -1,0 +1,139 @@
+"""Every `dtkg` subcommand against a damaged home: missing, read-only, a corrupt ledger, a full disk.
+
+No command may end in a Python traceback: bad input or state exits 2 with a message that names the
+file and what to do, failed work exits 1. Read-only commands keep working on a full disk and on a
+read-only home. The read-only home and the full disk are real tmpfs mounts (this suite runs as root).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dtkg_assets.cli import build_parser
+from dtkg_assets_tests.conftest import loopback_env
+
+READERS = {"status", "ledger health", "ledger validate", "ledger export"}
+
+
+def subcommands() -> list[str]:
+    """Every leaf subcommand the parser knows (so a new one cannot skip this test)."""
+    names: list[str] = []
+
+    def walk(parser, prefix: str) -> None:  # type: ignore[no-untyped-def]
+        for action in parser._actions:
+            if action.__class__.__name__ == "_SubParsersAction":
+                for name, sub in action.choices.items():
+                    walk(sub, f"{prefix} {name}".strip())
+                return
+        names.append(prefix)
+
+    walk(build_parser(), "")
+    return names
+
+
+def argv_for(command: str, tmp: Path, origin_url: str) -> list[str]:
+    extra = {
+        "fetch": [origin_url, "--work-id", "W9"],
+        "works import": [str(tmp / "works.jsonl")],
+        "works query": ["--filter", "publication_year:2024", "--max", "3"],
+        "works download": [],
+        "ledger export": ["--out", str(tmp / "export-out")],
+        "backfill": ["--limit", "1"],
+    }
+    return [*command.split(), *extra.get(command, [])]
+
+
+def run(home: Path, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    env = loopback_env(home, DTKG_LEDGER_WRITER_WAIT_S="2", DTKG_OFFLINE="0",
+                       DTKG_OPENALEX_BASE_URL="http://127.0.0.1:9", OPENALEX_API_KEY="k",
+                       DTKG_HTTP_MAX_ATTEMPTS="1")
+    return subprocess.run([sys.executable, "-m", "dtkg_assets.cli", *argv], env=env, capture_output=True, text=True,
+                          timeout=240, check=False)
+
+
+def sh(*args: str) -> None:
+    subprocess.run(args, check=True, capture_output=True)
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    sh("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt))
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
+
+
+def populate(home: Path, tmp: Path, origin_url: str) -> None:
+    (tmp / "works.jsonl").write_text(
+        json.dumps({"id": "https://openalex.org/W1", "best_oa_location": {"pdf_url": origin_url}}) + "\n")
+    for argv in (["works", "import", str(tmp / "works.jsonl")], ["works", "download"]):
+        proc = run(home, argv)
+        assert proc.returncode == 0, proc.stderr
+
+
+def fill(directory: Path) -> None:
+    with open(directory / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+
+
+@pytest.mark.parametrize("damage", ["missing", "read-only", "corrupt", "full"])
+def test_every_subcommand_on_a_damaged_home(damage: str, tmp_path: Path, tmpfs: Path, origin, pdf_bytes) -> None:
+    url = origin.add("/w1.pdf", pdf_bytes(20_000, 1))
+    (tmp_path / "works.jsonl").write_text(
+        json.dumps({"id": "https://openalex.org/W2", "best_oa_location": {"pdf_url": url}}) + "\n")
+    home = tmpfs / "home"
+    if damage == "missing":
+        home = tmp_path / "no" / "such" / "home"
+    else:
+        populate(home, tmp_path, url)
+        if damage == "read-only":
+            sh("mount", "-o", "remount,ro", str(tmpfs))
+        elif damage == "corrupt":
+            (home / "ledger.duckdb").write_bytes(os.urandom(50_000))
+        elif damage == "full":
+            fill(tmpfs)
+
+    commands = subcommands()
+    assert {"fetch", "status", "ledger repair", "works import"} <= set(commands)
+    for command in commands:
+        if command == "demo" and damage == "missing":
+            continue  # a fresh home is the demo's normal start (tested in test_demo)
+        if command == "ledger repair" and damage == "corrupt":
+            continue  # last, below
+        proc = run(home, argv_for(command, tmp_path, url))
+        out = proc.stdout + proc.stderr
+        where = f"{damage}: dtkg {command} (exit {proc.returncode})\n{out}"
+        assert "Traceback" not in out, where
+        assert proc.returncode in (0, 1, 2), where
+        if proc.returncode == 2:
+            assert str(home) in out or "DTKG_HOME" in out or command in ("works query",), where
+        reader = command in READERS
+        if damage in ("read-only", "full") and reader:
+            assert proc.returncode == 0, where  # read-only commands need no free disk, no write access
+        if damage in ("read-only", "full", "corrupt") and not reader and command not in ("works query",):
+            # On a full disk a writer with nothing to write (reconcile of a healthy home) succeeds.
+            assert proc.returncode == 2 or (damage == "full" and proc.returncode == 0), where
+            words = {"read-only": "writable", "full": "disk full", "corrupt": "dtkg ledger repair"}[damage]
+            assert words in out, where
+        if damage == "corrupt":
+            assert proc.returncode == 2 and "dtkg ledger repair" in out, where
+
+    if damage == "corrupt":
+        proc = run(home, ["ledger", "repair"])
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+        assert run(home, ["ledger", "health"]).returncode == 0
