@@ -64,7 +64,7 @@ def reader(settings: Settings, what: str) -> Iterator[Ledger]:
     from dtkg_assets.core.ledger.storage import header_problem
 
     live = settings.ledger_path
-    if live.exists() and (problem := header_problem(live)) is not None:
+    if not settings.ledger_is_postgres and live.exists() and (problem := header_problem(live)) is not None:
         raise UsageError(f"dtkg {what}: {LedgerCorrupt(live, problem)}")
     with storage_words(settings, what, snapshot=True), Ledger.open_reader(settings) as ledger:
         yield ledger

@@ -237,6 +237,8 @@ def _record_recovered(ledger: Ledger, store: Store, work_id: str, sha: str, file
 def live_problem(settings: Settings) -> str | None:
     """What is wrong with the live ledger file, in words (None: nothing found). Opens it only
     read-only and only when no writer holds it; never writes."""
+    if settings.ledger_is_postgres:
+        return None  # PostgreSQL words its own problems (pg.py); there is no file here
     live = settings.ledger_path
     if not live.exists():
         if settings.snapshot_path.exists():
