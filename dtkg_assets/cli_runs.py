@@ -308,12 +308,20 @@ def status_report(settings: Settings) -> dict[str, Any]:
     except (LedgerUnavailable, LedgerBusy) as exc:
         report["ledger"] = {"status": "unavailable", "detail": str(exc)}
     else:
-        with led:
-            report["ledger"] = led.health()
-            report["states"] = {
-                str(k): int(v)
-                for k, v in led.query("SELECT state, count(*) FROM artifact_jobs GROUP BY state ORDER BY state")
-            }
+        import duckdb
+
+        from dtkg_assets.core.ledger.storage import storage_error
+
+        try:
+            with led:
+                report["ledger"] = led.health()
+                report["states"] = {
+                    str(k): int(v)
+                    for k, v in led.query("SELECT state, count(*) FROM artifact_jobs GROUP BY state ORDER BY state")
+                }
+        except duckdb.Error as exc:  # a snapshot damaged past its header
+            detail = storage_error(exc, settings.snapshot_path, snapshot=True)
+            report["ledger"] = {"status": "damaged", "detail": str(detail)}
     if damaged:
         report["ledger"]["status"] = "damaged"
         report["ledger"]["detail"] = damaged

@@ -194,6 +194,8 @@ class Ledger:
             if not path.exists() and settings.snapshot_path.exists():
                 # Never start an empty ledger over a home that has data: repair restores it.
                 raise LedgerCorrupt(path, f"the file is missing although {settings.snapshot_path.name} exists")
+            if path.exists() and (problem := storage.header_problem(path)) is not None:
+                raise LedgerCorrupt(path, problem)  # before DuckDB writes anything into it (or its snapshot)
             fresh = storage.snapshot_is_current(settings)  # judged before DuckDB touches the file
             path.parent.mkdir(parents=True, exist_ok=True)
             con = duckdb.connect(str(path))
@@ -344,6 +346,13 @@ class Ledger:
                 tmp = storage.copy_out(self.path, snap)
             except OSError as exc:
                 return self._publish_failed(exc)
+        # Never replace a good snapshot with a damaged copy (it may be all a repair has left).
+        if (problem := storage.header_problem(tmp)) is not None:
+            tmp.unlink(missing_ok=True)
+            self.stats.snapshot_skips += 1
+            _stderr(f"ledger snapshot not published: the copy of {self.path} is damaged ({problem}); "
+                    "run `dtkg ledger repair`")
+            return False
         # The copy is complete and consistent: make it durable and visible without blocking writers.
         try:
             storage.install(tmp, snap, fsync=self.settings.io.fsync)
