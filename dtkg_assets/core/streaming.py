@@ -764,7 +764,8 @@ class Engine:
                 dl.validators = ServerValidators.from_response(response, total=total)
                 result.etag, result.last_modified = dl.validators.etag, dl.validators.last_modified
                 result.content_type = dl.validators.content_type
-                self._checkpoint(dl, sync=False)  # sidecar now names the validators of these bytes
+                # No sidecar yet: one naming zero durable bytes could not resume anything. The first
+                # checkpoint (every 32 MiB, on an error, at the end) writes it with these validators.
                 self._preallocate(dl)
                 dl.hooks.stage("STREAMING", {"offset": offset, "total": total, "status": status})
                 chunks = response.iter_raw() if encoding in ("identity", "") else response.iter_bytes()
@@ -900,11 +901,8 @@ class Engine:
             pass
 
     def _finish_part(self, dl: _Download) -> None:
-        """Body complete: cut any preallocation, fsync, and record the final size."""
+        """Body complete: cut any preallocation, sync, and record the final size and hash."""
         os.ftruncate(dl.fd, dl.pos)
+        # The checkpoint's fdatasync covers the new size too (needed to read the data back).
         self._checkpoint(dl, sha256=dl.hasher.hexdigest())
-        if self.settings.io.fsync:
-            t0 = time.perf_counter()
-            os.fsync(dl.fd)
-            dl.result.fsync_s += time.perf_counter() - t0
         crash_point("part_fsynced")

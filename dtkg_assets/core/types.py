@@ -8,7 +8,7 @@ engine run on its own.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -66,9 +66,8 @@ class FetchResult:
         return self.status in ("stored", "deduped")
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("http_attempts")
-        return data
+        # Shallow: every field but the attempts is a plain value (asdict deep-copies, per artifact).
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "http_attempts"}
 
 
 class FetchHooks(Protocol):

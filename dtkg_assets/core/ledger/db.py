@@ -639,11 +639,12 @@ class Ledger:
     # ---------------------------------------------------------------- the lease write path (interface.py)
 
     def lease(self, job_id: str, owner: str, *, ttl_s: float | None = None, run_id: str | None = None,
-              now: float | None = None) -> Lease | None:
+              now: float | None = None, other_jobs: Sequence[str] | None = None) -> Lease | None:
         """Lease a job (batched with other threads' requests); None if it is not leasable now.
-        An explicit `now` (tests of expiry and backoff) commits this request on its own."""
+        `other_jobs`: the work's other job ids, when known. An explicit `now` (tests of expiry and
+        backoff) commits this request on its own."""
         ttl = self.settings.ledger.lease_ttl_s if ttl_s is None else ttl_s
-        request = LeaseRequest(job_id, owner, run_id, ttl)
+        request = LeaseRequest(job_id, owner, run_id, ttl, None if other_jobs is None else tuple(other_jobs))
         grant = self.commits.acquire(request) if now is None else self.acquire([request], now=now)[0]
         return None if grant is None else Lease(self.commits, grant, ttl_s=ttl)
 
@@ -655,12 +656,14 @@ class Ledger:
             ids = list(dict.fromkeys(r.job_id for r in requests))
             rows = cur.execute(f"{_LITE_SELECT} WHERE job_id IN (SELECT unnest($1))", [ids]).fetchall()
             jobs = {str(r[0]): _lite(r) for r in rows}
-            works = list({j.work_id for j in jobs.values()})
+            # The works' other candidates, for requests that do not name them (one statement per batch).
+            works = list({jobs[r.job_id].work_id for r in requests if r.other_jobs is None and r.job_id in jobs})
             siblings: dict[str, list[str]] = {}
-            for wid, jid in cur.execute(
-                "SELECT work_id, job_id FROM artifact_jobs WHERE work_id IN (SELECT unnest($1))", [works]
-            ).fetchall():
-                siblings.setdefault(str(wid), []).append(str(jid))
+            if works:
+                for wid, jid in cur.execute(
+                    "SELECT work_id, job_id FROM artifact_jobs WHERE work_id IN (SELECT unnest($1))", [works]
+                ).fetchall():
+                    siblings.setdefault(str(wid), []).append(str(jid))
             grants: list[LeaseGrant | None] = []
             granted: list[LeaseRequest] = []
             for req in requests:
@@ -688,7 +691,8 @@ class Ledger:
                     continue
                 check_transition(req.job_id, job.state, State.LEASED)
                 granted.append(req)
-                others = tuple(j for j in siblings.get(job.work_id, []) if j != req.job_id)
+                known = siblings.get(job.work_id, []) if req.other_jobs is None else req.other_jobs
+                others = tuple(j for j in known if j != req.job_id)
                 grants.append(LeaseGrant(req.job_id, job.work_id, req.owner, job.fencing_token + 1, job.attempts + 1,
                                          job.reopened_at, req.run_id or job.run_id, others))
             if granted:

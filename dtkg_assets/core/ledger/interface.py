@@ -128,6 +128,8 @@ class LeaseRequest:
     owner: str
     run_id: str | None
     ttl_s: float
+    # The work's other job ids when the caller knows them (the backend then need not look them up).
+    other_jobs: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -216,7 +218,7 @@ class LedgerBackend(LedgerWriteBackend, Protocol):
     def job(self, job_id: str) -> Job | None: ...
 
     def lease(self, job_id: str, owner: str, *, ttl_s: float | None = None, run_id: str | None = None,
-              now: float | None = None) -> Lease | None:
+              now: float | None = None, other_jobs: Sequence[str] | None = None) -> Lease | None:
         """A `Lease` through this backend's `GroupCommit` (batched with other threads' requests)."""
         ...
 
