@@ -12,6 +12,7 @@ import dagster as dg
 from dtkg_assets.core.orchestrator import Orchestrator, WorkOutcome
 from dtkg_assets.core.sources import WorksSource, read_source, record_source
 from dtkg_assets.core.streaming import Engine
+from dtkg_assets.defs.event_writer import BackgroundEvents
 from dtkg_assets.defs.partitions import ARTIFACT_PARTITIONS_NAME, LEDGER_POOL, artifact_partitions
 from dtkg_assets.defs.resources import HttpClientResource, LedgerResource, SettingsResource, StoreResource
 from dtkg_assets.settings import Settings
@@ -117,7 +118,7 @@ def artifact_pdfs(
         if outcome.status in ("downloaded", "deduped") or (
             outcome.status == "skipped_complete" and outcome.work_id not in already
         ):
-            context.log_event(
+            events.log(
                 dg.AssetMaterialization(
                     asset_key=context.asset_key, partition=outcome.work_id, metadata=outcome_metadata(outcome)
                 )
@@ -127,7 +128,8 @@ def artifact_pdfs(
                 failed[outcome.work_id] = outcome.reason or "unknown"
 
     owner = f"run:{context.run.run_id}"
-    with ledger.writer(owner=owner) as led:
+    # Events go through one background writer: workers never wait on Dagster's event storage.
+    with BackgroundEvents(context.log_event) as events, ledger.writer(owner=owner) as led:
         engine = Engine(http.client, loaded, store.store())
         orchestrator = Orchestrator(led, engine, loaded, owner=owner, run_id=context.run.run_id)
         outcomes = orchestrator.process(keys, workers=workers, on_done=on_done)
