@@ -209,6 +209,41 @@ def test_reconcile_sensor_requests_reconcile_and_batches_for_pending(
         assert [r.job_name for r in hourly.run_requests or []] == ["reconcile_job"]
 
 
+def test_run_batch_size_splits_evenly_into_fewest_runs() -> None:
+    from dtkg_assets.defs.launch import run_batch_size
+
+    assert run_batch_size(2000, 100) == 100
+    assert run_batch_size(2001, 1000) == 667  # three runs of 667, not 1000 + 1000 + 1
+    assert run_batch_size(50, 100) == 50
+    assert run_batch_size(0, 100) == 100
+
+
+def test_background_events_keep_order_and_report_the_first_error() -> None:
+    from dtkg_assets.defs.event_writer import BackgroundEvents
+
+    seen: list[int] = []
+    with BackgroundEvents(seen.append) as events:
+        for i in range(500):
+            events.log(i)
+    assert seen == list(range(500))
+
+    def broken(event: int) -> None:
+        if event == 3:
+            raise RuntimeError("storage down")
+        seen.append(event)
+
+    seen.clear()
+    events = BackgroundEvents(broken)
+    for i in range(10):
+        try:
+            events.log(i)
+        except RuntimeError:
+            break
+    with pytest.raises(RuntimeError, match="storage down"):
+        events.close()
+    assert seen == [0, 1, 2]
+
+
 def test_partition_batches_cover_pending_only() -> None:
     keys = [f"K{i:02d}" for i in range(10)]
     assert list(partition_batches(keys, {"K01", "K02", "K07"}, 3)) == [("K01", "K02"), ("K07", "K07")]
