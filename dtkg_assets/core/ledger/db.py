@@ -199,6 +199,8 @@ class Ledger:
             fresh = storage.snapshot_is_current(settings)  # judged before DuckDB touches the file
             path.parent.mkdir(parents=True, exist_ok=True)
             con = duckdb.connect(str(path))
+            if (problem := storage.blocks_problem(con, path)) is not None:
+                raise LedgerCorrupt(path, problem)  # before anything is written into it
             applied = schema.migrate(con)
             ledger = cls(con, settings, path=path, lock=lock, writable=True, owner=owner)
             ledger.recovered = ledger._void_dead_leases()
@@ -341,12 +343,21 @@ class Ledger:
             else:
                 self.stats.snapshot_skips += 1
                 return False
+            # Never replace a good snapshot with a damaged file (it may be all a repair has left).
+            try:
+                problem = storage.blocks_problem(self._cur(), self.path)
+            except duckdb.Error as exc:
+                problem = str(exc)
+            if problem is not None:
+                self.stats.snapshot_skips += 1
+                _stderr(f"ledger snapshot not published: {self.path} is damaged ({problem}); "
+                        "run `dtkg ledger repair`")
+                return False
             # The copy must not see a checkpoint half done: copy while no write can start.
             try:
                 tmp = storage.copy_out(self.path, snap)
             except OSError as exc:
                 return self._publish_failed(exc)
-        # Never replace a good snapshot with a damaged copy (it may be all a repair has left).
         if (problem := storage.header_problem(tmp)) is not None:
             tmp.unlink(missing_ok=True)
             self.stats.snapshot_skips += 1

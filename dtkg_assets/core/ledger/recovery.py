@@ -135,6 +135,9 @@ def _snapshot_problem(snap: Path) -> str | None:
     except duckdb.Error as exc:
         return " ".join(str(exc).split())[:200]
     try:
+        blocks = storage.blocks_problem(con, snap)
+        if blocks is not None:
+            return blocks
         structural = schema.schema_problems(con)
         con.execute("SELECT count(*) FROM artifact_jobs").fetchall()
     except duckdb.Error as exc:
@@ -257,6 +260,9 @@ def live_problem(settings: Settings) -> str | None:
     try:
         con = duckdb.connect(str(live), read_only=True)
         try:
+            blocks = storage.blocks_problem(con, live)
+            if blocks is not None:
+                return str(LedgerCorrupt(live, blocks))
             con.execute("SELECT count(*) FROM artifact_jobs").fetchall()
         finally:
             con.close()
