@@ -180,7 +180,6 @@ def test_store_holds_one_blob_per_distinct_content(demo_runs: DemoRuns) -> None:
         blob_rows = con.execute("SELECT sha256, path, size FROM blobs").fetchall()
     ledger_blobs = {sha: size for sha, _, size in blob_rows}
     assert set(ledger_blobs) == distinct
-    store = demo_runs.home / "store"
     for sha, path, _ in blob_rows:
         rel = str(Path(path))
         assert files[rel][1] == sha, f"blob {rel} does not hold {sha}"
