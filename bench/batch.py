@@ -1,6 +1,7 @@
-"""Batch benchmark: `dtkg backfill --workers 16` (Dagster + ledger) versus `aria2c -j 16 -i list`.
+"""Batch benchmark: `dtkg backfill --workers 16` (Dagster + ledger) versus `aria2c -j 16 -i list`,
+and versus Dagster's own floor for the same partitions.
 
-Builds N random-filled PDFs of 50-500 KiB (deterministic seed) in bench/out/, serves them from one
+Builds N random-filled PDFs of 20-200 KB (deterministic seed) in bench/out/, serves them from one
 local origin (threaded, one thread per connection) that adds a fixed latency before every
 response, and alternates runs of each side on the same URLs with fresh state each run:
 
@@ -8,16 +9,22 @@ response, and alternates runs of each side on the same URLs with fresh state eac
          --workers W --json` (the timed part);
   aria2: `aria2c -j W -x 1 -i list.txt -d DIR` into a fresh directory.
 
-Both must produce every file with the right sha256 before any time counts. Prints the medians, the
-Dagster + ledger overhead per artifact ((ours - aria2) / N), a breakdown measured from the origin's
-counters, the Dagster run storage and the ledger (requests per artifact, time per run outside the
-step, step time outside the orchestrator, per-request latency seen by the engine), and as its last
-line ``ratio_vs_aria2=<aria2 wall / our wall>`` (higher is better).
+Once per invocation (unless --no-floor / --no-bookkeeping):
+  floor: `bench/dagster_floor.py --keys N`: a no-op asset logging one materialization per key in one
+         ranged run on a fresh SQLite instance (process wall, import included, like ours);
+  bookkeeping: the same works through `dtkg works download` (no Dagster): its CPU and wall minus
+         those of the same command with nothing to do, per artifact = our own cost (ledger, engine,
+         validation, finalize). Dagster's share = backfill minus that run.
+
+Both sides must produce every file with the right sha256 before any time counts. Prints the medians,
+requests per fresh artifact from the origin's counters (robots.txt apart), a breakdown from the
+Dagster run storage and the ledger, then ``ratio_vs_dagster_floor=<floor wall / our wall>`` (when
+measured) and last ``ratio_vs_aria2=<aria2 wall / our wall>`` (higher is better).
 
 ``--profile FILE`` also runs one untimed backfill in this process under cProfile (stats to FILE,
 ledger call totals from `Ledger.stats` printed).
 
-Usage: python bench/batch.py [--files 500] [--runs 3] [--latency-ms 200] [--workers 16]
+Usage: python bench/batch.py [--files 2000] [--runs 1] [--latency-ms 200] [--workers 16]
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import OUT, ROOT, dtkg_cmd, make_pdf, run_measured, sha256_file  # noqa: E402
+from bench.common import LAST_CPU_S, OUT, ROOT, dtkg_cmd, make_pdf, run_measured, sha256_file  # noqa: E402
 from dtkg_assets.origin import FaultMode, OriginServer  # noqa: E402
 
 KiB = 1024
@@ -56,6 +63,7 @@ class Corpus:
 class OurRun:
     import_s: float
     wall_s: float  # backfill process wall
+    cpu_s: float  # backfill process CPU (user + system)
     report: dict[str, Any]
     requests: int
     heads: int
@@ -66,7 +74,7 @@ class OurRun:
 def build_corpus(n: int, www: Path) -> Corpus:
     """N deterministic PDFs; reused when an earlier run left the same set (same seed, same sizes)."""
     rng = random.Random(SEED)
-    sizes = [rng.randint(50 * KiB, 500 * KiB) for _ in range(n)]
+    sizes = [rng.randint(20_000, 200_000) for _ in range(n)]
     manifest = www / "manifest.json"
     if manifest.exists():
         known = json.loads(manifest.read_text())
@@ -112,9 +120,11 @@ def our_env(home: Path) -> dict[str, str]:
 
 
 def origin_counts(origin: OriginServer, paths: list[str]) -> tuple[int, int, int]:
-    """(requests, HEADs, GETs) over every path served since the last reset (robots.txt included)."""
-    stats = [origin.stats(p) for p in [*paths, "/robots.txt"]]
-    return sum(s.requests for s in stats), sum(s.head_requests for s in stats), sum(s.get_requests for s in stats)
+    """(requests including robots.txt, HEADs and GETs of the PDFs) served since the last reset."""
+    stats = [origin.stats(p) for p in paths]
+    robots = origin.stats("/robots.txt").requests
+    return sum(s.requests for s in stats) + robots, sum(s.head_requests for s in stats), sum(
+        s.get_requests for s in stats)
 
 
 def verify_ours(home: Path, corpus: Corpus) -> None:
@@ -128,7 +138,9 @@ def verify_ours(home: Path, corpus: Corpus) -> None:
         rows = led.query("SELECT work_id, sha256, path FROM artifact_jobs WHERE state IN ('INDEXED', 'DEDUPED')")
     finally:
         led.close()
-    done = {str(w): (str(s), Path(str(p))) for w, s, p in rows}
+    from dtkg_assets.core.store import resolve_store_path
+
+    done = {str(w): (str(s), Path(resolve_store_path(str(p), settings.store_dir))) for w, s, p in rows}
     missing = sorted(set(corpus.files) - set(done))
     if missing:
         raise RuntimeError(f"dtkg: {len(missing)} works not complete in the ledger, e.g. {missing[:5]}")
@@ -194,12 +206,13 @@ def our_run(origin: OriginServer, paths: list[str], jsonl: Path, home: Path, cor
     import_s, _, _ = run_measured([*dtkg_cmd(), "works", "import", str(jsonl)], env=env, cwd=ROOT)
     origin.reset_stats()
     wall, _, out = run_measured([*dtkg_cmd(), "backfill", "--workers", str(workers), "--json"], env=env, cwd=ROOT)
+    cpu = LAST_CPU_S[0]
     requests, heads, gets = origin_counts(origin, paths)
     report = json.loads(out.strip().splitlines()[-1])
     if report.get("materialized") != len(corpus.files) or report.get("failed_runs"):
         raise RuntimeError(f"dtkg backfill did not materialize every work: {report}")
     verify_ours(home, corpus)
-    run = OurRun(import_s, wall, report, requests, heads, gets, breakdown(home))
+    run = OurRun(import_s, wall, cpu, report, requests, heads, gets, breakdown(home))
     shutil.rmtree(home, ignore_errors=True)
     return run
 
@@ -219,6 +232,37 @@ def aria2_run(
     verify_aria2(target, corpus)
     shutil.rmtree(target, ignore_errors=True)
     return wall, requests
+
+
+def floor_run(n: int, workers: int) -> tuple[float, dict[str, Any]]:
+    """Dagster's floor for n partitions (bench/dagster_floor.py): process wall and its own figures."""
+    wall, _, out = run_measured([sys.executable, str(ROOT / "bench" / "dagster_floor.py"), "--keys", str(n),
+                                 "--threads", str(workers)], cwd=ROOT)
+    return wall, json.loads(out.strip().splitlines()[-1])
+
+
+def bookkeeping_run(origin: OriginServer, paths: list[str], jsonl: Path, home: Path, corpus: Corpus,
+                    workers: int) -> dict[str, float]:
+    """The same works through `dtkg works download` (no Dagster): wall and CPU of the run, minus the
+    same command with nothing left to do (process start, imports, ledger open and close)."""
+    shutil.rmtree(home, ignore_errors=True)
+    env = our_env(home)
+    run_measured([*dtkg_cmd(), "works", "import", str(jsonl)], env=env, cwd=ROOT)
+    origin.reset_stats()
+    cmd = [*dtkg_cmd(), "works", "download", "--workers", str(workers), "--json"]
+    wall, _, out = run_measured(cmd, env=env, cwd=ROOT)
+    cpu = LAST_CPU_S[0]
+    requests, heads, gets = origin_counts(origin, paths)
+    if json.loads(out.strip().splitlines()[-1]).get("works") != len(corpus.files):
+        raise RuntimeError(f"dtkg works download did not process every work: {out[-500:]}")
+    verify_ours(home, corpus)
+    idle_wall, _, _ = run_measured(cmd, env=env, cwd=ROOT)
+    idle_cpu = LAST_CPU_S[0]
+    shutil.rmtree(home, ignore_errors=True)
+    n = len(corpus.files)
+    return {"wall_s": wall, "cpu_s": cpu, "idle_wall_s": idle_wall, "idle_cpu_s": idle_cpu,
+            "wall_ms": (wall - idle_wall) / n * 1000, "cpu_ms": (cpu - idle_cpu) / n * 1000,
+            "requests": requests, "heads": heads, "gets": gets}
 
 
 def profile_run(jsonl: Path, home: Path, workers: int, dest: Path) -> None:
@@ -269,8 +313,10 @@ def profile_run(jsonl: Path, home: Path, workers: int, dest: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--files", type=int, default=500)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--files", type=int, default=2000)
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--no-floor", action="store_true", help="skip Dagster's floor (bench/dagster_floor.py)")
+    ap.add_argument("--no-bookkeeping", action="store_true", help="skip the Dagster-less `dtkg works download` run")
     ap.add_argument("--latency-ms", type=float, default=200.0)
     ap.add_argument("--workers", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=None, help="DTKG_RUN_BATCH_SIZE for our side (default 100)")
@@ -284,10 +330,13 @@ def main(argv: list[str] | None = None) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     work = OUT / "batch"
     work.mkdir(exist_ok=True)
-    print(f"creating {args.files} PDFs of 50-500 KiB (seed {SEED}) ...", flush=True)
+    print(f"creating {args.files} PDFs of 20-200 KB (seed {SEED}) ...", flush=True)
     corpus = build_corpus(args.files, work / "www")
     n = len(corpus.files)
     latency = FaultMode(latency_s=args.latency_ms / 1000)
+    floor = None if args.no_floor else floor_run(args.files, args.workers)
+    if floor is not None:
+        print(f"Dagster floor: {floor[0]:.2f} s process wall ({json.dumps(floor[1])})", flush=True)
     ours: list[OurRun] = []
     theirs: list[float] = []
     aria2_requests: list[int] = []
@@ -317,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"aria2c {wall:.2f}s ({requests} requests)",
                     flush=True,
                 )
+            book = None if args.no_bookkeeping else bookkeeping_run(
+                origin, paths, jsonl, work / "home", corpus, args.workers)
             if args.profile is not None:
                 profile_run(jsonl, work / "home", args.workers, args.profile)
         finally:
@@ -337,12 +388,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"median aria2c wall: {med_theirs:.2f} s (latency floor, {n} GETs on {w} connections: {floor_aria2:.2f} s)")
     med_import = statistics.median(r.import_s for r in ours)
     print(f"median dtkg backfill wall: {med_ours:.2f} s (works import timed apart: {med_import:.2f} s)")
-    print(f"Dagster + ledger overhead per artifact: {(med_ours - med_theirs) / n * 1000:.1f} ms")
+    print(f"Dagster + ledger overhead per artifact vs aria2c: {(med_ours - med_theirs) / n * 1000:.1f} ms")
+    robots = statistics.median(r.requests - r.heads - r.gets for r in ours)
     print(
-        f"requests per artifact: dtkg {statistics.median(r.requests for r in ours) / n:.2f} "
+        f"requests per fresh artifact: dtkg {statistics.median(r.heads + r.gets for r in ours) / n:.2f} "
         f"(HEAD {statistics.median(r.heads for r in ours) / n:.2f}, "
-        f"GET {statistics.median(r.gets for r in ours) / n:.2f}, "
-        f"robots.txt included), aria2c {statistics.median(aria2_requests) / n:.2f}"
+        f"GET {statistics.median(r.gets for r in ours) / n:.2f})"
+        f" + robots.txt {robots:.0f} for the one host; aria2c {statistics.median(aria2_requests) / n:.2f}"
     )
     print(
         f"breakdown (medians): {med.get('dagster_runs', 0):.0f} Dagster runs; "
@@ -352,10 +404,25 @@ def main(argv: list[str] | None = None) -> int:
         f"orchestrator {med.get('orchestrator_s', 0):.2f} s"
     )
     print(
-        f"engine: HEAD {med.get('head_mean_ms', 0):.0f} ms mean, GET {med.get('get_mean_ms', 0):.0f} ms mean; "
-        f"engine time summed over jobs {med.get('engine_job_s', 0):.1f} s = "
-        f"{med.get('engine_job_s', 0) / n * 1000:.0f} ms per artifact"
+        f"engine: GET {med.get('get_mean_ms', 0):.0f} ms mean; engine time summed over jobs "
+        f"{med.get('engine_job_s', 0):.1f} s = {med.get('engine_job_s', 0) / n * 1000:.0f} ms per artifact"
     )
+    med_cpu = statistics.median(r.cpu_s for r in ours)
+    if book is not None:
+        print(
+            f"our bookkeeping (ledger + engine + validation + finalize, `dtkg works download`, no Dagster): "
+            f"{book['cpu_ms']:.2f} ms CPU and {book['wall_ms']:.2f} ms wall per artifact "
+            f"(run {book['wall_s']:.2f} s wall / {book['cpu_s']:.2f} s CPU, minus {book['idle_wall_s']:.2f} s / "
+            f"{book['idle_cpu_s']:.2f} s with nothing to do; requests {book['requests']})"
+        )
+        print(
+            f"Dagster's share per artifact: {(med_cpu - book['cpu_s']) / n * 1000:.2f} ms CPU, "
+            f"{(med_ours - book['wall_s']) / n * 1000:.2f} ms wall (backfill minus the Dagster-less run)"
+        )
+    print(f"dtkg backfill CPU: {med_cpu:.2f} s = {med_cpu / n * 1000:.2f} ms per artifact")
+    if floor is not None:
+        print(f"Dagster floor for {n} partitions: {floor[0]:.2f} s ({floor[0] / n * 1000:.1f} ms per partition)")
+        print(f"ratio_vs_dagster_floor={floor[0] / med_ours:.2f}")
     print(f"ratio_vs_aria2={med_theirs / med_ours:.2f}")
     return 0
 

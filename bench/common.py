@@ -46,11 +46,14 @@ def dtkg_cmd() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "dtkg_assets.cli"]
 
 
+LAST_CPU_S: list[float] = [0.0]  # CPU seconds (user + system) of the last `run_measured` process
+
+
 def run_measured(
     cmd: list[str], env: dict[str, str] | None = None, shell: bool = False, cwd: Path | None = None
 ) -> tuple[float, int, str]:
     """Wall seconds, peak RSS (KiB) of the process tree's largest child, stdout. Raises on a
-    non-zero exit."""
+    non-zero exit. The process's CPU seconds are left in `LAST_CPU_S[0]`."""
     import subprocess
 
     t0 = time.perf_counter()
@@ -58,6 +61,7 @@ def run_measured(
     out = proc.stdout.read().decode() if proc.stdout else ""
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
+    LAST_CPU_S[0] = usage.ru_utime + usage.ru_stime
     if proc.stdout:
         proc.stdout.close()
     proc.returncode = os.waitstatus_to_exitcode(status)
