@@ -157,6 +157,48 @@ def test_range_run_matches_ledger_and_rerun_downloads_nothing(
         assert len(instance.get_materialized_partitions(dg.AssetKey("artifact_pdfs"))) == before
 
 
+def test_backfill_runs_created_ahead_match_the_ledger_and_none_is_left_pending(
+    tmp_path: Path, origin: OriginServer, home: Path, five_works: tuple[list[str], dict[str, bytes]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Batch runs are created one ahead (planned events written while the previous run downloads):
+    every run executes in order with its own range, per-partition status matches the ledger, and a
+    backfill stopped after its first batch leaves the run created for the next one canceled."""
+    from dtkg_assets.defs.launch import backfill
+
+    keys, _ = five_works
+    monkeypatch.setenv("DTKG_RUN_BATCH_SIZE", "2")
+    with dg.instance_for_test() as instance:
+        assert ingest(instance, home, tmp_path / "works.jsonl").success
+        settings = Settings.from_env()
+
+        class Stop(Exception):
+            pass
+
+        def stop_after_first(batch: object, size: int) -> None:
+            raise Stop
+
+        with pytest.raises(Stop):
+            backfill(instance, settings, keys=keys, workers=4, on_batch=stop_after_first)
+        runs = instance.get_runs(filters=dg.RunsFilter(job_name="__ASSET_JOB"))
+        by_status = sorted(r.status.value for r in runs)
+        assert by_status == ["CANCELED", "SUCCESS"], by_status  # W1-W2 ran; the W3-W4 run never started
+        assert ledger_states(home) == {"W1": True, "W2": True, "W3": False, "W4": False, "W5": False}
+
+        report = backfill(instance, settings, keys=["W3", "W4", "W5"], workers=4)
+        assert [(b.start, b.end, b.success) for b in report.batches] == [("W3", "W4", False), ("W5", "W5", True)]
+        finished = ledger_states(home)
+        assert finished == {"W1": True, "W2": True, "W3": False, "W4": True, "W5": True}
+        status = instance.get_status_by_partition(
+            dg.AssetKey("artifact_pdfs"), keys, dg.DynamicPartitionsDefinition(name=ARTIFACT_PARTITIONS_NAME)
+        )
+        for key in keys:
+            expected = dg.AssetPartitionStatus.MATERIALIZED if finished[key] else dg.AssetPartitionStatus.FAILED
+            assert status[key] == expected, key
+        statuses = {r.status for r in instance.get_runs(filters=dg.RunsFilter(job_name="__ASSET_JOB"))}
+        assert dg.DagsterRunStatus.NOT_STARTED not in statuses and dg.DagsterRunStatus.STARTED not in statuses
+
+
 def test_work_partitions_sensor_registers_new_works(tmp_path: Path, home: Path, origin: OriginServer) -> None:
     records = [work_record(f"W{i}", [origin.add(f"/{i}.pdf", pdf_bytes(5000, i))]) for i in range(1, 4)]
     jsonl = write_works(tmp_path / "works.jsonl", records)
