@@ -247,6 +247,18 @@ def add_works(subparsers: Any) -> None:
     q.add_argument("--per-page", type=int, help="records per page (1-100)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_works_query)
+    r = sub.add_parser(
+        "retry",
+        help="reopen failed works (any failure class) by reason or host, for the next backfill",
+        description="Reopen failed works through the ledger's explicit requeue edge: their candidates become "
+        "plannable again. The reconcile sensor or `dtkg backfill` downloads them.",
+    )
+    r.add_argument("--reason", action="append", default=[], help="failure reason, e.g. http_404 (repeatable)")
+    r.add_argument("--host", action="append", default=[], help="host of the failed URL, e.g. example.org (repeatable)")
+    r.add_argument("--all", action="store_true", help="every failed work")
+    r.add_argument("--dry-run", action="store_true", help="only list what would be reopened")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_works_retry)
     d = sub.add_parser("download", help="download every work that needs it (optionally importing FILE first)")
     d.add_argument("file", nargs="?", help="works file to import first")
     d.add_argument("--workers", type=int, default=8)
@@ -262,8 +274,11 @@ def file_source(file: str) -> Any:
     return WorksSource(jsonl_path=file) if is_jsonl else WorksSource(ids_path=file)
 
 
-def load_source(settings: Settings, source: Any, command: str) -> tuple[dict[str, Any], list[InputProblem]]:
-    """Read a works source (before taking the writer lock), then record it in the ledger."""
+def load_source(
+    settings: Settings, source: Any, command: str, work_ids: list[str] | None = None
+) -> tuple[dict[str, Any], list[InputProblem]]:
+    """Read a works source (before taking the writer lock), then record it in the ledger; the works'
+    ids are appended to `work_ids` when given."""
     from dtkg_assets.core.sources import SourceError, read_source, record_source
 
     try:
@@ -274,7 +289,20 @@ def load_source(settings: Settings, source: Any, command: str) -> tuple[dict[str
         print(f"{command}: stopped early, {batch.stopped_early} (the works read so far are kept)", file=sys.stderr)
     with writer(settings, command) as ledger:
         summary = record_source(ledger, batch, run_id=f"works-{uuid.uuid4().hex[:12]}", kind=f"works:{source.kind}")
+    if work_ids is not None:
+        work_ids.extend(work.work_id for work in batch.works)
     return summary, batch.problems
+
+
+def announce_import(settings: Settings, command: str, what: str, summary: dict[str, Any], ids: list[str]) -> None:
+    """Make the import visible in Dagster: partitions for the works and one `openalex_works` event."""
+    from dtkg_assets.defs.launch import record_import
+
+    try:
+        record_import(settings, command, what, summary, ids)
+    except Exception as exc:  # the ledger has the works; the work_partitions_sensor registers them later
+        print(f"{command}: the works are in the ledger, but Dagster was not told ({type(exc).__name__}: {exc}); "
+              "dagster dev's work_partitions_sensor will add their partitions", file=sys.stderr)
 
 
 def _report_import(summary: dict[str, Any], problems: list[InputProblem], as_json: bool) -> None:
@@ -292,14 +320,53 @@ def cmd_works_query(args: argparse.Namespace) -> int:
                          per_page=args.per_page)
     if not source.is_query:
         raise UsageError("dtkg works query: give --filter, --topic, --from-year/--to-year or --oa-only")
-    summary, problems = load_source(load_settings(), source, "dtkg works query")
+    settings = load_settings()
+    ids: list[str] = []
+    summary, problems = load_source(settings, source, "dtkg works query", ids)
+    announce_import(settings, "dtkg works query", source.filter or source.topic_id or "query", summary, ids)
     _report_import(summary, problems, args.json)
     return EXIT_OK
 
 
 def cmd_works_import(args: argparse.Namespace) -> int:
-    summary, problems = load_source(load_settings(), file_source(args.file), "dtkg works import")
+    settings = load_settings()
+    ids: list[str] = []
+    summary, problems = load_source(settings, file_source(args.file), "dtkg works import", ids)
+    announce_import(settings, "dtkg works import", str(args.file), summary, ids)
     _report_import({"file": args.file, **summary}, problems, args.json)
+    return EXIT_OK
+
+
+def cmd_works_retry(args: argparse.Namespace) -> int:
+    from dtkg_assets.core.ledger.queries import failed_jobs
+
+    if not (args.reason or args.host or args.all):
+        raise UsageError("dtkg works retry: say which failed works: --reason R, --host H (repeatable) or --all")
+    settings = load_settings()
+    reasons = set(args.reason)
+    hosts = {h.lower() for h in args.host}
+    with writer(settings, "works retry") as ledger:
+        rows = failed_jobs(ledger)
+        # A work is reopened when its reported failure (the last candidate's reason) or any failed URL matches.
+        chosen: dict[str, list[str]] = {}
+        for work_id, _job, reason, host, work_reason in rows:
+            if args.all or work_reason in reasons or reason in reasons or (host or "").lower() in hosts:
+                chosen.setdefault(work_id, [])
+        for work_id, job_id, *_ in rows:
+            if work_id in chosen:
+                chosen[work_id].append(job_id)
+        reopened = 0
+        if not args.dry_run:
+            for job_ids in chosen.values():
+                done = [ledger.requeue(j, reason="retry_requested", detail="dtkg works retry") for j in job_ids]
+                reopened += any(done)
+            ledger.publish_snapshot(force=True)
+    data = {"matched": len(chosen), "reopened": reopened, "dry_run": bool(args.dry_run), "works": sorted(chosen)[:1000]}
+    verb = "would reopen" if args.dry_run else "reopened"
+    human = f"{verb} {len(chosen) if args.dry_run else reopened} failed works"
+    if not args.dry_run and reopened:
+        human += "; the reconcile sensor (dagster dev) or `dtkg backfill` downloads them"
+    _print(data, args.json, human)
     return EXIT_OK
 
 

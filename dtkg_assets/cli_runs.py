@@ -42,16 +42,34 @@ def add_demo(subparsers: Any) -> None:
     p.add_argument(
         "--json", action="store_true", help="print one JSON object with the summary on stdout (progress on stderr)"
     )
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="only serve the demo's origin again (same port as the demo used) until Ctrl-C, e.g. while you "
+        "materialize demo partitions from `dagster dev`",
+    )
     p.set_defaults(func=cmd_demo)
 
 
+# What the demo needs on its home, written to DTKG_HOME/settings.env so every later process on the
+# home (`dagster dev`, its daemon's runs, `dtkg backfill`) sees it: the origin is on loopback.
+DEMO_SETTINGS = {"DTKG_ALLOW_HOSTS": "127.0.0.1,localhost", "DTKG_RATE_LIMITS": "127.0.0.1=0,localhost=0"}
+ORIGIN_FILE = "origin.json"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    # The demo's origin is on loopback: allow it explicitly, without a rate limit.
-    os.environ.setdefault("DTKG_ALLOW_HOSTS", "127.0.0.1,localhost")
-    os.environ.setdefault("DTKG_RATE_LIMITS", "127.0.0.1=0,localhost=0")
+    from dtkg_assets.settings import write_settings_file
+
     # The sample corpus fails some works on purpose; the summary below reports them, so the runs'
-    # own error logs (with stack traces) would only alarm. DTKG_LOG_LEVEL=WARNING shows them.
+    # own error logs would only alarm. DTKG_LOG_LEVEL=WARNING shows them.
     os.environ.setdefault("DTKG_LOG_LEVEL", "CRITICAL")
+    settings = load_settings()
+    if args.serve:
+        return _serve_origin(settings, args.port)
+    try:
+        written = write_settings_file(settings.home, {k: os.environ.get(k, v) for k, v in DEMO_SETTINGS.items()})
+    except OSError as exc:
+        raise UsageError(f"dtkg demo: cannot write settings under {settings.home}: {exc}") from None
     settings = load_settings()
     if args.json:
         console.stderr = True  # stdout carries only the JSON object
@@ -65,23 +83,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     console.print(f"[bold]dtkg demo[/] — state in {settings.home}")
     corpus = build_sample_corpus(sample_dir / "pdfs")
     origin = _start_origin(args.port)
+    (sample_dir / ORIGIN_FILE).write_text(json.dumps({"port": origin.port, "base_url": origin.base_url}))
     try:
         configure_origin(origin, corpus)
         jsonl = write_sample_jsonl(sample_works(corpus, origin.base_url), sample_dir / "works.jsonl")
         console.print(f"origin {origin.base_url} serving {len(corpus.files)} PDFs; works in {jsonl}")
         instance = dagster_instance(settings)
-        meta = ingest(instance, settings, WorksSource(jsonl_path=str(jsonl)))
+        meta = ingest(instance, settings, WorksSource(jsonl_path=str(jsonl)), command="demo")
         console.print(
             f"imported {meta.get('works', 0)} works ({meta.get('new_works', 0)} new), "
             f"{meta.get('input_problems', 0)} input problems recorded"
         )
         started = time.perf_counter()
-        report = _backfill_with_progress(instance, settings, args.workers, pending_keys(settings))
+        report = _backfill_with_progress(instance, settings, args.workers, pending_keys(settings), "demo")
         wall = time.perf_counter() - started
-        counts = run_reconcile(instance, settings)
+        counts = run_reconcile(instance, settings, command="demo")
         healed = {k: v for k, v in counts.items() if v}
         console.print("reconcile: " + (", ".join(f"{k}={v}" for k, v in healed.items()) or "nothing to heal"))
-        checks = run_checks(instance, settings)
+        checks = run_checks(instance, settings, report, command="demo")
         console.print("asset checks: " + ", ".join(f"{k} {'passed' if v else 'FAILED'}" for k, v in checks.items()))
     finally:
         origin.stop()
@@ -95,8 +114,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(json.dumps(_demo_json(summary, report.pending, wall, downloaded_bytes, origin.base_url, mismatches)))
     console.print(
         f"\nInspect it in the UI: DAGSTER_HOME={settings.dagster_home} .venv/bin/dagster dev -w workspace.yaml"
+        f"\n(settings the demo needs are in {written}; `dtkg demo --serve` serves the demo's origin again)"
     )
     return EXIT_OK if not mismatches else EXIT_FAILED
+
+
+def _serve_origin(settings: Settings, port_arg: int) -> int:
+    """Serve the demo's sample corpus again on the port the demo's works point at, until Ctrl-C."""
+    from dtkg_assets.origin import OriginServer
+    from dtkg_assets.sample import build_sample_corpus, configure_origin
+
+    sample_dir = settings.home / "sample"
+    port = port_arg
+    try:
+        port = int(json.loads((sample_dir / ORIGIN_FILE).read_text())["port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        if not (sample_dir / "works.jsonl").exists():
+            raise UsageError(f"dtkg demo --serve: no demo under {settings.home}; run `dtkg demo` first") from None
+    corpus = build_sample_corpus(sample_dir / "pdfs")
+    try:
+        origin = OriginServer(port=port).start()
+    except OSError as exc:
+        raise UsageError(f"dtkg demo --serve: port {port} is busy ({exc}); is the origin already served?") from None
+    configure_origin(origin, corpus)
+    console.print(f"serving the demo origin {origin.base_url} ({len(corpus.files)} PDFs); Ctrl-C stops it")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        origin.stop()
+    return EXIT_OK
 
 
 def _start_origin(port: int) -> Any:
@@ -109,7 +158,9 @@ def _start_origin(port: int) -> Any:
         return OriginServer(port=0).start()
 
 
-def _backfill_with_progress(instance: Any, settings: Settings, workers: int | None, keys: list[str]) -> Any:
+def _backfill_with_progress(
+    instance: Any, settings: Settings, workers: int | None, keys: list[str], command: str = "backfill"
+) -> Any:
     """Batch runs over `keys` with a progress bar that advances as each run finishes."""
     from dtkg_assets.defs.launch import backfill
 
@@ -130,7 +181,7 @@ def _backfill_with_progress(instance: Any, settings: Settings, workers: int | No
             state = "ok" if batch.success else "some failed"
             progress.update(task, advance=size, note=f"run {batch.run_id[:8]} {state}")
 
-        return backfill(instance, settings, workers=workers, keys=keys, on_batch=on_batch)
+        return backfill(instance, settings, workers=workers, keys=keys, on_batch=on_batch, command=command)
 
 
 def _summary(settings: Settings) -> dict[str, Any]:
@@ -243,7 +294,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     report = _backfill_with_progress(instance, settings, args.workers, keys)
     wall = time.perf_counter() - started
     # A batch with a failed work skips its checks in Dagster: check everything once here.
-    checks = run_checks(instance, settings) if report.pending else {}
+    checks = run_checks(instance, settings, report) if report.pending else {}
     data = {
         "pending": report.pending,
         "runs": len(report.batches),
@@ -271,7 +322,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 def add_status(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "status",
-        help="features that are on, ledger health and counts by state",
+        help="features that are on, ledger health, works by outcome",
         description="Which features are on (resume, dedupe, cache, robots, offline, rate limits), ledger health.",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -310,11 +361,14 @@ def status_report(settings: Settings) -> dict[str, Any]:
     else:
         import duckdb
 
+        from dtkg_assets.core.ledger.queries import works_by_outcome
         from dtkg_assets.core.ledger.storage import storage_error
 
         try:
             with led:
                 report["ledger"] = led.health()
+                # Works by outcome (what the UI's partitions show); jobs (one per candidate URL) by state are detail.
+                report["works"] = works_by_outcome(led)
                 report["states"] = {
                     str(k): int(v)
                     for k, v in led.query("SELECT state, count(*) FROM artifact_jobs GROUP BY state ORDER BY state")
@@ -343,8 +397,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     console.print(table)
     ledger = report["ledger"]
     console.print(f"[bold]ledger[/] {ledger.get('status')} {json.dumps(ledger, default=str)}")
-    for state, n in report.get("states", {}).items():
-        console.print(f"  {state:<18} {n}")
+    works = report.get("works", {})
+    if works:
+        console.print(f"[bold]works[/] {sum(works.values())} (one partition each)")
+        for outcome, n in works.items():
+            console.print(f"  {outcome:<18} {n}")
+    states = report.get("states", {})
+    if states:
+        console.print(f"[bold]candidate jobs[/] {sum(states.values())} (one per work and URL), by state")
+        for state, n in states.items():
+            console.print(f"  {state:<18} {n}")
     if ledger.get("detail"):
         print(ledger["detail"], file=sys.stderr)
     return code

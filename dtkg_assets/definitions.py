@@ -3,7 +3,7 @@
 import dagster as dg
 
 from dtkg_assets.defs.assets import artifact_pdfs, openalex_works
-from dtkg_assets.defs.checks import artifact_file_matches_ledger, artifact_is_pdf
+from dtkg_assets.defs.checks import artifact_checks
 from dtkg_assets.defs.jobs import MAINTENANCE_JOBS, artifact_checks_job, artifact_pdfs_job, openalex_works_job
 from dtkg_assets.defs.resources import default_resources
 from dtkg_assets.defs.schedules import SCHEDULES
@@ -14,7 +14,7 @@ def build_definitions(home: str | None = None) -> dg.Definitions:
     """Definitions with resources rooted at `home` (default: $DTKG_HOME)."""
     return dg.Definitions(
         assets=[openalex_works, artifact_pdfs],
-        asset_checks=[artifact_file_matches_ledger, artifact_is_pdf],
+        asset_checks=[artifact_checks],
         jobs=[artifact_pdfs_job, artifact_checks_job, openalex_works_job, *MAINTENANCE_JOBS],
         sensors=list(SENSORS),
         schedules=list(SCHEDULES),

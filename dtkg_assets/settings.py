@@ -138,6 +138,13 @@ class RunSettings:
     # Partitions per Dagster run (the backfill policy's batch) and download threads per run.
     batch_size: int = 100
     workers: int = 8
+    # How a materialization request checks a work the ledger marks complete before reporting it
+    # materialized: "exists", "size" or "sha256" (hash the file); a failed check redoes the work.
+    verify_depth: str = "sha256"
+    # Seconds between reconcile sensor ticks (read when the definitions load).
+    reconcile_interval_s: int = 300
+    # Opt-in: download newly registered partitions by Dagster's declarative automation.
+    auto_download: bool = False
 
 
 @dataclass(frozen=True)
@@ -201,7 +208,11 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if environ is None else environ
+        env: Mapping[str, str] = os.environ if environ is None else environ
+        home_env = Path(env.get("DTKG_HOME", ".dtkg")).expanduser().absolute()
+        saved = read_settings_file(home_env / SETTINGS_FILE)
+        if saved:
+            env = {**saved, **env}  # the environment wins over the file
         base = cls()
         groups: dict[str, Any] = {}
         for group_field in dataclasses.fields(cls):
@@ -235,10 +246,13 @@ class Settings:
                 "DTKG_LEDGER_URL must be a postgresql://user@host:port/dbname URL (leave it unset for the "
                 "embedded DuckDB ledger under DTKG_HOME)"
             )
-        home = Path(env.get("DTKG_HOME", ".dtkg")).expanduser().absolute()
+        if groups["run"].verify_depth not in VERIFY_DEPTHS:
+            raise SettingsError(
+                f"DTKG_RUN_VERIFY_DEPTH={groups['run'].verify_depth!r}: expected one of {', '.join(VERIFY_DEPTHS)}"
+            )
         store = env.get("DTKG_STORE_DIR", "").strip()
         shared_store = Path(store).expanduser().absolute() if store else None
-        return cls(home=home, shared_store=shared_store, **groups)
+        return cls(home=home_env, shared_store=shared_store, **groups)
 
 
 def is_postgres_url(url: str) -> bool:
@@ -249,6 +263,45 @@ def worker_name(home: Path) -> str:
     """A stable name for one worker (host + DTKG_HOME), for its own staging directory in a shared store."""
     digest = hashlib.sha256(str(Path(home).absolute()).encode()).hexdigest()[:10]
     return f"{socket.gethostname()}-{digest}"
+
+
+VERIFY_DEPTHS = ("exists", "size", "sha256")
+
+
+# `KEY=VALUE` lines under DTKG_HOME that supply DTKG_* settings the environment does not set, so
+# every process on a home (`dtkg`, `dagster dev`, the daemon's runs) sees what e.g. the demo needed.
+SETTINGS_FILE = "settings.env"
+
+
+def read_settings_file(path: Path) -> dict[str, str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{path}: cannot read it ({exc})") from exc
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not (key.startswith("DTKG_") or key in ("OPENALEX_API_KEY",)) or key == "DTKG_HOME":
+            raise SettingsError(f"{path}:{number}: expected DTKG_NAME=VALUE, got {line!r}")
+        values[key] = value.strip()
+    return values
+
+
+def write_settings_file(home: Path, values: Mapping[str, str]) -> Path:
+    """Merge `values` into DTKG_HOME/settings.env (keeps other lines' settings)."""
+    path = home / SETTINGS_FILE
+    current = read_settings_file(path)
+    current.update(values)
+    home.mkdir(parents=True, exist_ok=True)
+    body = "".join(f"{k}={v}\n" for k, v in sorted(current.items()))
+    path.write_text("# settings for every process on this home; the environment overrides them\n" + body)
+    return path
 
 
 def parse_rate_limits(text: str) -> dict[str, float]:

@@ -84,6 +84,11 @@ def run_range(instance: dg.DagsterInstance, home: Path, start: str, end: str) ->
     )
 
 
+def materialized_partitions(instance: dg.DagsterInstance, run_id: str) -> set[str]:
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    return {r.event_log_entry.dagster_event.partition for r in records if r.event_log_entry.dagster_event}
+
+
 def ledger_states(home: Path) -> dict[str, bool]:
     """work id -> finished (INDEXED/DEDUPED) per the ledger."""
     led = Ledger.open_reader(Settings.from_env().with_home(home))
@@ -148,13 +153,59 @@ def test_range_run_matches_ledger_and_rerun_downloads_nothing(
             path = home / "store" / "works" / f"{key}.pdf"
             assert hashlib.sha256(path.read_bytes()).hexdigest() == hashlib.sha256(bodies[key]).hexdigest()
 
-        served = origin.total_body_bytes()
-        before = len(instance.get_materialized_partitions(dg.AssetKey("artifact_pdfs")))
+        # Materializing again is the user's command: complete works are verified on disk and reported
+        # materialized without a download; the permanently failed W3 is tried again.
+        served = {k: origin.stats(f"/{k}.pdf").body_bytes for k in keys}
+        w3_requests = origin.stats("/W3.pdf").requests
         rerun = run_range(instance, home, "W1", "W5")
-        assert origin.total_body_bytes() == served  # nothing downloaded again
-        assert not rerun.success  # W3 is still a permanent failure, reported again
-        assert rerun.asset_materializations_for_node("artifact_pdfs") == []
-        assert len(instance.get_materialized_partitions(dg.AssetKey("artifact_pdfs"))) == before
+        assert not rerun.success  # W3 still answers 404
+        assert materialized_partitions(instance, rerun.run_id) == {"W1", "W2", "W4", "W5"}
+        assert {k: origin.stats(f"/{k}.pdf").body_bytes for k in keys} == served  # nothing downloaded again
+        assert origin.stats("/W3.pdf").requests > w3_requests
+        run = instance.get_run_by_id(rerun.run_id)
+        assert run is not None
+        assert run.tags["dtkg/outcome"] == "data_failures" and run.tags["dtkg/works_failed"] == "1"
+        assert run.tags["dtkg/works_stored"] == "4"
+        # The failed partition's reason and what to do are on its own events.
+        records = instance.fetch_observations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("artifact_pdfs"), asset_partitions=["W3"]), limit=1
+        ).records
+        observation = records[0].asset_observation
+        assert observation is not None
+        assert observation.metadata["reason"].value == "http_404"
+        assert "materialize the partition again" in str(observation.metadata["what_to_do"].value)
+
+        # The URL is fixed; a deleted file comes back on the next request too.
+        origin.set_mode("/W3.pdf", FaultMode())
+        (home / "store" / "works" / "W1.pdf").unlink()
+        fixed = run_range(instance, home, "W1", "W5")
+        assert fixed.success
+        assert ledger_states(home) == dict.fromkeys(keys, True)
+        assert hashlib.sha256((home / "store" / "works" / "W1.pdf").read_bytes()).hexdigest() == hashlib.sha256(
+            bodies["W1"]).hexdigest()
+        status = instance.get_status_by_partition(
+            dg.AssetKey("artifact_pdfs"), keys, dg.DynamicPartitionsDefinition(name=ARTIFACT_PARTITIONS_NAME)
+        )
+        assert set(status.values()) == {dg.AssetPartitionStatus.MATERIALIZED}
+
+
+def test_automation_runs_do_not_retry_permanent_failures(
+    tmp_path: Path, origin: OriginServer, home: Path, five_works: tuple[list[str], dict[str, bytes]]
+) -> None:
+    with dg.instance_for_test() as instance:
+        assert ingest(instance, home, tmp_path / "works.jsonl").success
+        run_range(instance, home, "W3", "W3")
+        requests = origin.stats("/W3.pdf").requests
+        origin.set_mode("/W3.pdf", FaultMode())
+        job = build_definitions(str(home)).resolve_job_def("artifact_pdfs_job")
+        automated = job.execute_in_process(
+            instance=instance,
+            tags={RANGE_START: "W3", RANGE_END: "W3", "dagster/sensor_name": "reconcile_sensor"},
+            raise_on_error=False,
+        )
+        assert not automated.success
+        assert origin.stats("/W3.pdf").requests == requests  # not tried again
+        assert ledger_states(home)["W3"] is False
 
 
 def test_backfill_runs_created_ahead_match_the_ledger_and_none_is_left_pending(
@@ -225,30 +276,39 @@ def test_work_partitions_sensor_registers_new_works(tmp_path: Path, home: Path, 
         assert not again.dynamic_partitions_requests
 
 
-def test_reconcile_sensor_requests_reconcile_and_batches_for_pending(
+def _tick(instance: dg.DagsterInstance, home: Path, sensor: dg.SensorDefinition, cursor: str | None = None
+          ) -> dg.SensorExecutionData:
+    with dg.build_sensor_context(instance=instance, resources=default_resources(str(home)), cursor=cursor) as ctx:
+        return sensor.evaluate_tick(ctx)
+
+
+def test_reconcile_sensor_redoes_what_broke_and_leaves_new_works_to_the_user(
     tmp_path: Path, origin: OriginServer, home: Path, five_works: tuple[list[str], dict[str, bytes]]
 ) -> None:
-    keys, _ = five_works
     with dg.instance_for_test() as instance:
         assert ingest(instance, home, tmp_path / "works.jsonl").success
-        with dg.build_sensor_context(instance=instance, resources=default_resources(str(home))) as ctx:
-            data = reconcile_sensor.evaluate_tick(ctx)
-        jobs = [r.job_name for r in data.run_requests or []]
-        assert jobs[0] == "reconcile_job"
-        ranges = [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in (data.run_requests or [])[1:]]
-        assert ranges == [("W1", "W5")]  # all five pending, one batch
-        cursor = data.cursor
-        run_range(instance, home, "W1", "W5")
-        with dg.build_sensor_context(
-            instance=instance, resources=default_resources(str(home)), cursor=cursor
-        ) as ctx:
-            idle = reconcile_sensor.evaluate_tick(ctx)
-        # W3 failed permanently and the others are done: nothing to redo, and the hourly
-        # reconcile already ran at the previous tick.
+        first = _tick(instance, home, reconcile_sensor)
+        # Never-attempted works are the user's to download: only the hourly reconcile run.
+        assert [r.job_name for r in first.run_requests or []] == ["reconcile_job"]
+        cursor = first.cursor
+        idle = _tick(instance, home, reconcile_sensor, cursor)
         assert not idle.run_requests
-        with dg.build_sensor_context(instance=instance, resources=default_resources(str(home))) as ctx:
-            hourly = reconcile_sensor.evaluate_tick(ctx)
-        assert [r.job_name for r in hourly.run_requests or []] == ["reconcile_job"]
+        assert idle.skip_message is not None and "5 never-attempted works left for you" in idle.skip_message
+
+        run_range(instance, home, "W1", "W5")
+        (home / "store" / "works" / "W2.pdf").unlink()
+        missing = _tick(instance, home, reconcile_sensor, cursor)
+        ranges = [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in missing.run_requests or []]
+        # W2's file is gone: redo it; W3 failed permanently and is not retried by automation, so no
+        # window spans it.
+        assert ranges == [("W2", "W2")]
+
+        # A run that targets W2 is in progress: the sensor leaves W2 to it.
+        job = build_definitions(str(home)).resolve_job_def("artifact_pdfs_job")
+        instance.create_run_for_job(job, tags={RANGE_START: "W1", RANGE_END: "W2"}, status=dg.DagsterRunStatus.STARTED)
+        held = _tick(instance, home, reconcile_sensor, cursor)
+        assert not held.run_requests
+        assert held.skip_message is not None and "1 left to the run or backfill" in held.skip_message
 
 
 def test_run_batch_size_splits_evenly_into_fewest_runs() -> None:
@@ -291,6 +351,9 @@ def test_partition_batches_cover_pending_only() -> None:
     assert list(partition_batches(keys, {"K01", "K02", "K07"}, 3)) == [("K01", "K02"), ("K07", "K07")]
     assert list(partition_batches(keys, set(keys), 4)) == [("K00", "K03"), ("K04", "K07"), ("K08", "K09")]
     assert list(partition_batches(keys, set(), 4)) == []
+    # No window spans a barrier key.
+    assert list(partition_batches(keys, {"K01", "K03", "K04"}, 10, barrier={"K02"})) == [("K01", "K01"), ("K03", "K04")]
+    assert list(partition_batches(keys, {"K01", "K02"}, 10, barrier={"K02"})) == [("K01", "K01")]
 
 
 def test_failed_run_leases_are_released(tmp_path: Path, home: Path, origin: OriginServer) -> None:
@@ -304,6 +367,7 @@ def test_failed_run_leases_are_released(tmp_path: Path, home: Path, origin: Orig
         job_id = led.jobs_for_work("W1")[0].job_id
         assert led.lease(job_id, "run:dead-run", run_id="dead-run") is not None
         led.close()
+        # An import that failed holds no leases: nothing to release, and the tick says so.
         failing = dg.materialize(
             [openalex_works],
             instance=instance,
@@ -321,9 +385,31 @@ def test_failed_run_leases_are_released(tmp_path: Path, home: Path, origin: Orig
             dagster_instance=instance,
             dagster_run=run,
         ).for_run_failure()
+        skipped = release_leases_on_failure(ctx)
+        assert isinstance(skipped, dg.SkipReason) and "holds no leases" in (skipped.skip_message or "")
+        # A download run that died (no outcome tag: it never ended normally) gets its leases released.
+        job = build_definitions(str(home)).resolve_job_def("artifact_pdfs_job")
+        dead = instance.create_run_for_job(job, tags={RANGE_START: "W1", RANGE_END: "W1"},
+                                           status=dg.DagsterRunStatus.FAILURE)
+        ctx = dg.build_run_status_sensor_context(
+            sensor_name=release_leases_on_failure.name,
+            dagster_event=failure_event,
+            dagster_instance=instance,
+            dagster_run=dead,
+        ).for_run_failure()
         request = release_leases_on_failure(ctx)
         assert isinstance(request, dg.RunRequest)
-        assert request.run_config["ops"]["release_run_leases"]["config"]["run_id"] == failing.run_id
+        assert request.run_config["ops"]["release_run_leases"]["config"]["run_id"] == dead.run_id
+        ended = instance.create_run_for_job(job, tags={RANGE_START: "W1", RANGE_END: "W1",
+                                                       "dtkg/outcome": "data_failures"},
+                                            status=dg.DagsterRunStatus.FAILURE)
+        ctx = dg.build_run_status_sensor_context(
+            sensor_name=release_leases_on_failure.name,
+            dagster_event=failure_event,
+            dagster_instance=instance,
+            dagster_run=ended,
+        ).for_run_failure()
+        assert isinstance(release_leases_on_failure(ctx), dg.SkipReason)
         # Release the dead run's leases with the same job the sensor requests.
         released = release_leases_job.execute_in_process(
             instance=instance,

@@ -1,14 +1,22 @@
 """Verification of finished artifacts: the file is there, its bytes hash to the ledger's sha256,
-and it is a PDF. Used by the asset checks and by `dtkg status`."""
+and it is a PDF. Used by the asset checks, `dtkg status` and materialization requests.
+
+`prepare_request` is what a materialization request does before downloading: a work the ledger
+marks complete is verified on disk (and reopened when its file is missing or corrupt); on a user's
+request, a failed work is reopened whatever its failure class (the ledger's explicit requeue edge).
+Automation never reopens permanent failures.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dtkg_assets.core.ledger import Ledger
 from dtkg_assets.core.pdf import is_valid_pdf
-from dtkg_assets.core.store import sha256_file
+from dtkg_assets.core.store import Store, sha256_file
 from dtkg_assets.settings import ValidationSettings
 
 
@@ -24,19 +32,94 @@ class VerifyReport:
         return len(self.missing) + len(self.hash_mismatch)
 
 
+def file_problem(path: Path, sha256: str, size: int | None, depth: str = "sha256") -> str | None:
+    """None when `path` holds the artifact at `depth` ("exists", "size", "sha256"); else
+    "file_missing" or "hash_mismatch" (wrong size or bytes)."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return "file_missing"
+    if depth == "exists":
+        return None
+    if size is not None and st.st_size != size:
+        return "hash_mismatch"
+    if depth == "sha256":
+        try:
+            if sha256_file(path) != sha256:
+                return "hash_mismatch"
+        except FileNotFoundError:
+            return "file_missing"
+    return None
+
+
 def verify_artifacts(
     rows: Iterable[tuple[str, str, str, int]], validation: ValidationSettings, *, hash_files: bool = True
 ) -> VerifyReport:
     """Check each (work_id, sha256, path, bytes) row against the file on disk."""
     report = VerifyReport()
-    for work_id, sha256, path, _size in rows:
+    for work_id, sha256, path, size in rows:
         report.checked += 1
         file = Path(path)
-        if not file.is_file():
+        problem = file_problem(file, sha256, size or None, "sha256" if hash_files else "exists")
+        if problem == "file_missing":
             report.missing.append(work_id)
             continue
-        if hash_files and sha256_file(file) != sha256:
+        if problem == "hash_mismatch":
             report.hash_mismatch.append(work_id)
         if not is_valid_pdf(file, validation):
             report.not_pdf.append(work_id)
     return report
+
+
+@dataclass
+class PreparedRequest:
+    verified: list[str] = field(default_factory=list)  # complete works whose file checked out
+    redo: dict[str, str] = field(default_factory=dict)  # complete works reopened: work id -> reason
+    retried: dict[str, str] = field(default_factory=dict)  # failed works reopened: work id -> last reason
+
+
+def prepare_request(
+    ledger: Ledger, store: Store, work_ids: Sequence[str], *, depth: str, retry_failed: bool
+) -> PreparedRequest:
+    """Verify complete works' files and reopen what a materialization request must redo.
+
+    A complete work whose file is missing or corrupt is reopened (reason `file_missing` or
+    `hash_mismatch`). With `retry_failed` (a user's request), every failed job of a work that has
+    no complete job and no job left to try is reopened too, permanent or in backoff."""
+    out = PreparedRequest()
+    if not work_ids:
+        return out
+    rows = ledger.query(
+        """
+        SELECT job_id, work_id, state, sha256, bytes, last_reason FROM artifact_jobs
+        WHERE work_id IN (SELECT unnest($1)) ORDER BY work_id, candidate_rank, job_id
+        """,
+        [list(dict.fromkeys(work_ids))],
+    )
+    by_work: dict[str, list[tuple[str, str, str | None, int | None, str | None]]] = {}
+    for job_id, work_id, state, sha, size, reason in rows:
+        by_work.setdefault(str(work_id), []).append((str(job_id), str(state), sha, size, reason))
+    for work_id, jobs in by_work.items():
+        complete = [j for j in jobs if j[1] in ("INDEXED", "DEDUPED")]
+        if complete:
+            job_id, _state, sha, size, _reason = complete[0]
+            problem = file_problem(store.work_path(work_id), str(sha), size, depth) if sha else "file_missing"
+            if problem is None:
+                out.verified.append(work_id)
+                continue
+            detail = f"a materialization request found the file for {work_id} {problem.replace('_', ' ')}"
+            if ledger.requeue(job_id, reason=problem, detail=detail):
+                out.redo[work_id] = problem
+            continue
+        if not retry_failed:
+            continue
+        if any(j[1] == "PLANNED" for j in jobs) or not any(j[1] == "FAILED" for j in jobs):
+            continue  # something left to try, or in flight elsewhere: nothing to reopen
+        failed = [j for j in jobs if j[1] == "FAILED"]
+        reopened = False
+        for job_id, _state, _sha, _size, _reason in failed:
+            reopened = ledger.requeue(job_id, reason="retry_requested", detail="the user requested the work again") \
+                or reopened
+        if reopened:
+            out.retried[work_id] = str(failed[-1][4] or "failed")
+    return out

@@ -4,21 +4,27 @@ Both only call the core (sources, ledger, orchestrator); the download logic live
 """
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Optional
 
 import dagster as dg
 
+from dtkg_assets.core.advice import advice
 from dtkg_assets.core.orchestrator import Orchestrator, WorkOutcome
 from dtkg_assets.core.sources import WorksSource, read_source, record_source
 from dtkg_assets.core.streaming import Engine
+from dtkg_assets.core.verify import prepare_request
 from dtkg_assets.defs.event_writer import BackgroundEvents
 from dtkg_assets.defs.partitions import ARTIFACT_PARTITIONS_NAME, LEDGER_POOL, artifact_partitions
 from dtkg_assets.defs.resources import HttpClientResource, LedgerResource, SettingsResource, StoreResource
 from dtkg_assets.settings import Settings
 
 # Read once at load time: a backfill policy is part of the definition.
-BATCH_SIZE = Settings.from_env().run.batch_size
+_LOAD_SETTINGS = Settings.from_env()
+BATCH_SIZE = _LOAD_SETTINGS.run.batch_size
+# Opt-in (DTKG_RUN_AUTO_DOWNLOAD=1): newly registered works are downloaded by Dagster's declarative
+# automation (the default automation sensor); off, downloading new works is the user's backfill.
+AUTOMATION_CONDITION = dg.AutomationCondition.on_missing() if _LOAD_SETTINGS.run.auto_download else None
 
 
 class WorksSourceConfig(dg.Config):
@@ -88,13 +94,50 @@ def outcome_metadata(outcome: WorkOutcome) -> dict[str, Any]:
     return meta
 
 
+# Runs started by automation (sensors, schedules, declarative automation) carry one of these tags;
+# anything else (the UI, a backfill, `dtkg backfill`) is a user's request.
+AUTOMATION_TAGS = ("dagster/sensor_name", "dagster/schedule_name", "dagster/from_automation_condition",
+                   "dagster/auto_materialize")
+# Run tags the step sets when it ends normally: the Runs page tells data failures from crashes.
+OUTCOME_TAG = "dtkg/outcome"  # "stored" (every work finished) or "data_failures"; absent after a crash
+STORED_TAG = "dtkg/works_stored"
+FAILED_TAG = "dtkg/works_failed"
+
+
+def is_automation(tags: Mapping[str, str]) -> bool:
+    return any(tag in tags for tag in AUTOMATION_TAGS)
+
+
+def failure_observation(asset_key: dg.AssetKey, outcome: WorkOutcome) -> dg.AssetObservation:
+    """The one failure event per failed key: reason code, detail and what to do, on the partition's page."""
+    what_to_do = advice(outcome.reason)
+    detail = outcome.detail or (outcome.result.detail if outcome.result is not None else None) or ""
+    meta: dict[str, Any] = {"reason": outcome.reason, "detail": detail[:2000], "what_to_do": what_to_do}
+    if outcome.result is not None and outcome.result.url:
+        meta["url"] = dg.MetadataValue.url(outcome.result.url)
+    return dg.AssetObservation(
+        asset_key=asset_key,
+        partition=outcome.work_id,
+        description=f"failed: {outcome.reason}. {what_to_do}",
+        metadata=meta,
+        tags={"dtkg/reason": outcome.reason[:63]},
+    )
+
+
+class WorksFailed(dg.Failure):
+    """Some works failed for data reasons (each has its reason on its partition): the step fails
+    without a stack trace so Dagster marks exactly those partitions failed."""
+
+
 @dg.asset(
     partitions_def=artifact_partitions,
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=BATCH_SIZE),
     output_required=False,
     pool=LEDGER_POOL,
-    deps=[openalex_works],
-    description="One verified, deduplicated PDF per work in the content-addressed store.",
+    automation_condition=AUTOMATION_CONDITION,
+    description="One verified, deduplicated PDF per work in the content-addressed store. "
+    "Materializing a partition is a request: a complete work's file is verified (and redone if missing or "
+    "corrupt); a failed work is tried again whatever its failure class.",
 )
 def artifact_pdfs(
     context: dg.AssetExecutionContext,
@@ -104,46 +147,65 @@ def artifact_pdfs(
     store: StoreResource,
     http: HttpClientResource,
 ) -> Iterator[dg.Output[None]]:
-    # A generator that yields no output: each finished key is reported by its own materialization
-    # and the step fails at the end if any key failed, so Dagster shows per-partition truth.
+    # A generator that yields no output: each finished key is reported by its own materialization,
+    # each failed key by one observation with its reason, and the step fails at the end if any key
+    # failed, so Dagster shows per-partition truth (OSS Dagster marks a partition failed only when
+    # the run that planned it fails).
     keys = list(context.partition_keys)
     loaded = settings.load()
     workers = config.workers or loaded.run.workers
-    already = context.instance.get_materialized_partitions(context.asset_key)
+    automated = is_automation(context.run.tags)
     failed: dict[str, str] = {}
+    internal: list[str] = []
     lock = threading.Lock()
 
     def on_done(outcome: WorkOutcome) -> None:
-        # Called from worker threads as each work finishes: one materialization per finished key.
-        if outcome.status in ("downloaded", "deduped") or (
-            outcome.status == "skipped_complete" and outcome.work_id not in already
-        ):
+        # Called from worker threads as each work finishes: one event per finished or failed key.
+        if outcome.ok:
             events.log(
                 dg.AssetMaterialization(
                     asset_key=context.asset_key, partition=outcome.work_id, metadata=outcome_metadata(outcome)
                 )
             )
-        elif outcome.status in ("failed", "deferred"):
-            with lock:
-                failed[outcome.work_id] = outcome.reason or "unknown"
+            return
+        events.log(failure_observation(context.asset_key, outcome))
+        with lock:
+            failed[outcome.work_id] = outcome.reason or "unknown"
+            if outcome.reason == "internal_error":
+                internal.append(f"{outcome.work_id}: {outcome.detail}")
 
     owner = f"run:{context.run.run_id}"
     # Events go through one background writer: workers never wait on Dagster's event storage.
     with BackgroundEvents(context.log_event) as events, ledger.writer(owner=owner) as led:
-        engine = Engine(http.client, loaded, store.store())
+        store_ = store.store()
+        prepared = prepare_request(led, store_, keys, depth=loaded.run.verify_depth, retry_failed=not automated)
+        engine = Engine(http.client, loaded, store_)
         orchestrator = Orchestrator(led, engine, loaded, owner=owner, run_id=context.run.run_id)
         outcomes = orchestrator.process(keys, workers=workers, on_done=on_done)
     counts: dict[str, int] = {}
     for outcome in outcomes:
         counts[outcome.status] = counts.get(outcome.status, 0) + 1
-    context.log.info(f"artifact_pdfs: {len(keys)} keys, {counts}")
+    stored = sum(1 for o in outcomes if o.ok)
+    context.instance.add_run_tags(
+        context.run.run_id,
+        {OUTCOME_TAG: "data_failures" if failed else "stored", STORED_TAG: str(stored), FAILED_TAG: str(len(failed))},
+    )
+    context.log.info(
+        f"artifact_pdfs: {len(keys)} works: {stored} stored ({counts}); verified on disk {len(prepared.verified)}, "
+        f"redone after a file check {len(prepared.redo)}, failed works retried {len(prepared.retried)}"
+    )
+    if internal:
+        # A bug or an unexpected system error is not a data outcome: fail loudly with the details.
+        raise RuntimeError(f"{len(internal)} works hit an internal error: " + "; ".join(internal[:10]))
     if failed:
         by_reason: dict[str, list[str]] = {}
         for key, reason in sorted(failed.items()):
             by_reason.setdefault(reason, []).append(key)
         summary = "; ".join(f"{reason}: {', '.join(ks[:20])}" for reason, ks in sorted(by_reason.items()))
-        raise dg.Failure(
-            description=f"{len(failed)} of {len(keys)} works failed ({summary})",
+        raise WorksFailed(
+            description=f"{len(failed)} of {len(keys)} works failed, {stored} stored ({summary}). "
+            "Each failed partition shows its reason and what to do.",
             metadata={"failed": dg.MetadataValue.json(failed), "counts": dg.MetadataValue.json(counts)},
+            allow_retries=False,
         )
     yield from ()

@@ -4,20 +4,36 @@ A range run covers every key between its ends (in insertion order), so a batch i
 consecutive keys that contains pending ones; the asset skips keys the ledger marks complete.
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 
-def partition_batches(keys: Sequence[str], pending: set[str], batch_size: int) -> Iterator[tuple[str, str]]:
-    """(start, end) windows of at most `batch_size` consecutive keys, each holding a pending key."""
+def partition_batches(
+    keys: Sequence[str], pending: set[str], batch_size: int, barrier: Collection[str] = ()
+) -> Iterator[tuple[str, str]]:
+    """(start, end) windows of at most `batch_size` consecutive keys, each holding a pending key.
+
+    No window spans a key in `barrier` (e.g. partitions another run or backfill targets, or works
+    automation must not touch): a window ends before it and the next starts after it."""
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
-    positions = [i for i, key in enumerate(keys) if key in pending]
+    blocked = set(barrier)
+    segment_of: list[int] = []
+    segment = 0
+    for key in keys:
+        if key in blocked:
+            segment += 1
+        segment_of.append(segment)
+    positions = [i for i, key in enumerate(keys) if key in pending and key not in blocked]
     i = 0
     while i < len(positions):
         start = positions[i]
         end_limit = start + batch_size - 1
         j = i
-        while j + 1 < len(positions) and positions[j + 1] <= end_limit:
+        while (
+            j + 1 < len(positions)
+            and positions[j + 1] <= end_limit
+            and segment_of[positions[j + 1]] == segment_of[start]
+        ):
             j += 1
         yield keys[start], keys[positions[j]]
         i = j + 1

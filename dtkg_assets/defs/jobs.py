@@ -13,14 +13,25 @@ from dtkg_assets.defs.assets import artifact_pdfs, openalex_works
 from dtkg_assets.defs.partitions import LEDGER_POOL
 from dtkg_assets.defs.resources import HttpClientResource, LedgerResource
 
-# Its partitions come from the asset (dynamic, one per work).
-artifact_pdfs_job = dg.define_asset_job("artifact_pdfs_job", selection=dg.AssetSelection.assets(artifact_pdfs))
-# The checks on their own: a batch whose step fails (some works failed) skips its checks, so the
-# command line runs this once after a backfill; the UI can run it any time.
-artifact_checks_job = dg.define_asset_job(
-    "artifact_checks_job", selection=dg.AssetSelection.checks_for_assets(artifact_pdfs)
+# Its partitions come from the asset (dynamic, one per work). The checks are not part of download
+# runs: they cost the downloads nothing and run in their own check run (below).
+artifact_pdfs_job = dg.define_asset_job(
+    "artifact_pdfs_job",
+    selection=dg.AssetSelection.assets(artifact_pdfs).without_checks(),
+    description="Download the selected works' PDFs (a partition range per run).",
 )
-openalex_works_job = dg.define_asset_job("openalex_works_job", selection=dg.AssetSelection.assets(openalex_works))
+# Per-partition checks over a partition range: requested by artifact_checks_sensor after each
+# download run and run by `dtkg backfill`; the UI can run it for any partitions.
+artifact_checks_job = dg.define_asset_job(
+    "artifact_checks_job",
+    selection=dg.AssetSelection.checks_for_assets(artifact_pdfs),
+    description="Check finished works' files (present, sha256, PDF) per partition.",
+)
+openalex_works_job = dg.define_asset_job(
+    "openalex_works_job",
+    selection=dg.AssetSelection.assets(openalex_works),
+    description="Import works from a source into the ledger and register their partitions.",
+)
 
 
 @dg.op(pool=LEDGER_POOL, description="Heal the ledger and store after crashes (leases, ops, files, parts).")

@@ -6,6 +6,7 @@ keys the ledger marks complete are skipped by the asset itself.
 """
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,12 +18,12 @@ import dagster as dg
 from dtkg_assets.core.ledger import Ledger, LedgerUnavailable
 from dtkg_assets.core.ledger.queries import works_needing_work
 from dtkg_assets.core.sources import WorksSource
-from dtkg_assets.defs.assets import artifact_pdfs, openalex_works
+from dtkg_assets.defs.assets import openalex_works
 from dtkg_assets.defs.batching import partition_batches
 from dtkg_assets.defs.instance import instance_yaml, normalize_environment
-from dtkg_assets.defs.jobs import artifact_checks_job, reconcile_job
+from dtkg_assets.defs.jobs import artifact_checks_job, artifact_pdfs_job, openalex_works_job, reconcile_job
 from dtkg_assets.defs.partitions import ARTIFACT_PARTITIONS_NAME
-from dtkg_assets.defs.resources import default_resources
+from dtkg_assets.defs.sensors import CHECKS_INLINE_TAG, RANGE_END, RANGE_START
 from dtkg_assets.settings import Settings
 
 
@@ -48,18 +49,58 @@ def dagster_instance(settings: Settings) -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
-def ingest(instance: dg.DagsterInstance, settings: Settings, source: WorksSource) -> dict[str, Any]:
-    """Materialize `openalex_works` from `source`; returns the asset's metadata values."""
+def _definitions(settings: Settings) -> dg.Definitions:
+    return _definitions_for(str(settings.home))
+
+
+@functools.lru_cache(maxsize=4)
+def _definitions_for(home: str) -> dg.Definitions:
+    from dtkg_assets.definitions import build_definitions
+
+    return build_definitions(home)
+
+
+def cli_tags(command: str, **extra: str) -> dict[str, str]:
+    """Tags of runs the command line launches: which command, and that a user asked for it."""
+    return {"dtkg/requested_by": "cli", "dtkg/command": command, **extra}
+
+
+def ingest(
+    instance: dg.DagsterInstance, settings: Settings, source: WorksSource, *, command: str = "demo"
+) -> dict[str, Any]:
+    """Materialize `openalex_works` from `source` (job openalex_works_job); returns its metadata values."""
     source.check()
     config = {k: v for k, v in vars(source).items() if v not in (None, False)}
-    result = dg.materialize(
-        [openalex_works],
+    job = _definitions(settings).resolve_job_def(openalex_works_job.name)
+    result = job.execute_in_process(
         instance=instance,
-        resources=default_resources(str(settings.home)),
         run_config={"ops": {"openalex_works": {"config": config}}, **quiet_loggers()},
+        tags=cli_tags(command),
     )
     events = result.asset_materializations_for_node("openalex_works")
     return {k: v.value for k, v in events[-1].metadata.items()} if events else {}
+
+
+def record_import(settings: Settings, command: str, what: str, summary: dict[str, Any], work_ids: list[str]) -> None:
+    """Works imported outside a run (`dtkg works import|query`) get their partitions and one
+    `openalex_works` materialization that says what was imported, so every import shows in Dagster."""
+    instance = dagster_instance(settings)
+    if work_ids:
+        instance.add_dynamic_partitions(ARTIFACT_PARTITIONS_NAME, list(dict.fromkeys(work_ids)))
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            asset_key=openalex_works.key,
+            description=f"{command} {what}",
+            metadata={
+                "works": int(summary.get("works", 0)),
+                "new_works": int(summary.get("new_works", 0)),
+                "new_jobs": int(summary.get("new_jobs", 0)),
+                "input_problems": int(summary.get("problems", 0)),
+                "source": what,
+                "command": command,
+            },
+        )
+    )
 
 
 @dataclass
@@ -108,6 +149,7 @@ def backfill(
     workers: int | None = None,
     keys: Sequence[str] | None = None,
     on_batch: Callable[[BatchResult, int], None] | None = None,
+    command: str = "backfill",
 ) -> BackfillReport:
     """Materialize pending partitions of `artifact_pdfs` in batch runs (range tags, in-process)."""
     pending = list(keys) if keys is not None else pending_keys(settings)
@@ -119,11 +161,12 @@ def backfill(
     # Works imported outside Dagster (e.g. `dtkg works import`) get their partitions here.
     instance.add_dynamic_partitions(ARTIFACT_PARTITIONS_NAME, pending)
     ordered = instance.get_dynamic_partitions(ARTIFACT_PARTITIONS_NAME)
-    resources = default_resources(str(settings.home))
     run_config = {"ops": {"artifact_pdfs": {"config": {"workers": workers or settings.run.workers}}}, **quiet_loggers()}
     pending_set = set(pending)
     windows = list(partition_batches(ordered, pending_set, run_batch_size(len(pending), settings.run.batch_size)))
-    runner = _PipelinedRuns(instance, resources, run_config)
+    job = _definitions(settings).resolve_job_def(artifact_pdfs_job.name)
+    tags = cli_tags(command, **{CHECKS_INLINE_TAG: "inline"})
+    runner = _PipelinedRuns(instance, job, run_config, tags)
     try:
         for start, end, result in runner.run(windows):
             batch = BatchResult(
@@ -131,7 +174,7 @@ def backfill(
                 end=end,
                 run_id=result.run_id,
                 success=result.success,
-                materialized=len(result.asset_materializations_for_node("artifact_pdfs")),
+                materialized=materialized_in_run(instance, result.run_id),
             )
             report.batches.append(batch)
             if on_batch is not None:
@@ -154,19 +197,15 @@ class _PipelinedRuns:
     Execution is what `JobDefinition.execute_in_process` does, with the run created beforehand.
     """
 
-    def __init__(self, instance: dg.DagsterInstance, resources: Mapping[str, Any],
-                 run_config: Mapping[str, Any]) -> None:
+    def __init__(self, instance: dg.DagsterInstance, job_def: dg.JobDefinition,
+                 run_config: Mapping[str, Any], tags: Mapping[str, str]) -> None:
         from dagster._core.definitions.job_base import InMemoryJob
         from dagster._core.execution.api import create_execution_plan
         from dagster._core.execution.build_resources import wrap_resources_for_execution
 
         self.instance = instance
         self.run_config = run_config
-        job_def = dg.Definitions(
-            jobs=[dg.define_asset_job(name="__ASSET_JOB", selection=[artifact_pdfs])],
-            assets=[artifact_pdfs],
-            resources=resources,
-        ).resolve_job_def("__ASSET_JOB")
+        self.tags = dict(tags)
         self.job_def = job_def.as_ephemeral_job(
             resource_defs=wrap_resources_for_execution({}), input_values={}, op_selection=None, asset_selection=None
         )
@@ -178,7 +217,7 @@ class _PipelinedRuns:
         self._pending: list[Future[Any]] = []
 
     def _create(self, start: str, end: str) -> Any:
-        tags = {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end}
+        tags = {RANGE_START: start, RANGE_END: end, **self.tags}
         return self.instance.create_run_for_job(
             job_def=self.job_def, run_config=self.run_config, tags={**self.job_def.run_tags, **tags},
             execution_plan=self.plan,
@@ -230,18 +269,43 @@ class _PipelinedRuns:
         self._creator.shutdown(wait=True)
 
 
-def run_reconcile(instance: dg.DagsterInstance, settings: Settings) -> dict[str, int]:
-    result = reconcile_job.execute_in_process(
-        instance=instance, resources=default_resources(str(settings.home)), run_config=quiet_loggers()
-    )
+def materialized_in_run(instance: dg.DagsterInstance, run_id: str) -> int:
+    """Partitions a run materialized, read from the instance (a failed step's result object does not
+    carry the events its body logged)."""
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    return len(records)
+
+
+def run_reconcile(instance: dg.DagsterInstance, settings: Settings, *, command: str = "reconcile") -> dict[str, int]:
+    job = _definitions(settings).resolve_job_def(reconcile_job.name)
+    result = job.execute_in_process(instance=instance, run_config=quiet_loggers(), tags=cli_tags(command))
     counts: dict[str, int] = result.output_for_node("reconcile_ledger")
     return counts
 
 
-def run_checks(instance: dg.DagsterInstance, settings: Settings) -> dict[str, bool]:
-    """Run the asset checks on every finished artifact; returns check name -> passed."""
-    from dtkg_assets.definitions import build_definitions
-
-    job = build_definitions(str(settings.home)).resolve_job_def(artifact_checks_job.name)
-    result = job.execute_in_process(instance=instance, run_config=quiet_loggers(), raise_on_error=False)
-    return {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
+def run_checks(
+    instance: dg.DagsterInstance, settings: Settings, report: BackfillReport | None = None, *, command: str = "backfill"
+) -> dict[str, bool]:
+    """Per-partition checks over the partitions the backfill's runs covered (all partitions without
+    a report): check name -> every evaluated partition passed."""
+    ordered = instance.get_dynamic_partitions(ARTIFACT_PARTITIONS_NAME)
+    if not ordered:
+        return {}
+    if report is not None and report.batches:
+        index = {key: i for i, key in enumerate(ordered)}
+        start = min((b.start for b in report.batches), key=lambda k: index.get(k, 0))
+        end = max((b.end for b in report.batches), key=lambda k: index.get(k, 0))
+    else:
+        start, end = ordered[0], ordered[-1]
+    job = _definitions(settings).resolve_job_def(artifact_checks_job.name)
+    result = job.execute_in_process(
+        instance=instance,
+        run_config=quiet_loggers(),
+        tags={RANGE_START: start, RANGE_END: end, **cli_tags(command)},
+        raise_on_error=False,
+    )
+    passed: dict[str, bool] = {}
+    for evaluation in result.get_asset_check_evaluations():
+        name = evaluation.asset_check_key.name
+        passed[name] = passed.get(name, True) and evaluation.passed
+    return passed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from dtkg_assets.core.ledger.db import Ledger
 from dtkg_assets.core.store import resolve_store_path
@@ -40,17 +41,22 @@ def works_needing_work(ledger: Ledger, *, now: float | None = None, limit: int =
     return [str(r[0]) for r in rows]
 
 
-def finished_artifacts(ledger: Ledger, *, run_id: str | None = None) -> list[tuple[str, str, str, int]]:
-    """(work_id, sha256, file, bytes) of every finished artifact, or only those a run finished; the
-    ledger's store-relative path is resolved under this home's store."""
+def finished_artifacts(
+    ledger: Ledger, *, run_id: str | None = None, work_ids: Sequence[str] | None = None
+) -> list[tuple[str, str, str, int]]:
+    """(work_id, sha256, file, bytes) of every finished artifact, or only those a run finished, or
+    only those of the given works; the ledger's store-relative path is resolved under this home's store."""
     root = ledger.settings.store_dir
-    sql = (
-        "SELECT work_id, sha256, path, bytes FROM artifact_jobs WHERE state IN ('INDEXED', 'DEDUPED')"
-        + (" AND run_id = ?" if run_id else "")
-        + " ORDER BY work_id"
-    )
-    return [(str(r[0]), str(r[1]), str(resolve_store_path(str(r[2]), root)), int(r[3] or 0))
-            for r in ledger.query(sql, [run_id] if run_id else [])]
+    sql = "SELECT work_id, sha256, path, bytes FROM artifact_jobs WHERE state IN ('INDEXED', 'DEDUPED')"
+    params: list[object] = []
+    if run_id:
+        sql += " AND run_id = ?"
+        params.append(run_id)
+    if work_ids is not None:
+        sql += " AND work_id IN (SELECT unnest(?))"
+        params.append(list(work_ids))
+    rows = ledger.query(sql + " ORDER BY work_id", params)
+    return [(str(r[0]), str(r[1]), str(resolve_store_path(str(r[2]), root)), int(r[3] or 0)) for r in rows]
 
 
 def summary(ledger: Ledger) -> dict[str, object]:
@@ -96,3 +102,78 @@ def summary(ledger: Ledger) -> dict[str, object]:
         "blob_bytes": int(stored[1]),
         "artifact_bytes": int(finished_bytes),
     }
+
+
+def automation_view(ledger: Ledger, *, now: float | None = None) -> dict[str, str]:
+    """Each work's class for automation: "complete", "redo" (reconciliation may request it: a
+    transient failure whose backoff passed, an expired lease, a work reopened after it was tried or
+    finished), "new" (never attempted: downloading it is the user's choice), or "hold" (permanent
+    failure, backoff not passed, or in flight)."""
+    now = time.time() if now is None else now
+    rows = ledger.query(
+        """
+        SELECT work_id,
+          CASE
+            WHEN bool_or(state IN ('INDEXED', 'DEDUPED')) THEN 'complete'
+            WHEN bool_or((state = 'FAILED' AND failure_class = 'transient' AND coalesce(next_eligible_at, 0) <= ?)
+                 OR (state IN ('LEASED', 'HEAD_DONE', 'RESUME_OK', 'STREAMING', 'FINALIZED')
+                     AND coalesce(lease_expires_at, 0) <= ?)
+                 OR (state = 'PLANNED' AND (attempts > 0 OR reopened_at IS NOT NULL))) THEN 'redo'
+            WHEN bool_and(state IN ('PLANNED', 'SKIPPED_DUPLICATE') AND attempts = 0 AND reopened_at IS NULL)
+                 THEN 'new'
+            ELSE 'hold'
+          END
+        FROM artifact_jobs GROUP BY work_id
+        """,
+        [now, now],
+    )
+    return {str(r[0]): str(r[1]) for r in rows}
+
+
+def finished_files(ledger: Ledger) -> list[tuple[str, str, int]]:
+    """(work_id, sha256, bytes) of every finished work (one row per work)."""
+    rows = ledger.query(
+        "SELECT work_id, any_value(sha256), any_value(bytes) FROM artifact_jobs "
+        "WHERE state IN ('INDEXED', 'DEDUPED') GROUP BY work_id ORDER BY work_id"
+    )
+    return [(str(r[0]), str(r[1]), int(r[2] or 0)) for r in rows]
+
+
+def works_by_outcome(ledger: Ledger) -> dict[str, int]:
+    """Works counted once each by outcome: stored, deduplicated, failed, retrying, pending."""
+    rows = ledger.query(
+        """
+        WITH per_work AS (
+            SELECT CASE WHEN bool_or(state = 'INDEXED') THEN 'stored'
+                        WHEN bool_or(state = 'DEDUPED') THEN 'deduplicated'
+                        WHEN bool_or(state IN ('LEASED','HEAD_DONE','RESUME_OK','STREAMING','FINALIZED'))
+                             THEN 'in_flight'
+                        WHEN bool_or(state = 'PLANNED') THEN 'pending'
+                        WHEN bool_or(state = 'FAILED' AND failure_class = 'transient') THEN 'retrying'
+                        ELSE 'failed' END AS outcome
+            FROM artifact_jobs GROUP BY work_id)
+        SELECT outcome, count(*) FROM per_work GROUP BY outcome ORDER BY outcome
+        """
+    )
+    return {str(k): int(v) for k, v in rows}
+
+
+def failed_jobs(ledger: Ledger) -> list[tuple[str, str, str, str, str]]:
+    """Failed jobs of works with nothing finished or left to try: (work_id, job_id, the job's reason,
+    its URL's host, the work's reported reason: its last candidate's)."""
+    rows = ledger.query(
+        """
+        WITH failed_works AS (
+            SELECT work_id, arg_max(last_reason, candidate_rank) AS work_reason FROM artifact_jobs
+            GROUP BY work_id
+            HAVING bool_or(state = 'FAILED')
+               AND NOT bool_or(state IN ('INDEXED', 'DEDUPED', 'PLANNED', 'LEASED', 'HEAD_DONE', 'RESUME_OK',
+                                         'STREAMING', 'FINALIZED')))
+        SELECT j.work_id, j.job_id, coalesce(j.last_reason, ''),
+               lower(regexp_extract(j.url, '^[a-zA-Z][a-zA-Z0-9+.-]*://(?:[^@/]*@)?([^:/?#]+)', 1)),
+               coalesce(f.work_reason, '')
+        FROM artifact_jobs j JOIN failed_works f USING (work_id)
+        WHERE j.state = 'FAILED' ORDER BY j.work_id, j.candidate_rank
+        """
+    )
+    return [(str(a), str(b), str(c), str(d), str(e)) for a, b, c, d, e in rows]
