@@ -481,3 +481,39 @@ def test_cli_backfill_honours_limit_and_checks_what_it_finished(
     # Only the first two works were fetched; the others were not touched.
     assert [origin.stats(f"/W{i}.pdf").get_requests for i in range(1, 6)] == [1, 1, 0, 0, 0]
     assert sorted(p.name for p in (tmp_path / "cli-home" / "store" / "works").iterdir()) == ["W1.pdf", "W2.pdf"]
+
+
+def test_cli_import_is_visible_in_dagster_and_retry_reopens_failed_works(
+    tmp_path: Path, origin: OriginServer, five_works: tuple[list[str], dict[str, bytes]]
+) -> None:
+    home = tmp_path / "cli-home"
+    env = loopback_env(home)
+    dtkg = str(Path(sys.executable).parent / "dtkg")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([dtkg, *args], env=env, capture_output=True, text=True, timeout=300, check=False)
+
+    assert run("works", "import", str(tmp_path / "works.jsonl")).returncode == 0
+    instance = dg.DagsterInstance.from_config(str(home / "dagster"))
+    try:
+        event = instance.get_latest_materialization_event(dg.AssetKey("openalex_works"))
+        assert event is not None and event.asset_materialization is not None
+        assert "dtkg works import" in (event.asset_materialization.description or "")
+        assert instance.get_dynamic_partitions(ARTIFACT_PARTITIONS_NAME) == [f"W{i}" for i in range(1, 6)]
+    finally:
+        instance.dispose()
+    assert run("works", "download").returncode == 1  # W3 answers 404
+    status = json.loads(run("status", "--json").stdout)
+    assert status["works"] == {"stored": 4, "failed": 1}
+
+    usage = run("works", "retry")
+    assert usage.returncode == 2 and "--reason" in usage.stderr and "Traceback" not in usage.stderr
+    dry = json.loads(run("works", "retry", "--reason", "http_404", "--dry-run", "--json").stdout)
+    assert dry["matched"] == 1 and dry["works"] == ["W3"] and dry["reopened"] == 0
+    assert json.loads(run("works", "retry", "--reason", "http_410", "--json").stdout)["matched"] == 0
+    origin.set_mode("/W3.pdf", FaultMode())
+    retried = json.loads(run("works", "retry", "--host", "127.0.0.1", "--json").stdout)
+    assert retried["reopened"] == 1
+    assert json.loads(run("status", "--json").stdout)["works"] == {"stored": 4, "pending": 1}
+    assert run("works", "download").returncode == 0
+    assert json.loads(run("status", "--json").stdout)["works"] == {"stored": 5}
