@@ -197,16 +197,26 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ui]:
         assert not result.get("errors"), result["errors"]
         yield Ui(home, result["data"], works, finished, failed, url, origin)
     finally:
-        _wait_runs_idle(url)
-        _stop(proc, str(home / "dagster"))
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(serve.pid, signal.SIGINT)
         try:
-            serve.wait(timeout=STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(serve.pid, signal.SIGKILL)
-            serve.wait(timeout=STOP_GRACE_S)
-        origin.stop()
+            _wait_runs_idle(url)
+            _stop(proc, str(home / "dagster"))
+        finally:
+            keep = os.environ.get("DTKG_UI_SCREENSHOTS")
+            if keep:  # logs and the ledger snapshot next to the screenshots, for reading after the run
+                import shutil
+
+                Path(keep).mkdir(parents=True, exist_ok=True)
+                for f in (log_path, serve_log, home / "ledger.snapshot.duckdb"):
+                    with contextlib.suppress(OSError):
+                        shutil.copy(f, Path(keep) / f.name)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(serve.pid, signal.SIGTERM)
+            try:
+                serve.wait(timeout=STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(serve.pid, signal.SIGKILL)
+                serve.wait(timeout=STOP_GRACE_S)
+            origin.stop()
 
 
 def test_artifact_pdfs_is_listed_with_the_demo_works_as_partitions(ui: Ui) -> None:
@@ -366,6 +376,16 @@ def _ledger(ui: Ui) -> tuple[set[str], set[str]]:
             {w for w, s in states.items() if s == "FAILED"})
 
 
+def _explain(ui: Ui, keys: list[str]) -> str:
+    """The ledger's rows for `keys`, for assertion messages."""
+    with snapshot(ui.home) as con:
+        rows = con.execute(
+            "SELECT work_id, state, failure_class, last_reason, left(last_error, 200), attempts FROM artifact_jobs "
+            "WHERE work_id IN (SELECT unnest(?)) ORDER BY work_id, candidate_rank", [keys]
+        ).fetchall()
+    return "\n".join(map(str, rows))
+
+
 def _partitions(ui: Ui, failed: list[str] | None = None, fresh: list[str] | None = None) -> dict[str, Any]:
     data = _q(ui, PARTITIONS, failed=failed or [], fresh=fresh or [])
     node: dict[str, Any] = data["assetNodeOrError"]
@@ -421,7 +441,7 @@ def test_backfills_from_the_ui_obey_the_user_and_match_the_ledger(ui: Ui) -> Non
     first = _launch(ui, [*new, broken, *complete[:2]])
     b1 = _wait_backfill(ui, first)
     timings["backfill_new_and_complete_s"] = time.monotonic() - started
-    assert b1["status"] == "COMPLETED_FAILED", b1
+    assert b1["status"] == "COMPLETED_FAILED", f"{b1}\n{_explain(ui, [*new, broken, *complete[:2]])}"
     assert (b1["numPartitionsTargeted"], b1["numPartitionsMaterialized"], b1["numPartitionsFailed"]) == (6, 5, 1)
     finished, failed = _ledger(ui)
     assert set(new) | set(complete[:2]) <= finished and broken in failed
@@ -449,13 +469,14 @@ def test_backfills_from_the_ui_obey_the_user_and_match_the_ledger(ui: Ui) -> Non
     ui.origin.set_mode(f"/{broken}.pdf", FaultMode())
     deleted = complete[2]
     deleted_sha = sha256_file(ui.home / "store" / "works" / f"{deleted}.pdf")
-    (ui.home / "store" / "works" / f"{deleted}.pdf").unlink()
     only_complete = _launch(ui, complete[:2])
     fixes = _launch(ui, [broken, deleted])
+    # Deleted once the backfill is requested (no sensor may take it over), before its run starts.
+    (ui.home / "store" / "works" / f"{deleted}.pdf").unlink()
     b2, b3 = _wait_backfill(ui, only_complete), _wait_backfill(ui, fixes)
     timings["backfills_complete_and_fixes_s"] = time.monotonic() - started
-    assert b2["status"] == "COMPLETED_SUCCESS", b2
-    assert b3["status"] == "COMPLETED_SUCCESS", b3
+    assert b2["status"] == "COMPLETED_SUCCESS", f"{b2}\n{_explain(ui, complete[:2])}"
+    assert b3["status"] == "COMPLETED_SUCCESS", f"{b3}\n{_explain(ui, [broken, deleted])}"
     finished, failed = _ledger(ui)
     assert broken in finished and deleted in finished
     assert sha256_file(ui.home / "store" / "works" / f"{broken}.pdf") == hashlib.sha256(bodies[broken]).hexdigest()
@@ -499,3 +520,35 @@ def test_backfills_from_the_ui_obey_the_user_and_match_the_ledger(ui: Ui) -> Non
     reasons = [t["skipReason"] for t in ticks["sensorState"]["ticks"] if t["status"] == "SKIPPED"]
     assert reasons and all(r and "empty result" not in r for r in reasons), reasons
     print(f"ui timings: {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
+    shots = os.environ.get("DTKG_UI_SCREENSHOTS")
+    if shots:
+        b1_run = next(r["runId"] for r in b1_runs if r["tags"].get("dtkg/outcome") == "data_failures")
+        _screenshots(ui, Path(shots), first, b1_run)
+
+
+def _screenshots(ui: Ui, out: Path, backfill_id: str, run_id: str) -> None:
+    """Headless Chromium renders of the pages users look at (for reviewing the UI by eye; not asserted)."""
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    base = ui.url.removesuffix("/graphql")
+    failed_demo = sorted(ui.failed)[0]
+    pages = {
+        "failed-partition": f"/assets/artifact_pdfs?view=partitions&partition={failed_demo}",
+        "runs": "/runs",
+        "backfill": f"/runs/b/{backfill_id}?tab=partitions",
+        "checks": "/assets/artifact_pdfs?view=checks",
+        "data-failure-run": f"/runs/{run_id}",
+        "automation": "/automation",
+        "sensor-reconcile": "/locations/__repository__@dtkg_assets.definitions/sensors/reconcile_sensor",
+    }
+    for name, path in pages.items():
+        subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             f"--screenshot={out / (name + '.png')}", "--window-size=1400,900", "--virtual-time-budget=15000",
+             base + path],
+            capture_output=True, timeout=120, check=False,
+        )
