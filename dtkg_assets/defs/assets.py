@@ -24,7 +24,14 @@ _LOAD_SETTINGS = Settings.from_env()
 BATCH_SIZE = _LOAD_SETTINGS.run.batch_size
 # Opt-in (DTKG_RUN_AUTO_DOWNLOAD=1): newly registered works are downloaded by Dagster's declarative
 # automation (the default automation sensor); off, downloading new works is the user's backfill.
-AUTOMATION_CONDITION = dg.AutomationCondition.on_missing() if _LOAD_SETTINGS.run.auto_download else None
+# `on_missing` alone would also request partitions a backfill or run already targets: never race them.
+AUTOMATION_CONDITION = (
+    (dg.AutomationCondition.on_missing() & ~dg.AutomationCondition.in_progress()).with_label(
+        "new works, not targeted by a run or backfill"
+    )
+    if _LOAD_SETTINGS.run.auto_download
+    else None
+)
 
 
 class WorksSourceConfig(dg.Config):
