@@ -517,3 +517,22 @@ def test_cli_import_is_visible_in_dagster_and_retry_reopens_failed_works(
     assert json.loads(run("status", "--json").stdout)["works"] == {"stored": 4, "pending": 1}
     assert run("works", "download").returncode == 0
     assert json.loads(run("status", "--json").stdout)["works"] == {"stored": 5}
+
+
+def test_a_data_failure_is_recorded_without_a_stack_trace(
+    tmp_path: Path, origin: OriginServer, home: Path, five_works: tuple[list[str], dict[str, bytes]]
+) -> None:
+    with dg.instance_for_test() as instance:
+        assert ingest(instance, home, tmp_path / "works.jsonl").success
+        result = run_range(instance, home, "W1", "W5")
+        assert not result.success
+        failures = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+        assert len(failures) == 1
+        error = failures[0].step_failure_data.error
+        assert error is not None and "1 of 5 works failed" in error.message and "http_404" in error.message
+        assert list(error.stack) == []
+        # Stack traces are back for whatever fails next in this process.
+        from dtkg_assets.defs.assets import restore_stacks
+
+        restore_stacks()
+        assert getattr(sys, "tracebacklimit", None) != 0

@@ -3,6 +3,8 @@
 Both only call the core (sources, ledger, orchestrator); the download logic lives there.
 """
 
+import contextlib
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any, Optional
@@ -132,8 +134,33 @@ def failure_observation(asset_key: dg.AssetKey, outcome: WorkOutcome) -> dg.Asse
 
 
 class WorksFailed(dg.Failure):
-    """Some works failed for data reasons (each has its reason on its partition): the step fails
-    without a stack trace so Dagster marks exactly those partitions failed."""
+    """Some works failed for data reasons (each has its reason on its partition): the step fails so
+    Dagster marks exactly those partitions failed, and shows the reasons without a stack trace."""
+
+
+_UNSET = object()
+_saved_limit: list[object] = []
+
+
+def hide_stack_of_the_next_failure() -> None:
+    """Dagster records a step failure's stack with `traceback.TracebackException`, which honours
+    `sys.tracebacklimit`: a data outcome has no stack worth showing, so the limit is 0 while the
+    step's `WorksFailed` is recorded. `restore_stacks()` puts the limit back (every step of ours
+    starts with it; `dtkg` calls it after each run it launches; a run worker ends with its step)."""
+    if not _saved_limit:
+        _saved_limit.append(getattr(sys, "tracebacklimit", _UNSET))
+    sys.tracebacklimit = 0
+
+
+def restore_stacks() -> None:
+    if not _saved_limit:
+        return
+    previous = _saved_limit.pop()
+    if previous is _UNSET:
+        with contextlib.suppress(AttributeError):
+            del sys.tracebacklimit
+    else:
+        sys.tracebacklimit = previous  # type: ignore[assignment]
 
 
 @dg.asset(
@@ -158,6 +185,7 @@ def artifact_pdfs(
     # each failed key by one observation with its reason, and the step fails at the end if any key
     # failed, so Dagster shows per-partition truth (OSS Dagster marks a partition failed only when
     # the run that planned it fails).
+    restore_stacks()
     keys = list(context.partition_keys)
     loaded = settings.load()
     workers = config.workers or loaded.run.workers
@@ -209,6 +237,7 @@ def artifact_pdfs(
         for key, reason in sorted(failed.items()):
             by_reason.setdefault(reason, []).append(key)
         summary = "; ".join(f"{reason}: {', '.join(ks[:20])}" for reason, ks in sorted(by_reason.items()))
+        hide_stack_of_the_next_failure()
         raise WorksFailed(
             description=f"{len(failed)} of {len(keys)} works failed, {stored} stored ({summary}). "
             "Each failed partition shows its reason and what to do.",

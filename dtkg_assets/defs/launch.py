@@ -18,7 +18,7 @@ import dagster as dg
 from dtkg_assets.core.ledger import Ledger, LedgerUnavailable
 from dtkg_assets.core.ledger.queries import works_needing_work
 from dtkg_assets.core.sources import WorksSource
-from dtkg_assets.defs.assets import openalex_works
+from dtkg_assets.defs.assets import openalex_works, restore_stacks
 from dtkg_assets.defs.batching import partition_batches
 from dtkg_assets.defs.instance import instance_yaml, normalize_environment
 from dtkg_assets.defs.jobs import artifact_checks_job, artifact_pdfs_job, openalex_works_job, reconcile_job
@@ -169,6 +169,7 @@ def backfill(
     runner = _PipelinedRuns(instance, job, run_config, tags)
     try:
         for start, end, result in runner.run(windows):
+            restore_stacks()
             batch = BatchResult(
                 start=start,
                 end=end,
