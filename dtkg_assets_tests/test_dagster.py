@@ -231,7 +231,7 @@ def test_backfill_runs_created_ahead_match_the_ledger_and_none_is_left_pending(
 
         with pytest.raises(Stop):
             backfill(instance, settings, keys=keys, workers=4, on_batch=stop_after_first)
-        runs = instance.get_runs(filters=dg.RunsFilter(job_name="__ASSET_JOB"))
+        runs = instance.get_runs(filters=dg.RunsFilter(job_name="artifact_pdfs_job"))
         by_status = sorted(r.status.value for r in runs)
         assert by_status == ["CANCELED", "SUCCESS"], by_status  # W1-W2 ran; the W3-W4 run never started
         assert ledger_states(home) == {"W1": True, "W2": True, "W3": False, "W4": False, "W5": False}
@@ -246,7 +246,7 @@ def test_backfill_runs_created_ahead_match_the_ledger_and_none_is_left_pending(
         for key in keys:
             expected = dg.AssetPartitionStatus.MATERIALIZED if finished[key] else dg.AssetPartitionStatus.FAILED
             assert status[key] == expected, key
-        statuses = {r.status for r in instance.get_runs(filters=dg.RunsFilter(job_name="__ASSET_JOB"))}
+        statuses = {r.status for r in instance.get_runs(filters=dg.RunsFilter(job_name="artifact_pdfs_job"))}
         assert dg.DagsterRunStatus.NOT_STARTED not in statuses and dg.DagsterRunStatus.STARTED not in statuses
 
 
