@@ -12,7 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 MiB = 1024 * 1024
-PDF_HEAD, PDF_TAIL = b"%PDF-1.7\n", b"\n%%EOF\n"
+# The smallest end a PDF validation accepts: a trailer, startxref and %%EOF.
+PDF_HEAD, PDF_TAIL = b"%PDF-1.7\n", b"\ntrailer\n<< /Size 1 >>\nstartxref\n9\n%%EOF\n"
 
 
 def make_pdf(path: Path, size: int, rng: random.Random | None = None) -> str:

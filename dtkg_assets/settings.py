@@ -65,6 +65,9 @@ class ValidationSettings:
     head_sniff_bytes: int = 1024
     # Real PDFs sometimes carry a few KB after %%EOF (signatures, padding from the host).
     tail_sniff_bytes: int = 8192
+    # Files up to this size are rejected when their first head_sniff_bytes hold an HTML marker even
+    # behind a %PDF- header (login pages served as PDFs are kilobytes; real PDFs rarely say <html).
+    html_check_max_bytes: int = 1024 * 1024
 
 
 @dataclass(frozen=True)

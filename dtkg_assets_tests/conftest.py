@@ -15,11 +15,14 @@ from dtkg_assets.pgcluster import PgCluster
 from dtkg_assets.sample import SampleCorpus, build_sample_corpus
 from dtkg_assets.settings import Settings
 
+# The smallest end PDF validation accepts: a cross-reference trailer, startxref and %%EOF.
+PDF_TAIL = b"\ntrailer\n<< /Size 1 >>\nstartxref\n9\n%%EOF\n"
+
 
 def pdf_bytes(size: int, seed: int = 0) -> bytes:
-    """A valid-looking PDF of exactly `size` bytes (>= 32): `%PDF-1.7` header, incompressible
-    filler, `%%EOF` trailer. Fast enough for multi-MiB engine tests."""
-    head, tail = b"%PDF-1.7\n", b"\n%%EOF\n"
+    """A valid-looking PDF of exactly `size` bytes (>= 64): `%PDF-1.7` header, incompressible
+    filler, trailer + `%%EOF`. Fast enough for multi-MiB engine tests."""
+    head, tail = b"%PDF-1.7\n", PDF_TAIL
     if size < len(head) + len(tail) + 16:
         raise ValueError(f"pdf_bytes needs at least {len(head) + len(tail) + 16} bytes, got {size}")
     filler = random.Random(seed).randbytes(size - len(head) - len(tail))

@@ -24,6 +24,7 @@ from dtkg_assets.core.streaming import (
 from dtkg_assets.core.types import NullHooks
 from dtkg_assets.origin import FaultMode, OriginServer
 from dtkg_assets.settings import MiB, Settings
+from dtkg_assets_tests.conftest import PDF_TAIL
 
 SIZE = 6 * MiB + 12345
 # One resume may re-read this much (the prefix check of a resume without validators).
@@ -31,7 +32,7 @@ OVERLAP = 64 * 1024
 
 
 def make_pdf(size: int, seed: int = 0) -> bytes:
-    head, tail = b"%PDF-1.7\n", b"\n%%EOF\n"
+    head, tail = b"%PDF-1.7\n", PDF_TAIL
     rnd = hashlib.sha256(str(seed).encode()).digest() * ((size // 32) + 1)
     body = bytearray(os.urandom(16)) + rnd[: size - len(head) - len(tail) - 16]
     return head + bytes(body) + tail

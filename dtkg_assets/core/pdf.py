@@ -1,13 +1,22 @@
 """PDF validation before anything enters the store.
 
-Cheap structural checks only (header, trailer, size, HTML/challenge pages): they catch the usual
-failures of scholarly hosts (login pages, bot challenges, error pages served as application/pdf,
-truncated files) without parsing the document.
+Cheap structural checks only, from the first and last few KiB of the file (two preads, whatever its
+size): the `%PDF-` header; the end of a PDF's last revision (`startxref <offset> %%EOF`) with a
+cross-reference section or object syntax near it (`trailer`, an xref stream's `/XRef`, or `endobj`);
+the minimum size; and HTML or challenge pages, also when they wear a `%PDF-` header (small files only:
+a login page served as application/pdf is kilobytes). They catch the usual failures of scholarly
+hosts (login pages, bot challenges, error pages served as application/pdf, truncated files) without
+parsing the document.
+
+API: `classify_pdf(head, tail, size, settings)` judges bytes already in memory and returns the
+problem (or None); `validate_pdf(path, settings)` raises it for a file; `is_valid_pdf` is the boolean
+form; `find_html_marker(data)` is the one list of HTML/challenge markers, for other content checks.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from dtkg_assets.core.errors import DtkgError, Reason
@@ -28,6 +37,20 @@ HTML_MARKERS: tuple[bytes, ...] = (
     b"access denied",
 )
 
+# The end of a revision: `startxref`, the byte offset of its cross-reference section, `%%EOF`.
+_STARTXREF = re.compile(rb"startxref\s+\d+\s+%%EOF")
+# A cross-reference table's trailer, an xref stream's dictionary, or the end of an object.
+_STRUCTURE = re.compile(rb"\btrailer\b|/XRef\b|\bendobj\b")
+
+
+def find_html_marker(data: bytes) -> bytes | None:
+    """The first HTML / challenge-page marker in `data` (case-insensitive), or None."""
+    lowered = data.lower()
+    for marker in HTML_MARKERS:
+        if marker in lowered:
+            return marker
+    return None
+
 
 def classify_pdf(head: bytes, tail: bytes, size: int, settings: ValidationSettings) -> DtkgError | None:
     """Return the reason these bytes are not an acceptable PDF, or None when they look like one.
@@ -37,17 +60,26 @@ def classify_pdf(head: bytes, tail: bytes, size: int, settings: ValidationSettin
     """
     sniff = head[: settings.head_sniff_bytes]
     has_magic = PDF_MAGIC in sniff
-    if not has_magic:
-        lowered = sniff.lower()
-        for marker in HTML_MARKERS:
-            if marker in lowered:
-                return DtkgError(Reason.HTML_PAGE, f"HTML page instead of a PDF (found {marker.decode()!r})")
+    # Without a header any marker condemns the file; with one, only in files small enough to be a page.
+    if not has_magic or size <= settings.html_check_max_bytes:
+        marker = find_html_marker(sniff)
+        if marker is not None:
+            wrapped = " wrapped in a %PDF- header" if has_magic else ""
+            return DtkgError(Reason.HTML_PAGE, f"HTML page{wrapped} instead of a PDF (found {marker.decode()!r})")
     if size < settings.min_bytes:
         return DtkgError(Reason.TOO_SMALL, f"{size} bytes is below the minimum of {settings.min_bytes}")
     if not has_magic:
         return DtkgError(Reason.NOT_PDF, f"no %PDF- header in the first {settings.head_sniff_bytes} bytes")
-    if PDF_EOF not in tail[-settings.tail_sniff_bytes :]:
+    end = tail[-settings.tail_sniff_bytes :]
+    if PDF_EOF not in end:
         return DtkgError(Reason.NOT_PDF, f"no %%EOF trailer in the last {settings.tail_sniff_bytes} bytes")
+    if not _STARTXREF.search(end):
+        return DtkgError(Reason.NOT_PDF, "no 'startxref <offset> %%EOF' at the end: not a complete PDF")
+    if not _STRUCTURE.search(end):
+        return DtkgError(
+            Reason.NOT_PDF,
+            f"no cross-reference trailer, xref stream or object in the last {settings.tail_sniff_bytes} bytes",
+        )
     return None
 
 
