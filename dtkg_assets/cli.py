@@ -2,23 +2,35 @@
 
 Each subcommand is one `add_<name>(subparsers)` builder listed in `_subcommands()`, which registers its
 arguments and sets ``func`` to a `cmd_<name>(args) -> int` handler. Exit codes: 0 success, 1 the
-work failed, 2 bad input or configuration.
+work failed, 2 bad input or configuration, 130/143 stopped by SIGINT/SIGTERM.
+
+No command ends in a Python traceback: `main` turns every exception into one message that names the
+command, the input or file, and what to do (``DTKG_DEBUG=1`` prints the traceback as well).
+SIGINT and SIGTERM ask running downloads to stop (`core.deadline.request_stop`): parts are kept,
+leases given back, and the command reports what was stored and what was interrupted; a second
+signal exits at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
+import os
+import signal
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from dtkg_assets.core.errors import Reason
 from dtkg_assets.settings import Settings, SettingsError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_SIGNAL_BASE = 128  # 130 after SIGINT, 143 after SIGTERM (the shell convention)
 
 
 class UsageError(Exception):
@@ -53,7 +65,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     url: str = args.url
     try:
         check_url(url)
-        work_id = args.work_id or default_work_id(url)
+        # An explicit --work-id "" is a mistake, not a request for the default.
+        work_id = default_work_id(url) if args.work_id is None else args.work_id
         check_work_id(work_id)
     except DtkgError as exc:
         hint = "Give a full http(s) URL, e.g. https://host/paper.pdf, and a work id of letters, digits, . _ -"
@@ -67,6 +80,10 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         print(json.dumps(data, sort_keys=True))
     else:
         print(_human_fetch(data))
+    if result.reason == Reason.INTERRUPTED.value:
+        print(f"dtkg fetch: interrupted after {result.body_bytes_received} body bytes; nothing stored, the part "
+              "is kept: run the same command again to resume", file=sys.stderr)
+        return stopped_exit_code()
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
@@ -86,6 +103,64 @@ def _human_fetch(d: dict[str, Any]) -> str:
 
 
 # ---- plumbing -------------------------------------------------------------------------------
+
+
+def stopped_exit_code() -> int:
+    """130 after SIGINT, 143 after SIGTERM (1 if the stop came from elsewhere)."""
+    from dtkg_assets.core import deadline
+
+    reason = deadline.stop_reason() or ""
+    try:
+        return EXIT_SIGNAL_BASE + int(signal.Signals[reason])
+    except KeyError:
+        return EXIT_FAILED
+
+
+def _install_stop_handlers() -> None:
+    """First SIGINT/SIGTERM: ask downloads to stop and let the command report; second: exit now."""
+    from dtkg_assets.core import deadline
+
+    def handle(signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        if deadline.stop_requested():
+            print(f"dtkg: {name} again: exiting now (the next run resumes parts and frees leases)",
+                  file=sys.stderr, flush=True)
+            os._exit(EXIT_SIGNAL_BASE + signum)
+        deadline.request_stop(name)
+        print(f"dtkg: {name}: stopping (parts are kept for resume; {name} again exits at once)",
+              file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+
+
+def describe_error(command: str, exc: BaseException) -> tuple[str, int]:
+    """One message and exit code for an exception that reached `main`: words instead of a traceback."""
+    from dtkg_assets.core.errors import DtkgError
+
+    if isinstance(exc, DtkgError):
+        code = EXIT_USAGE if exc.reason in (Reason.BAD_INPUT, Reason.UNSUPPORTED_SCHEME) else EXIT_FAILED
+        return f"{command}: {exc.reason.value}: {exc.detail or exc}", code
+    if isinstance(exc, OSError):
+        where = f" {exc.filename!r}" if exc.filename else ""
+        what = exc.strerror or str(exc)
+        hint = {
+            errno.ENOSPC: "free some space on that filesystem (or point DTKG_HOME elsewhere) and run it again",
+            errno.EDQUOT: "free some space within your quota and run it again",
+            errno.EACCES: "fix the permissions (or point DTKG_HOME at a directory you can write) and run it again",
+            errno.EPERM: "fix the permissions (or point DTKG_HOME at a directory you can write) and run it again",
+            errno.EROFS: "the filesystem is read-only: point DTKG_HOME at a writable directory",
+            errno.EISDIR: "a directory is where a file is expected: move it away and run it again",
+            errno.ENOTDIR: "a file is where a directory is expected: move it away and run it again",
+            errno.ENOENT: "check that the path exists",
+        }.get(exc.errno or 0, "check the file and the disk, then run it again")
+        return f"{command}: cannot use{where}: {what}; {hint}", EXIT_FAILED
+    module = type(exc).__module__.split(".")[0]
+    if module == "duckdb":
+        return (f"{command}: the ledger could not be used ({type(exc).__name__}: {exc}); "
+                "see `dtkg ledger health`, and `dtkg ledger repair` to recover"), EXIT_FAILED
+    return (f"{command}: unexpected error {type(exc).__name__}: {exc} (a bug: please report it with "
+            "the output of the same command run with DTKG_DEBUG=1)"), EXIT_FAILED
 
 
 def load_settings() -> Settings:
@@ -111,19 +186,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    return run(build_parser(), argv)
+
+
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse, run the subcommand's handler, and turn whatever it raises into words and an exit code."""
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    _install_stop_handlers()
+    command = f"dtkg {args.command}" + (f" {_action(args)}" if _action(args) else "")
     try:
         return func(args)
     except UsageError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        print(f"{command}: interrupted", file=sys.stderr)
+        return EXIT_SIGNAL_BASE + signal.SIGINT
+    except Exception as exc:  # the promise: words, not a traceback (DTKG_DEBUG=1 shows it too)
+        if os.environ.get("DTKG_DEBUG"):
+            traceback.print_exc()
+        message, code = describe_error(command, exc)
+        print(message, file=sys.stderr)
+        return code
+
+
+def _action(args: argparse.Namespace) -> str:
+    for name in ("ledger_command", "works_command"):
+        value = getattr(args, name, None)
+        if value:
+            return str(value)
+    return ""
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ from typing import Any
 
 import duckdb
 
-from dtkg_assets.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, load_settings
+from dtkg_assets.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, load_settings, run, stopped_exit_code
+from dtkg_assets.core import deadline
+from dtkg_assets.core.errors import Reason
 from dtkg_assets.core.ledger import Ledger, LedgerCorrupt, LedgerError, default_owner
 from dtkg_assets.core.ledger.storage import is_disk_full, storage_error
 from dtkg_assets.core.types import Candidate, FetchResult, InputProblem, WorkRecord
@@ -329,11 +331,16 @@ def cmd_works_query(args: argparse.Namespace) -> int:
 
 
 def cmd_works_import(args: argparse.Namespace) -> int:
+    from dtkg_assets.core.works import why_nothing_usable
+
     settings = load_settings()
     ids: list[str] = []
     summary, problems = load_source(settings, file_source(args.file), "dtkg works import", ids)
     announce_import(settings, "dtkg works import", str(args.file), summary, ids)
     _report_import({"file": args.file, **summary}, problems, args.json)
+    if summary["works"] == 0:
+        print(f"dtkg works import: no usable work in {args.file}: {why_nothing_usable(args.file)}", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK
 
 
@@ -391,9 +398,29 @@ def cmd_works_download(args: argparse.Namespace) -> int:
     counts: dict[str, int] = {}
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
-    summary = {"works": len(outcomes), **counts, "run_id": orch.run_id}
-    _print(summary, args.json, " ".join(f"{k}={v}" for k, v in summary.items()))
+    summary: dict[str, Any] = {"works": len(outcomes), **counts, "run_id": orch.run_id}
+    if deadline.stop_requested():
+        summary["stopped_by"] = deadline.stop_reason()
+        summary["interrupted"] = [o.work_id for o in outcomes if o.reason == Reason.INTERRUPTED.value]
+    _print(summary, args.json, " ".join(f"{k}={v}" for k, v in summary.items() if k != "interrupted"))
+    if deadline.stop_requested():
+        _report_stop(outcomes)
+        return stopped_exit_code()
     return EXIT_FAILED if counts.get("failed") else EXIT_OK
+
+
+def _report_stop(outcomes: list[Any]) -> None:
+    """After SIGINT/SIGTERM: what this run stored, what it interrupted mid-download, what it never began."""
+    stored = [o for o in outcomes if o.status in ("downloaded", "deduped")]
+    stopped = [o for o in outcomes if o.reason == Reason.INTERRUPTED.value and o.result is not None]
+    waiting = [o for o in outcomes if o.reason == Reason.INTERRUPTED.value and o.result is None]
+    lines = [f"dtkg works download: stopped by {deadline.stop_reason()}: {len(stored)} works stored, "
+             f"{len(stopped)} interrupted mid-download (parts kept), {len(waiting)} not started"]
+    lines += [f"  stored {o.work_id}: {o.bytes} bytes" for o in stored]
+    lines += [f"  interrupted {o.work_id}: {o.result.body_bytes_received} bytes received this run, kept for resume"
+              for o in stopped]
+    lines.append("Run the same command again to resume.")
+    print("\n".join(lines), file=sys.stderr)
 
 
 # ---- fetch ----------------------------------------------------------------------------------
@@ -431,12 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (add_reconcile, add_ledger, add_works):
         add(subparsers)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except UsageError as exc:
-        print(str(exc), file=sys.stderr)
-        return EXIT_USAGE
+    return run(parser, argv)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,8 @@ class FaultMode:
     stall_s: float = 0.0  # sleep before the body, or mid-body when stall_after_bytes is set
     stall_after_bytes: int | None = None
     stall_times: int | None = None  # how many GETs stall (None: every GET)
+    rate_bytes_per_s: int | None = None  # send GET bodies at about this rate (a slow server)
+    slow_headers_s: float = 0.0  # send the header block of a GET one byte per this many seconds
     html_body: bool = False  # serve an HTML page instead of the object, keeping content_type
     gzip: bool = False  # gzip the full body (200, Range ignored) when the client accepts gzip
     force_416: bool = False  # every ranged GET answers 416
@@ -345,6 +347,17 @@ class OriginServer:
         return entry
 
 
+def _throttled(chunks: Iterator[bytes], rate: int, stopping: threading.Event) -> Iterator[bytes]:
+    """`chunks` re-cut into twentieths of a second's worth, paced to about `rate` bytes/s."""
+    step = max(1, rate // 20)
+    for chunk in chunks:
+        for i in range(0, len(chunk), step):
+            piece = chunk[i : i + step]
+            yield piece
+            if stopping.wait(len(piece) / rate):
+                return
+
+
 def _norm(path: str) -> str:
     path = unquote(urlsplit(path).path)
     return path if path.startswith("/") else "/" + path
@@ -411,6 +424,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass
 
+    def flush_headers(self) -> None:
+        """Like the stdlib's, but a `slow_headers_s` mode trickles the header block byte by byte."""
+        delay = getattr(self, "_header_delay", 0.0)
+        buffered: list[bytes] = getattr(self, "_headers_buffer", [])
+        if delay <= 0 or not buffered:
+            super().flush_headers()
+            return
+        data = b"".join(buffered)
+        buffered.clear()
+        stopping = self.server.origin._stopping
+        for i in range(len(data)):
+            self.wfile.write(data[i : i + 1])
+            if stopping.wait(delay):
+                self.close_connection = True
+                return
+
     def do_GET(self) -> None:
         self._serve("GET")
 
@@ -458,6 +487,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 st.ranges.append(self.headers.get("Range"))
                 st.if_ranges.append(self.headers.get("If-Range"))
         self._st = st
+        self._header_delay = 0.0
         entry = origin._lookup(key)
         if entry is None:
             self._simple(404, head)
@@ -622,6 +652,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     else:
                         plan.stall_at = mode.stall_after_bytes
         chunked = mode.omit_content_length and not head
+        self._header_delay = 0.0 if head else mode.slow_headers_s
         self._status(status)
         for k, v in headers.items():
             self.send_header(k, v)
@@ -636,6 +667,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if plan.stall_before:
             origin._stopping.wait(plan.stall_before)
         chunks: Iterator[bytes] = iter((gz,)) if gz is not None else obj.read(start, end)
+        if mode.rate_bytes_per_s:
+            chunks = _throttled(chunks, mode.rate_bytes_per_s, origin._stopping)
         self._write_body(chunks, length, plan, chunked, mode.stall_s)
 
     def _write_body(self, chunks: Iterator[bytes], length: int, plan: _Plan, chunked: bool, stall_s: float) -> None:

@@ -35,6 +35,9 @@ class IOSettings:
     fsync: bool = True
     preallocate: bool = True
     preallocate_min_size_bytes: int = 2 * MiB
+    # Make the part durable (fsync + sidecar) at least this often while streaming, so a crash or kill
+    # loses at most this many seconds of a slow download (0: only every 32 MiB).
+    checkpoint_interval_s: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ class Reason(StrEnum):
     LEASE_LOST = "lease_lost"
     # The fleet's shared politeness state (PostgreSQL: rate limits, breakers, robots) is unreachable.
     COORDINATION_UNAVAILABLE = "coordination_unavailable"
+    # SIGINT/SIGTERM stopped the attempt: the part is kept and the job given back, not failed.
+    INTERRUPTED = "interrupted"
     # Permanent: retrying will not help.
     HTTP_404 = "http_404"
     HTTP_410 = "http_410"
@@ -62,6 +64,7 @@ TRANSIENT_REASONS: frozenset[Reason] = RETRY_IN_PLACE | {
     Reason.LEASE_LOST,
     Reason.HASH_MISMATCH,
     Reason.COORDINATION_UNAVAILABLE,
+    Reason.INTERRUPTED,
 }
 
 

@@ -21,16 +21,19 @@ PDF clients never cache bodies.
 from __future__ import annotations
 
 import math
+import ssl
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 from pyrate_limiter import AbstractBucket, BucketFactory, InMemoryBucket, Limiter, MonotonicClock, Rate, RateItem
 
-from dtkg_assets.core import fleet, netguard
+from dtkg_assets.core import deadline, fleet, netguard
 from dtkg_assets.core.errors import DtkgError, Reason, reason_for_status
 from dtkg_assets.core.retrying import error_from_httpx, parse_retry_after, retrying
 from dtkg_assets.core.robots import RobotsCache
@@ -95,8 +98,107 @@ def get_with_retries(
 
 
 def deadline_timeout(settings: Settings) -> float:
-    """Seconds one attempt (headers and body) may take in total; enforced by the caller's loop."""
+    """Seconds one attempt (connect, headers, body, robots.txt) may take in total. Callers open a
+    `deadline.scope` with it; every socket read and write of a `make_client` client enforces it."""
     return settings.http.attempt_deadline_s
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A socket stream that honours the thread's attempt deadline and the process's stop request.
+
+    httpx has no total timeout: a server sending one byte per second keeps every read under the
+    read timeout forever. Each read here is cut into waits of at most `deadline.POLL_S`, so an idle
+    read notices an expired deadline (-> ``ReadTimeout``, reason ``timeout``) or a stop request
+    (-> ``interrupted``) within that time, while a read that gets data returns at once.
+    """
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        give_up = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if deadline.stop_requested():
+                raise deadline.interrupted_error()
+            d = deadline.current()
+            now = time.monotonic()
+            if d is not None and d.at <= now:
+                raise httpcore.ReadTimeout(f"{d.what} deadline of {d.seconds:g} s passed")
+            wait = deadline.POLL_S
+            if give_up is not None:
+                wait = min(wait, give_up - now)
+            if d is not None:
+                wait = min(wait, d.at - now)
+            try:
+                return self._inner.read(max_bytes, max(wait, 0.001))
+            except httpcore.ReadTimeout:
+                if give_up is not None and time.monotonic() >= give_up:
+                    raise
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _capped(timeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, _capped(timeout)))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+def _capped(timeout: float | None) -> float | None:
+    """`timeout` shortened to what the thread's deadline leaves (raises once it has passed)."""
+    deadline.check()
+    left = deadline.remaining()
+    if left is None:
+        return timeout
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+        self._inner = inner
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.connect_tcp(host, port, _capped(timeout), local_address, socket_options)
+        return _DeadlineStream(stream)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.connect_unix_socket(path, _capped(timeout), socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def _deadline_transport(limits: httpx.Limits) -> httpx.HTTPTransport:
+    """An `httpx.HTTPTransport` whose connections enforce deadlines and stop requests.
+
+    httpx does not let callers pass an httpcore network backend, so the transport's pool is rebuilt
+    with the same settings and a `_DeadlineBackend` (httpx 0.28 / httpcore 1.0; the deadline tests
+    fail loudly if a new version renames the pool)."""
+    transport = httpx.HTTPTransport(limits=limits, trust_env=False, retries=0)
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=httpx.create_ssl_context(trust_env=False),
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        retries=0,
+        network_backend=_DeadlineBackend(httpcore.SyncBackend()),
+    )
+    return transport
 
 
 def rate_for(host: str, limits: dict[str, float] | Any) -> float:
@@ -306,6 +408,7 @@ class PoliteTransport(httpx.BaseTransport):
     def _send(self, request: httpx.Request, *, check_robots: bool) -> httpx.Response:
         http = self.settings.http
         url = request.url
+        deadline.check()  # a stopped process or a spent attempt sends nothing more
         if http.offline:
             raise DtkgError(Reason.OFFLINE, f"offline mode (DTKG_OFFLINE): not fetching {url}")
         if url.scheme not in ("http", "https"):
@@ -370,7 +473,7 @@ def make_client(
         max_keepalive_connections=http.pool_connections,
     )
     # trust_env=False: an environment proxy would bypass the address guard.
-    inner = httpx.HTTPTransport(limits=limits, trust_env=False, retries=0)
+    inner = _deadline_transport(limits)
     transport: httpx.BaseTransport = PoliteTransport(inner, settings, policy)
     if for_metadata and http.cache_enabled:
         transport = _metadata_cache(settings, transport)

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from dtkg_assets.core import deadline
 from dtkg_assets.core.crashpoints import crash_point
 from dtkg_assets.core.errors import Reason
 from dtkg_assets.core.ledger import IN_FLIGHT, Job, LeaseLost, Ledger, State
@@ -195,6 +196,9 @@ class Orchestrator:
         return self.ledger.jobs_for_work(work_id) if jobs is None else jobs
 
     def process_one(self, work_id: str) -> WorkOutcome:
+        if deadline.stop_requested():
+            # SIGINT/SIGTERM: works not started yet stay as they are (no lease taken).
+            return WorkOutcome(work_id, "deferred", Reason.INTERRUPTED.value, detail="not started")
         jobs = self._work_jobs(work_id)
         if not jobs:
             return WorkOutcome(work_id, "failed", Reason.NO_CANDIDATES.value, detail="the work has no candidate URL")
@@ -216,7 +220,7 @@ class Orchestrator:
                 if now_job.state == State.FAILED and now_job.failure_class == "transient":
                     deferred = deferred or WorkOutcome(
                         work_id, "deferred", now_job.last_reason or "backoff", job_id=job.job_id,
-                        detail=f"retry after {now_job.next_eligible_at}")
+                        detail=f"retry after {format_when(now_job.next_eligible_at)}")
                 elif now_job.state == State.FAILED:
                     failures.append(WorkOutcome(work_id, "failed", now_job.last_reason or "failed",
                                                 job_id=job.job_id, detail=now_job.last_error))
@@ -260,7 +264,13 @@ class Orchestrator:
             if result.reason == Reason.LEASE_LOST.value:
                 return WorkOutcome(job.work_id, "deferred", result.reason, result, job_id=job.job_id,
                                    detail=result.detail)
-            klass = lease.fail(reason=result.reason, detail=result.detail, result=result)
+            if result.reason == Reason.INTERRUPTED.value:
+                # Stopped, not failed: no attempt is held against the job; its part stays for resume.
+                lease.release()
+                return WorkOutcome(job.work_id, "deferred", result.reason, result, result.sha256, None,
+                                   result.bytes, job.job_id, detail=result.detail)
+            klass = lease.fail(reason=result.reason, detail=result.detail, result=result,
+                               retry_after=result.retry_after)
         except LeaseLost as exc:
             return WorkOutcome(job.work_id, "deferred", Reason.LEASE_LOST.value, result, job_id=job.job_id,
                                detail=str(exc))
@@ -268,3 +278,18 @@ class Orchestrator:
         status = "deferred" if klass == "transient" else "failed"
         return WorkOutcome(job.work_id, status, reason, result, job_id=job.job_id, detail=result.detail)
 
+
+def format_when(epoch: float | None, now: float | None = None) -> str:
+    """An epoch time for people: ``2026-12-02 08:40:12 UTC (in 35 s)``."""
+    if epoch is None:
+        return "now"
+    now = time.time() if now is None else now
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+    delta = epoch - now
+    if delta <= 0:
+        return f"{stamp} (now)"
+    if delta < 120:
+        return f"{stamp} (in {delta:.0f} s)"
+    if delta < 7200:
+        return f"{stamp} (in {delta / 60:.0f} min)"
+    return f"{stamp} (in {delta / 3600:.1f} h)"

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import tenacity
 
+from dtkg_assets.core import deadline
 from dtkg_assets.core.errors import RETRY_IN_PLACE, DtkgError, Reason
 from dtkg_assets.settings import HttpSettings
 
@@ -82,7 +83,7 @@ def retrying(
     settings: HttpSettings,
     *,
     max_attempts: int | None = None,
-    sleep: Callable[[float], Any] = time.sleep,
+    sleep: Callable[[float], Any] = deadline.sleep,
     before_sleep: Callable[[tenacity.RetryCallState], Any] | None = None,
 ) -> tenacity.Retrying:
     """A tenacity controller: ``for attempt in retrying(s): with attempt: ...``; re-raises the last error."""

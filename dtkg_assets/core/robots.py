@@ -23,6 +23,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 from protego import Protego
 
+from dtkg_assets.core import deadline
 from dtkg_assets.core.errors import DtkgError, Reason
 
 if TYPE_CHECKING:
@@ -32,6 +33,9 @@ MAX_ROBOTS_BYTES = 512 * 1024
 MAX_ROBOTS_REDIRECTS = 5
 # An unavailable robots.txt is asked for again after this long (or the TTL, if shorter).
 FAILURE_TTL_S = 300.0
+
+# Failures that say nothing about the origin's robots.txt: raised to the caller, never cached.
+_NOT_A_VERDICT = frozenset({Reason.PRIVATE_ADDRESS, Reason.OFFLINE, Reason.UNSUPPORTED_SCHEME, Reason.INTERRUPTED})
 
 # Sends one request through the transport stack without the robots check.
 Sender = Callable[[httpx.Request], httpx.Response]
@@ -46,6 +50,8 @@ class RobotsVerdict:
     expires_at: float
     detail: str = ""
     body: str | None = None  # the robots.txt text (kept to share the verdict with the fleet)
+    # Why an unavailable robots.txt is unavailable: `timeout` when it did not answer in time.
+    reason: Reason = Reason.ROBOTS_UNAVAILABLE
 
     def allows(self, url: str, product: str) -> bool:
         if not self.available:
@@ -90,7 +96,7 @@ class RobotsCache:
             return
         if not verdict.available:
             raise DtkgError(
-                Reason.ROBOTS_UNAVAILABLE,
+                verdict.reason,
                 f"{robots_url_for(url)} unavailable ({verdict.detail}); RFC 9309 says assume everything is disallowed",
                 status=verdict.status,
             )
@@ -100,7 +106,15 @@ class RobotsCache:
         key = origin_key(url)
         with self._lock:
             origin_lock = self._origin_locks.setdefault(key, threading.Lock())
-        with origin_lock:  # one fetch per origin; the other threads wait and reuse it
+        # One fetch per origin; the other threads wait for it and reuse it, but never past their own
+        # attempt deadline: a robots.txt that trickles must not hold every worker of the host.
+        left = deadline.remaining()
+        if not origin_lock.acquire(timeout=-1 if left is None else max(left, 0.0)):
+            raise DtkgError(
+                Reason.TIMEOUT,
+                f"another request is still fetching {robots_url_for(url)}; stopped waiting at this attempt's deadline",
+            )
+        try:
             cached = self._verdicts.get(key)
             if cached is not None and cached.expires_at > time.monotonic():
                 return cached
@@ -110,6 +124,8 @@ class RobotsCache:
                 verdict = self._from_fleet(key, robots_url_for(url))
             self._verdicts[key] = verdict
             return verdict
+        finally:
+            origin_lock.release()
 
     def _from_fleet(self, key: str, robots_url: str) -> RobotsVerdict:
         from dtkg_assets.core.fleet import StoredRobots
@@ -138,11 +154,11 @@ class RobotsCache:
             try:
                 response = self._send(request)
             except DtkgError as exc:
-                if exc.reason in (Reason.PRIVATE_ADDRESS, Reason.OFFLINE, Reason.UNSUPPORTED_SCHEME):
+                if exc.reason in _NOT_A_VERDICT:
                     raise
-                return RobotsVerdict(None, None, False, now, failure_expiry, f"{exc.reason.value}: {exc.detail}")
+                return _unavailable(now, failure_expiry, f"{exc.reason.value}: {exc.detail}", exc)
             except httpx.HTTPError as exc:
-                return RobotsVerdict(None, None, False, now, failure_expiry, f"{type(exc).__name__}: {exc}")
+                return _unavailable(now, failure_expiry, f"{type(exc).__name__}: {exc}", exc)
             try:
                 status = response.status_code
                 if status in (301, 302, 303, 307, 308) and "location" in response.headers:
@@ -159,10 +175,19 @@ class RobotsCache:
                     return RobotsVerdict(status, None, True, now, now + self._ttl_s, f"HTTP {status}: allow all")
                 return RobotsVerdict(status, None, False, now, failure_expiry, f"HTTP {status}")
             except httpx.HTTPError as exc:
-                return RobotsVerdict(None, None, False, now, failure_expiry, f"{type(exc).__name__}: {exc}")
+                return _unavailable(now, failure_expiry, f"{type(exc).__name__}: {exc}", exc)
             finally:
                 response.close()
         return RobotsVerdict(None, None, False, now, failure_expiry, "too many redirects")
+
+
+def _unavailable(now: float, expires_at: float, detail: str, exc: BaseException) -> RobotsVerdict:
+    """The verdict for a robots.txt that could not be read; a timeout keeps its own reason."""
+    timed_out = isinstance(exc, httpx.TimeoutException) or (
+        isinstance(exc, DtkgError) and exc.reason == Reason.TIMEOUT
+    )
+    reason = Reason.TIMEOUT if timed_out else Reason.ROBOTS_UNAVAILABLE
+    return RobotsVerdict(None, None, False, now, expires_at, detail, reason=reason)
 
 
 def _read_limited(response: httpx.Response, limit: int) -> bytes:

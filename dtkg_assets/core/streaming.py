@@ -31,11 +31,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 
+from dtkg_assets.core import deadline
 from dtkg_assets.core.crashpoints import crash_point
 from dtkg_assets.core.errors import DtkgError, Reason, reason_for_status
+from dtkg_assets.core.http import deadline_timeout
 from dtkg_assets.core.pdf import validate_pdf
 from dtkg_assets.core.retrying import error_from_httpx, parse_retry_after, retrying
 from dtkg_assets.core.store import Store, check_work_id, sha256_file
@@ -44,7 +47,8 @@ from dtkg_assets.settings import Settings
 
 MiB = 1024 * 1024
 PROGRESS_EVERY = 1 * MiB
-# Durable checkpoint (fsync part + rewrite sidecar) interval while streaming.
+# Durable checkpoint (fsync part + rewrite sidecar) at least every this many bytes while streaming;
+# `io.checkpoint_interval_s` adds one by time, so a slow download loses at most that much on a crash.
 CHECKPOINT_EVERY = 32 * MiB
 # A response that contradicts the request (bad Content-Range, 416 with another total) restarts the
 # download from zero; past this many restarts in one attempt the server is broken.
@@ -353,6 +357,8 @@ def check_url(url: str) -> httpx.URL:
     """Refuse what cannot be fetched before touching the network or the disk."""
     try:
         parsed = httpx.URL(url)
+        # httpx accepts ports past 65535 that the standard library (and the socket) refuse.
+        urlsplit(url).port  # noqa: B018 - evaluated for its ValueError
     except (httpx.InvalidURL, TypeError, ValueError) as exc:
         raise DtkgError(Reason.BAD_INPUT, f"malformed URL {url!r}: {exc}") from exc
     if parsed.scheme not in ("http", "https"):
@@ -417,6 +423,7 @@ class Engine:
         result.status = "failed"
         result.reason = exc.reason.value
         result.detail = exc.detail or None
+        result.retry_after = exc.retry_after
         if exc.status is not None:
             result.http_status = exc.status
 
@@ -460,7 +467,7 @@ class Engine:
 
     def _head(self, dl: _Download) -> ServerValidators | None:
         for attempt in retrying(self.settings.http):
-            with attempt:
+            with attempt, deadline.scope(deadline_timeout(self.settings), "attempt"):
                 return head_precheck(self.client, dl.url, dl.result.http_attempts)
         return None  # pragma: no cover - tenacity re-raises
 
@@ -516,7 +523,7 @@ class Engine:
                 # Size unknown until the GET: the free-space floor alone is checked before asking.
                 reservations.enter_context(store.quota.reserve(None))
             for attempt in retrying(settings.http):
-                with attempt:
+                with attempt, deadline.scope(deadline_timeout(settings), "attempt"):
                     result.attempts += 1
                     if result.attempts > 1:
                         decision = self._decide(dl)
@@ -827,13 +834,19 @@ class Engine:
             # Filesystems without fallocate: stream without preallocation.
 
     def _stream(self, dl: _Download, chunks: Iterator[bytes]) -> None:
-        """The hot loop: write + hash each chunk; everything else only every MiB."""
+        """The hot loop: write + hash each chunk, look at the clock and the stop request; everything
+        else only every MiB or every checkpoint interval."""
         fd = dl.fd
         update = dl.hasher.update
         write = os.write
+        clock = time.monotonic
+        stopping = deadline.stop_requested
         pos = start = dl.pos
         limit = self.settings.quota.max_bytes
+        interval = self.settings.io.checkpoint_interval_s
         next_checkpoint = pos + CHECKPOINT_EVERY
+        # 0 turns time-based checkpoints off (inf never comes).
+        next_tick = clock() + interval if interval > 0 else float("inf")
         next_mark = min(pos + PROGRESS_EVERY, limit + 1)
         progress = dl.hooks.progress
         try:
@@ -843,17 +856,24 @@ class Engine:
                     self._write_rest(fd, chunk, n)
                 update(chunk)
                 pos += len(chunk)
-                if pos >= next_mark:
+                if stopping():
+                    dl.pos = pos
+                    raise deadline.interrupted_error()
+                if pos >= next_mark or clock() >= next_tick:
                     dl.pos = pos
                     if pos > limit:
                         raise DtkgError(Reason.TOO_LARGE, f"body passed max_bytes {limit}")
-                    if pos >= next_checkpoint:
+                    now = clock()
+                    if pos >= next_checkpoint or now >= next_tick:
                         self._checkpoint(dl)
                         crash_point("body_checkpoint")  # dies with the sidecar durable at `pos`
                         next_checkpoint = pos + CHECKPOINT_EVERY
-                    progress(pos)
-                    crash_point("body_mib")  # crash tests: DTKG_CRASH_AT=body_mib:N dies after ~N MiB
-                    next_mark = min(pos + PROGRESS_EVERY, limit + 1)
+                        if interval > 0:
+                            next_tick = now + interval
+                    if pos >= next_mark:
+                        progress(pos)
+                        crash_point("body_mib")  # crash tests: DTKG_CRASH_AT=body_mib:N dies after ~N MiB
+                        next_mark = min(pos + PROGRESS_EVERY, limit + 1)
         finally:
             dl.pos = pos
             dl.result.body_bytes_received += pos - start

@@ -59,6 +59,7 @@ class FetchResult:
     content_type: str | None = None
     body_bytes_received: int = 0  # bytes read from the network this time
     detail: str | None = None
+    retry_after: float | None = None  # the server's (or breaker's) Retry-After of the failure, seconds
     http_attempts: list[HttpAttempt] = field(default_factory=list)
 
     @property

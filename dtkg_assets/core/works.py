@@ -10,16 +10,19 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import IO, Any
 
-from dtkg_assets.core.errors import Reason
+from dtkg_assets.core.errors import DtkgError, Reason
+from dtkg_assets.core.store import check_work_id
+from dtkg_assets.core.streaming import check_url
 from dtkg_assets.core.types import Candidate, InputProblem, WorkRecord
 
 _WORK_ID = re.compile(r"^(?:https?://(?:api\.)?openalex\.org/(?:works/)?)?(W\d+)$", re.IGNORECASE)
 _DOI = re.compile(r"^(?:doi:\s*|https?://(?:dx\.)?doi\.org/)?(10\.\d{4,9}/\S+)$", re.IGNORECASE)
-SUPPORTED_SCHEMES = ("http", "https")
 _TRAILING_COMMENT = re.compile(r"\s#")
+# A line (one work record) longer than this is reported and skipped without being held in memory.
+# OpenAlex records are kilobytes; the largest (thousands of authors) stay below a few MiB.
+MAX_LINE_BYTES = 16 * 1024 * 1024
 
 
 def work_id_of(value: Any) -> str | None:
@@ -67,23 +70,29 @@ def _raw_candidates(record: dict[str, Any]) -> list[tuple[str, str]]:
     return [(url.strip(), source) for url, source in found if isinstance(url, str) and url.strip()]
 
 
-def _split_candidates(record: dict[str, Any]) -> tuple[list[Candidate], list[Candidate]]:
-    """(usable candidates, dropped candidates with unsupported schemes), each deduplicated by URL."""
+def _split_candidates(record: dict[str, Any]) -> tuple[list[Candidate], list[tuple[Candidate, DtkgError]]]:
+    """(usable candidates, dropped candidates with why), each deduplicated by URL. A URL is usable
+    when `check_url` (the check the engine makes before fetching) accepts it."""
     usable: list[Candidate] = []
-    dropped: list[Candidate] = []
+    dropped: list[tuple[Candidate, DtkgError]] = []
     seen: set[str] = set()
     for url, source in _raw_candidates(record):
         if url in seen:
             continue
         seen.add(url)
-        scheme = urlsplit(url).scheme.lower()
-        (usable if scheme in SUPPORTED_SCHEMES else dropped).append(Candidate(url=url, source=source))
+        candidate = Candidate(url=url, source=source)
+        try:
+            check_url(url)
+        except DtkgError as exc:
+            dropped.append((candidate, exc))
+            continue
+        usable.append(candidate)
     return usable, dropped
 
 
 def candidate_urls(record: dict[str, Any]) -> list[Candidate]:
-    """Candidate PDF URLs in SPEC §2 order without duplicates; non-http(s) URLs are left out
-    (`parse_work` reports them)."""
+    """Candidate PDF URLs in SPEC §2 order without duplicates; URLs that cannot be fetched (other
+    schemes, malformed) are left out (`parse_work` reports them)."""
     return _split_candidates(record)[0]
 
 
@@ -100,19 +109,18 @@ def parse_work(
         return None, [InputProblem(where, line, None, Reason.BAD_INPUT.value, "record is not a JSON object")]
     work_id = work_id_of(record.get("id"))
     if work_id is None:
-        detail = "missing id" if record.get("id") in (None, "") else f"invalid OpenAlex id {record.get('id')!r}"
+        detail = "missing id" if record.get("id") in (None, "") else f"invalid OpenAlex id {_clip(record.get('id'))}"
+        return None, [InputProblem(where, line, None, Reason.BAD_INPUT.value, detail)]
+    try:
+        check_work_id(work_id)  # ids become file names: refuse at import what the store would refuse later
+    except DtkgError:
+        detail = f"OpenAlex id of {len(work_id)} characters ({_clip(work_id)}) is too long to be a file name"
         return None, [InputProblem(where, line, None, Reason.BAD_INPUT.value, detail)]
     problems: list[InputProblem] = []
     usable, dropped = _split_candidates(record)
-    for candidate in dropped:
+    for candidate, exc in dropped:
         problems.append(
-            InputProblem(
-                where,
-                line,
-                work_id,
-                Reason.UNSUPPORTED_SCHEME.value,
-                f"{candidate.source} {candidate.url!r}: only http and https URLs are fetched",
-            )
+            InputProblem(where, line, work_id, exc.reason.value, f"{candidate.source}: {exc.detail}")
         )
     if not usable:
         problems.append(InputProblem(where, line, work_id, Reason.NO_CANDIDATES.value, "no usable PDF URL"))
@@ -131,11 +139,46 @@ def parse_work(
     return work, problems
 
 
+def _clip(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def bounded_lines(handle: IO[bytes], limit: int = MAX_LINE_BYTES) -> Iterator[tuple[int, str | None, int]]:
+    """(line number, text, size in bytes) of each line; text is None for a line over `limit` bytes,
+    which is skipped a MiB at a time so a huge line never sits in memory. Bytes that are not UTF-8
+    are replaced (the line is then reported as malformed, not the file refused)."""
+    number = 0
+    while True:
+        raw = handle.readline(limit + 1)
+        if not raw:
+            return
+        number += 1
+        size = len(raw)
+        if size > limit and not raw.endswith(b"\n"):
+            while True:
+                rest = handle.readline(1024 * 1024)
+                size += len(rest)
+                if not rest or rest.endswith(b"\n"):
+                    break
+            yield number, None, size
+            continue
+        yield number, raw.decode("utf-8", errors="replace"), size
+
+
+def _too_long(path: Path, number: int, size: int) -> InputProblem:
+    detail = f"line of {size} bytes is longer than {MAX_LINE_BYTES} bytes; skipped"
+    return InputProblem(str(path), number, None, Reason.BAD_INPUT.value, detail)
+
+
 def read_jsonl(path: str | Path) -> Iterator[WorkRecord | InputProblem]:
     """Works from a JSONL file of OpenAlex records; each bad line yields an `InputProblem` and reading goes on."""
     path = Path(path)
-    with path.open("r", encoding="utf-8", errors="replace") as handle:
-        for number, text in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, text, size in bounded_lines(handle):
+            if text is None:
+                yield _too_long(path, number, size)
+                continue
             stripped = text.strip()
             if not stripped:
                 continue
@@ -168,17 +211,48 @@ def read_id_list(path: str | Path) -> list[str | InputProblem]:
     path = Path(path)
     result: list[str | InputProblem] = []
     seen: set[str] = set()
-    with path.open("r", encoding="utf-8", errors="replace") as handle:
-        for number, text in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, text, size in bounded_lines(handle):
+            if text is None:
+                result.append(_too_long(path, number, size))
+                continue
             # "#" starts a comment at the line start or after whitespace ("W123  # note").
             entry = "" if text.lstrip().startswith("#") else _TRAILING_COMMENT.split(text, 1)[0].strip()
             if not entry:
                 continue
             key = parse_identifier(entry)
             if key is None:
-                detail = f"not a DOI or OpenAlex id: {entry!r}"
+                detail = f"not a DOI or OpenAlex id: {_clip(entry)}"
                 result.append(InputProblem(str(path), number, None, Reason.BAD_INPUT.value, detail))
             elif key not in seen:
                 seen.add(key)
                 result.append(key)
     return result
+
+
+def why_nothing_usable(path: str | Path) -> str:
+    """The likely reason a works file yielded no work, from its first bytes, with what to do."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4096)
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror})"
+    if not head.strip():
+        return "the file is empty; give a .jsonl of OpenAlex work records or a list of OpenAlex ids / DOIs"
+    # UTF-16 text of ASCII JSON: a byte-order mark, or NULs in every other byte between text bytes.
+    even, odd = head[0::2], head[1::2]
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or (
+        (odd.count(0) > 0.9 * len(odd) and _texty(even)) or (even.count(0) > 0.9 * len(even) and _texty(odd))
+    ):
+        return "the file looks UTF-16 encoded; convert it to UTF-8 (iconv -f UTF-16 -t UTF-8)"
+    if head.startswith(b"\x1f\x8b"):
+        return "the file is gzip-compressed; decompress it first (gunzip)"
+    if b"\x00" in head or not _texty(head.decode("utf-8", errors="ignore").encode("ascii", errors="replace")):
+        return "the file looks binary, not text; give a .jsonl of OpenAlex work records or a list of ids / DOIs"
+    return "no line held a usable work (see the input problems above)"
+
+
+def _texty(data: bytes) -> bool:
+    """Mostly printable ASCII (with tabs and line breaks)."""
+    return sum(32 <= b < 127 or b in (9, 10, 13) for b in data) > 0.9 * max(1, len(data))

@@ -58,7 +58,10 @@ def failure_values(cfg: LedgerSettings, attempts: int, reason: str, detail: str 
     next_at = None
     if transient:
         backoff = min(cfg.retry_backoff_s * 2 ** max(0, attempts - 1), cfg.retry_backoff_max_s)
-        next_at = now + max(backoff, retry_after or 0.0)
+        # The server's Retry-After (or an open breaker's cooldown) wins over a shorter backoff,
+        # capped like the backoff so a bogus header cannot park a job for years.
+        asked = min(max(retry_after or 0.0, 0.0), cfg.retry_backoff_max_s)
+        next_at = now + max(backoff, asked)
     klass = "transient" if transient else "permanent"
     return klass, {"failure_class": klass, "last_reason": reason, "last_error": detail,
                    "next_eligible_at": next_at, "lease_owner": None, "lease_expires_at": None,
