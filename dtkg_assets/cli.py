@@ -58,19 +58,21 @@ def add_fetch(subparsers: Any) -> None:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     from dtkg_assets.cli_ledger import fetch_with_ledger
+    from dtkg_assets.core.credentials import redact_url
     from dtkg_assets.core.errors import DtkgError
     from dtkg_assets.core.store import check_work_id
     from dtkg_assets.core.streaming import check_url
 
     url: str = args.url
+    shown = redact_url(url)  # credentials in the URL are used for the request only, never shown or kept
     try:
         check_url(url)
         # An explicit --work-id "" is a mistake, not a request for the default.
-        work_id = default_work_id(url) if args.work_id is None else args.work_id
+        work_id = default_work_id(shown) if args.work_id is None else args.work_id
         check_work_id(work_id)
     except DtkgError as exc:
         hint = "Give a full http(s) URL, e.g. https://host/paper.pdf, and a work id of letters, digits, . _ -"
-        raise UsageError(f"dtkg fetch: {exc.detail or exc}. {hint}") from None
+        raise UsageError(f"dtkg fetch: {(exc.detail or str(exc)).replace(url, shown)}. {hint}") from None
     settings = load_settings()
     # Through the orchestrator, so the ledger records the work, its job, attempts and blob.
     result = fetch_with_ledger(settings, url, work_id)

@@ -429,15 +429,19 @@ def _report_stop(outcomes: list[Any]) -> None:
 def fetch_with_ledger(settings: Settings, url: str, work_id: str) -> FetchResult:
     """`dtkg fetch URL`: a one-candidate work through the orchestrator, so the ledger records it.
     A work the ledger already has complete is answered from the ledger with no network."""
+    from dtkg_assets.core.credentials import redact_url
     from dtkg_assets.core.http import make_client
     from dtkg_assets.core.orchestrator import Orchestrator
     from dtkg_assets.core.store import Store
     from dtkg_assets.core.streaming import Engine
 
+    shown = redact_url(url)
+    candidate = Candidate(shown, "cli", real_url=url if shown != url else None)
+    url = shown  # from here on, and in everything recorded, the redacted URL
     with writer(settings, "fetch") as ledger, make_client(settings) as client:
         engine = Engine(client, settings, Store(settings))
         orch = Orchestrator(ledger, engine, settings, owner=ledger.owner, run_id=f"fetch-{uuid.uuid4().hex[:12]}")
-        orch.plan([WorkRecord(work_id, [Candidate(url, "cli")], origin="cli:fetch")])
+        orch.plan([WorkRecord(work_id, [candidate], origin="cli:fetch")])
         outcome = orch.process([work_id], workers=1)[0]
     if outcome.result is not None:
         return outcome.result

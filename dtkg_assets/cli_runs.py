@@ -16,8 +16,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from dtkg_assets.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, load_settings
+from dtkg_assets.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, load_settings, stopped_exit_code
 from dtkg_assets.cli_ledger import preflight
+from dtkg_assets.core import deadline
 from dtkg_assets.settings import Settings
 
 DEMO_PORT = 8787
@@ -293,6 +294,11 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     report = _backfill_with_progress(instance, settings, args.workers, keys)
     wall = time.perf_counter() - started
+    if deadline.stop_requested():
+        done = sum(b.materialized for b in report.batches)
+        console.print(f"dtkg backfill: stopped by {deadline.stop_reason()} after {len(report.batches)} runs: "
+                      f"{done} of {report.pending} works materialized; parts are kept, run it again to continue")
+        return stopped_exit_code()
     # A batch with a failed work skips its checks in Dagster: check everything once here.
     checks = run_checks(instance, settings, report) if report.pending else {}
     data = {

@@ -92,6 +92,7 @@ class PathStats:
     request_times: list[float] = field(default_factory=list)  # time.monotonic() at arrival
     user_agents: list[str | None] = field(default_factory=list)
     accept_encodings: list[str | None] = field(default_factory=list)
+    authorizations: list[str | None] = field(default_factory=list)  # Authorization header of each request
 
     def copy(self) -> PathStats:
         return PathStats(
@@ -105,6 +106,7 @@ class PathStats:
             list(self.request_times),
             list(self.user_agents),
             list(self.accept_encodings),
+            list(self.authorizations),
         )
 
 
@@ -480,6 +482,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             st.request_times.append(arrived)
             st.user_agents.append(self.headers.get("User-Agent"))
             st.accept_encodings.append(self.headers.get("Accept-Encoding"))
+            st.authorizations.append(self.headers.get("Authorization"))
             if head:
                 st.head_requests += 1
             else:

@@ -4,6 +4,7 @@ the files, the ledger and the command's words and exit code (never a traceback).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import signal
@@ -324,3 +325,46 @@ def test_lock_path_that_is_a_directory_gives_a_message(tmp_path: Path) -> None:
     for args in (["ledger", "health"], ["status"]):  # readers never take the lock
         proc = dtkg(home, *args)
         no_traceback(proc, proc.stderr)
+
+
+# ---- item 9: credentials in URLs ---------------------------------------------------------------
+
+
+def test_credentials_in_urls_are_sent_but_never_kept(origin: OriginServer, tmp_path: Path,
+                                                     pdf_bytes: Callable[[int, int], bytes]) -> None:
+    body = pdf_bytes(60_000, 9)
+    url = origin.add("/private.pdf", body).replace("http://", "http://reader:s3cret-pw@")
+    token_url = origin.add("/token.pdf", pdf_bytes(61_000, 10)).replace("http://", "http://tok3n-abc@")
+    works = write_works(tmp_path / "works.jsonl", {"W1": url, "W2": token_url})
+    home = tmp_path / "home"
+    proc = dtkg(home, "works", "download", str(works), "--json")
+    assert proc.returncode == 0, proc.stderr
+    # Used for the request, as Basic auth ...
+    expected = "Basic " + base64.b64encode(b"reader:s3cret-pw").decode()
+    assert origin.stats("/private.pdf").authorizations == [expected]
+    assert origin.stats("/token.pdf").authorizations == ["Basic " + base64.b64encode(b"tok3n-abc:").decode()]
+    assert (home / "store" / "works" / "W1.pdf").read_bytes() == body
+    # ... and kept nowhere else: ledger columns, snapshot, export, output, part sidecars.
+    urls = ledger_rows(home, "SELECT url FROM artifact_jobs ORDER BY work_id")
+    assert [u for (u,) in urls] == [url.replace("s3cret-pw", "***"), token_url.replace("tok3n-abc", "***")]
+    export = tmp_path / "export"
+    assert dtkg(home, "ledger", "export", "--out", str(export)).returncode == 0
+    dump = dtkg(home, "fetch", url, "--work-id", "W1", "--json")
+    assert dump.returncode == 0 and json.loads(dump.stdout)["decision"] == "already_complete"
+    texts = [proc.stdout, proc.stderr, dump.stdout, dump.stderr]
+    texts += [p.read_text(errors="replace") for p in export.iterdir()]
+    texts += [str(r) for r in ledger_rows(home, "SELECT raw::VARCHAR, candidates::VARCHAR FROM works")]
+    texts += [str(r) for r in ledger_rows(home, "SELECT url FROM http_attempts")]
+    for path in (home / "ledger.duckdb", home / "ledger.snapshot.duckdb"):
+        texts.append(path.read_bytes().decode("latin-1"))
+    for text in texts:
+        assert "s3cret-pw" not in text and "tok3n-abc" not in text
+    vault = home / "credentials.json"
+    assert vault.stat().st_mode & 0o077 == 0 and "s3cret-pw" in vault.read_text()
+    # A URL given on the command line: same rules.
+    origin.add("/cli.pdf", pdf_bytes(62_000, 11))
+    cli_url = origin.url("/cli.pdf").replace("http://", "http://me:cl1-pw@")
+    one = dtkg(home, "fetch", cli_url, "--json")
+    assert one.returncode == 0, one.stderr
+    assert "cl1-pw" not in one.stdout + one.stderr and json.loads(one.stdout)["url"].startswith("http://me:***@")
+    assert origin.stats("/cli.pdf").authorizations == ["Basic " + base64.b64encode(b"me:cl1-pw").decode()]

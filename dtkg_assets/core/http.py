@@ -20,6 +20,7 @@ PDF clients never cache bodies.
 
 from __future__ import annotations
 
+import base64
 import math
 import ssl
 import threading
@@ -33,7 +34,7 @@ import httpcore
 import httpx
 from pyrate_limiter import AbstractBucket, BucketFactory, InMemoryBucket, Limiter, MonotonicClock, Rate, RateItem
 
-from dtkg_assets.core import deadline, fleet, netguard
+from dtkg_assets.core import credentials, deadline, fleet, netguard
 from dtkg_assets.core.errors import DtkgError, Reason, reason_for_status
 from dtkg_assets.core.retrying import error_from_httpx, parse_retry_after, retrying
 from dtkg_assets.core.robots import RobotsCache
@@ -390,6 +391,7 @@ class PoliteTransport(httpx.BaseTransport):
         self.settings = settings
         self._owns_policy = policy is None
         self.policy = policy or HostPolicy(settings)
+        self._vault = credentials.CredentialVault(settings.home)
         if settings.http.robots_enabled and self.policy.robots is None:
             self.policy.robots = RobotsCache(
                 self._send_without_robots,
@@ -407,8 +409,10 @@ class PoliteTransport(httpx.BaseTransport):
 
     def _send(self, request: httpx.Request, *, check_robots: bool) -> httpx.Response:
         http = self.settings.http
-        url = request.url
         deadline.check()  # a stopped process or a spent attempt sends nothing more
+        if request.url.userinfo:
+            self._put_credentials(request)
+        url = request.url
         if http.offline:
             raise DtkgError(Reason.OFFLINE, f"offline mode (DTKG_OFFLINE): not fetching {url}")
         if url.scheme not in ("http", "https"):
@@ -435,6 +439,22 @@ class PoliteTransport(httpx.BaseTransport):
             raise
         breakers.record(host, success=not _failure_status(response.status_code), probe=probe)
         return response
+
+    def _put_credentials(self, request: httpx.Request) -> None:
+        """Send credentials only as an Authorization header, never in a URL anything keeps.
+
+        A redacted URL (the only kind the ledger holds) gets its real credentials from the vault
+        (`core.credentials`); a URL that carries them itself has them already as httpx's Basic auth.
+        Either way the userinfo leaves the URL, so responses and errors never show it."""
+        if credentials.is_redacted(str(request.url)):
+            real = self._vault.real_url(str(request.url))
+            pair = credentials.basic_credentials(real) if real else None
+            if pair is None:
+                request.headers.pop("Authorization", None)  # unknown: ask without any
+            else:
+                token = base64.b64encode(f"{pair[0]}:{pair[1]}".encode()).decode()
+                request.headers["Authorization"] = f"Basic {token}"
+        request.url = request.url.copy_with(username=None, password=None)
 
     def close(self) -> None:
         self.inner.close()

@@ -63,13 +63,18 @@ class RobotsVerdict:
 
 def robots_url_for(url: str) -> str:
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}/robots.txt"
+    return f"{parts.scheme}://{_hostport(parts.netloc)}/robots.txt"
 
 
 def origin_key(url: str) -> str:
     """RFC 9309 scopes robots.txt to scheme, host and port."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}".lower()
+    return f"{parts.scheme}://{_hostport(parts.netloc)}".lower()
+
+
+def _hostport(netloc: str) -> str:
+    # Credentials of the page's URL are never sent for (or shown with) its robots.txt.
+    return netloc.rpartition("@")[2]
 
 
 class RobotsCache:

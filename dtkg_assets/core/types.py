@@ -108,8 +108,10 @@ class NullHooks:
 class Candidate:
     """A URL that may yield the work's PDF, with the record field it came from."""
 
-    url: str
+    url: str  # redacted when it carried credentials (core.credentials)
     source: str  # best_oa_location.pdf_url | locations[i].pdf_url | primary_location.pdf_url | open_access.oa_url
+    # The URL as given, only when it carries credentials: planning keeps it in the credential vault.
+    real_url: str | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from dtkg_assets.core.credentials import redact_strings, redact_url
 from dtkg_assets.core.errors import DtkgError, Reason
 from dtkg_assets.core.store import check_work_id
 from dtkg_assets.core.streaming import check_url
@@ -80,11 +81,12 @@ def _split_candidates(record: dict[str, Any]) -> tuple[list[Candidate], list[tup
         if url in seen:
             continue
         seen.add(url)
-        candidate = Candidate(url=url, source=source)
+        shown = redact_url(url)  # what is kept and reported; `url` itself only goes to the vault
+        candidate = Candidate(url=shown, source=source, real_url=url if shown != url else None)
         try:
             check_url(url)
         except DtkgError as exc:
-            dropped.append((candidate, exc))
+            dropped.append((candidate, DtkgError(exc.reason, exc.detail.replace(url, shown))))
             continue
         usable.append(candidate)
     return usable, dropped
@@ -134,7 +136,7 @@ def parse_work(
         title=title if isinstance(title, str) else None,
         publication_year=year if isinstance(year, int) else None,
         origin=origin,
-        raw=record,
+        raw=redact_strings(record),
     )
     return work, problems
 

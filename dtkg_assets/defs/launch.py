@@ -15,6 +15,7 @@ from typing import Any
 
 import dagster as dg
 
+from dtkg_assets.core import deadline
 from dtkg_assets.core.ledger import Ledger, LedgerUnavailable
 from dtkg_assets.core.ledger.queries import works_needing_work
 from dtkg_assets.core.sources import WorksSource
@@ -181,6 +182,8 @@ def backfill(
             if on_batch is not None:
                 index = ordered.index(end)
                 on_batch(batch, sum(1 for k in ordered[ordered.index(start) : index + 1] if k in pending_set))
+            if deadline.stop_requested():
+                break  # SIGINT/SIGTERM: the batch stopped its downloads; start no other
     finally:
         runner.close()
     return report

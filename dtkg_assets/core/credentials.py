@@ -1,0 +1,126 @@
+"""Credentials in URLs (``https://user:secret@host/x.pdf``): stored redacted, used only for the request.
+
+Everything that is kept or shown (ledger rows, the raw work record, the snapshot, exports, sidecars,
+HTTP attempt records, messages) carries the redacted URL, ``https://user:***@host/x.pdf`` (or
+``https://***@host/…`` when the user part alone is the credential, as with tokens), so job ids and
+analyst views never depend on a secret. The real URL is remembered in ``$DTKG_HOME/credentials.json``
+(mode 0600, outside the ledger, so never in a snapshot or export) when works are planned, and the
+HTTP transport (`http.PoliteTransport`) puts the credentials back on the request as an
+``Authorization: Basic`` header right before it is sent. A redacted URL whose credentials are not
+known is sent without any.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+MASK = "***"
+VAULT_FILE = "credentials.json"
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password (or a lone user part) replaced by ``***``; unchanged without userinfo."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return _redact_unparsable(url)
+    if "@" not in parts.netloc:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, sep, _password = userinfo.partition(":")
+    masked = f"{user}:{MASK}" if sep and user else MASK
+    return urlunsplit((parts.scheme, f"{masked}@{hostport}", parts.path, parts.query, parts.fragment))
+
+
+def _redact_unparsable(url: str) -> str:
+    # A malformed URL is reported back as input: still never with its secret in it.
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    return f"{scheme}://{MASK}@{rest.split('@', 1)[1]}"
+
+
+def has_credentials(url: str) -> bool:
+    return redact_url(url) != url
+
+
+def is_redacted(url: str) -> bool:
+    """True for a URL whose userinfo was masked by `redact_url`."""
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:
+        return False
+    userinfo = netloc.rpartition("@")[0]
+    return userinfo == MASK or userinfo.endswith(":" + MASK)
+
+
+def basic_credentials(url: str) -> tuple[str, str] | None:
+    """(user, password), percent-decoded, of a URL's userinfo; None without one."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return None
+    return unquote(parts.username or ""), unquote(parts.password or "")
+
+
+def redact_strings(value: Any) -> Any:
+    """A JSON-like value with every URL string redacted (for raw records kept in the ledger); the
+    value itself, not a copy, when nothing needed redacting (the usual case)."""
+    if isinstance(value, str):
+        return redact_url(value) if "@" in value and "://" in value else value
+    if isinstance(value, dict):
+        items = {k: redact_strings(v) for k, v in value.items()}
+        return value if all(items[k] is v for k, v in value.items()) else items
+    if isinstance(value, list):
+        redacted = [redact_strings(v) for v in value]
+        return value if all(a is b for a, b in zip(redacted, value, strict=True)) else redacted
+    return value
+
+
+class CredentialVault:
+    """``$DTKG_HOME/credentials.json``: redacted URL -> real URL, readable by its owner only."""
+
+    def __init__(self, home: Path) -> None:
+        self.path = Path(home) / VAULT_FILE
+        self._lock = threading.Lock()
+        self._cache: dict[str, str] | None = None
+
+    def _load(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def remember(self, real_urls: list[str]) -> None:
+        """Keep the real URL of each redacted one (atomic rewrite, mode 0600)."""
+        new = {redact_url(u): u for u in real_urls if has_credentials(u)}
+        if not new:
+            return
+        with self._lock:
+            known = self._load()
+            if all(known.get(k) == v for k, v in new.items()):
+                return
+            known.update(new)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{VAULT_FILE}.{uuid.uuid4().hex[:8]}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, json.dumps(known, sort_keys=True).encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            self._cache = known
+
+    def real_url(self, redacted: str) -> str | None:
+        """The real URL behind `redacted`, or None when unknown (the file is re-read on a miss)."""
+        with self._lock:
+            if self._cache is None or redacted not in self._cache:
+                self._cache = self._load()
+            return self._cache.get(redacted)
