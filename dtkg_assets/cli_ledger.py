@@ -289,7 +289,7 @@ def load_source(
         raise UsageError(f"{command}: {exc}") from None
     if batch.stopped_early:
         print(f"{command}: stopped early, {batch.stopped_early} (the works read so far are kept)", file=sys.stderr)
-    with writer(settings, command) as ledger:
+    with writer(settings, command.removeprefix("dtkg ")) as ledger:
         summary = record_source(ledger, batch, run_id=f"works-{uuid.uuid4().hex[:12]}", kind=f"works:{source.kind}")
     if work_ids is not None:
         work_ids.extend(work.work_id for work in batch.works)

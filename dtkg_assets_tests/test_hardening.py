@@ -320,8 +320,8 @@ def test_lock_path_that_is_a_directory_gives_a_message(tmp_path: Path) -> None:
     for args in (["works", "import", str(works)], ["reconcile"], ["fetch", "https://e.org/a.pdf"]):
         proc = dtkg(home, *args)
         no_traceback(proc, proc.stderr)
-        assert proc.returncode == 1, (args, proc.returncode, proc.stderr)
-        assert "ledger.lock" in proc.stderr and "directory" in proc.stderr, (args, proc.stderr)
+        assert proc.returncode in (1, 2), (args, proc.returncode, proc.stderr)
+        assert "ledger.lock" in proc.stderr and "directory" in proc.stderr.lower(), (args, proc.stderr)
     for args in (["ledger", "health"], ["status"]):  # readers never take the lock
         proc = dtkg(home, *args)
         no_traceback(proc, proc.stderr)
