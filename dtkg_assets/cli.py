@@ -155,6 +155,7 @@ def describe_error(command: str, exc: BaseException) -> tuple[str, int]:
             errno.EISDIR: "a directory is where a file is expected: move it away and run it again",
             errno.ENOTDIR: "a file is where a directory is expected: move it away and run it again",
             errno.ENOENT: "check that the path exists",
+            errno.EEXIST: "something else is already there: choose another path or move it away",
         }.get(exc.errno or 0, "check the file and the disk, then run it again")
         return f"{command}: cannot use{where}: {what}; {hint}", EXIT_FAILED
     module = type(exc).__module__.split(".")[0]

@@ -61,6 +61,8 @@ ORIGIN_FILE = "origin.json"
 def cmd_demo(args: argparse.Namespace) -> int:
     from dtkg_assets.settings import write_settings_file
 
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"dtkg demo: --port {args.port} is not a TCP port (0-65535; 0 picks a free one)")
     # The sample corpus fails some works on purpose; the summary below reports them, so the runs'
     # own error logs would only alarm. DTKG_LOG_LEVEL=WARNING shows them.
     os.environ.setdefault("DTKG_LOG_LEVEL", "CRITICAL")

@@ -368,3 +368,41 @@ def test_credentials_in_urls_are_sent_but_never_kept(origin: OriginServer, tmp_p
     assert one.returncode == 0, one.stderr
     assert "cl1-pw" not in one.stdout + one.stderr and json.loads(one.stdout)["url"].startswith("http://me:***@")
     assert origin.stats("/cli.pdf").authorizations == ["Basic " + base64.b64encode(b"me:cl1-pw").decode()]
+
+
+# ---- the CLI-wide promise: words and exit 2 for bad input, never a traceback --------------------
+
+BAD_INPUT = [
+    ["fetch", "http://[::1/x.pdf"],
+    ["fetch", "http://h:99999/x.pdf"],
+    ["fetch", "https://e.org/a.pdf", "--work-id", "../x"],
+    ["works", "import", "/nonexistent.jsonl"],
+    ["works", "import", "/tmp"],
+    ["works", "query", "--filter", "x", "--per-page", "0"],
+    ["works", "download", "--workers", "0"],
+    ["backfill", "--limit", "0"],
+    ["demo", "--port", "99999"],
+    ["ledger"],
+    ["no-such-command"],
+]
+
+
+@pytest.mark.parametrize("args", BAD_INPUT, ids=[" ".join(a) for a in BAD_INPUT])
+def test_bad_input_is_exit_2_with_words(tmp_path: Path, args: list[str]) -> None:
+    proc = dtkg(tmp_path / "home", *args)
+    no_traceback(proc, proc.stderr)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert proc.stderr.strip() and proc.stdout == ""
+
+
+def test_unusable_paths_are_named_with_what_to_do(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    works = write_works(tmp_path / "works.jsonl", {"W1": "https://e.org/a.pdf"})
+    assert dtkg(home, "works", "import", str(works)).returncode == 0
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = dtkg(home, "ledger", "export", "--out", str(blocker))
+    no_traceback(proc, proc.stderr)
+    assert proc.returncode == 1 and str(blocker) in proc.stderr and "move it away" in proc.stderr, proc.stderr
+    proc = dtkg(home, "status", DTKG_HTTP_MAX_ATTEMPTS="many")
+    assert proc.returncode == 2 and "DTKG_HTTP_MAX_ATTEMPTS" in proc.stderr

@@ -16,9 +16,12 @@ import json
 import os
 import threading
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
+
+from dtkg_assets.core.types import WorkRecord
 
 MASK = "***"
 VAULT_FILE = "credentials.json"
@@ -80,6 +83,11 @@ def redact_strings(value: Any) -> Any:
         redacted = [redact_strings(v) for v in value]
         return value if all(a is b for a, b in zip(redacted, value, strict=True)) else redacted
     return value
+
+
+def remember_candidates(home: Path, works: Iterable[WorkRecord]) -> None:
+    """Planning (either ledger backend): keep the real URL of every candidate that had credentials."""
+    CredentialVault(home).remember([c.real_url for w in works for c in w.candidates if c.real_url is not None])
 
 
 class CredentialVault:

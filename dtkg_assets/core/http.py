@@ -82,7 +82,7 @@ def get_with_retries(
     (Retry-After honoured up to its cap). Returns the final response, read, whatever its status
     below 500 (a 4xx is the caller's to judge); raises `DtkgError` when retries run out."""
     for attempt in retrying(settings.http):
-        with attempt:
+        with attempt, deadline.scope(deadline_timeout(settings), "attempt"):
             try:
                 response = client.get(url, params=params, headers=headers)
             except (httpx.HTTPError, DtkgError) as exc:

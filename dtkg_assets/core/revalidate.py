@@ -13,7 +13,9 @@ import time
 
 import httpx
 
+from dtkg_assets.core import deadline
 from dtkg_assets.core.errors import DtkgError
+from dtkg_assets.core.http import deadline_timeout
 from dtkg_assets.core.ledger import Ledger
 from dtkg_assets.core.orchestrator import Orchestrator
 from dtkg_assets.core.store import Store
@@ -57,7 +59,8 @@ def revalidate(
             continue
         counts["checked"] += 1
         try:
-            status, new_etag = conditional_status(client, url, etag, last_modified)
+            with deadline.scope(deadline_timeout(settings), "attempt"):
+                status, new_etag = conditional_status(client, url, etag, last_modified)
         except (DtkgError, httpx.HTTPError):
             counts["errors"] += 1  # unreachable now says nothing about the object: keep it
             continue

@@ -28,7 +28,7 @@ from typing import Any, TextIO, TypeVar
 
 import duckdb
 
-from dtkg_assets.core.credentials import CredentialVault
+from dtkg_assets.core.credentials import remember_candidates
 from dtkg_assets.core.errors import Reason
 from dtkg_assets.core.http import host_of
 from dtkg_assets.core.ledger import schema, storage
@@ -539,8 +539,7 @@ class Ledger:
             return 0, 0
         recs = list(by_id.values())
         # URLs with credentials are planned redacted; the real ones go to the vault, not the ledger.
-        CredentialVault(self.settings.home).remember(
-            [c.real_url for w in recs for c in w.candidates if c.real_url is not None])
+        remember_candidates(self.settings.home, recs)
         jobs: dict[str, tuple[str, str, str, int, str]] = {}
         for w in recs:
             seen: set[str] = set()

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import fields, replace
 from typing import Any, TypeVar
 
+from dtkg_assets.core.credentials import remember_candidates
 from dtkg_assets.core.errors import Reason
 from dtkg_assets.core.http import host_of
 from dtkg_assets.core.ledger import pg_schema
@@ -292,6 +293,8 @@ class PgLedger:
         if not by_id:
             return 0, 0
         recs = list(by_id.values())
+        # URLs with credentials are planned redacted; the real ones go to the vault, not the ledger.
+        remember_candidates(self.settings.home, recs)
         jobs: dict[str, tuple[str, str, str, int, str]] = {}
         for w in recs:
             seen: set[str] = set()
