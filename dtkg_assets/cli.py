@@ -129,6 +129,9 @@ def _install_stop_handlers() -> None:
                   file=sys.stderr, flush=True)
             os._exit(EXIT_SIGNAL_BASE + signum)
         deadline.request_stop(name)
+        if not deadline.in_stoppable():
+            # Not downloading (waiting for the ledger lock, importing, reporting): stop right here.
+            raise KeyboardInterrupt
         print(f"dtkg: {name}: stopping (parts are kept for resume; {name} again exits at once)",
               file=sys.stderr, flush=True)
 
@@ -207,8 +210,10 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"{command}: interrupted", file=sys.stderr)
-        return EXIT_SIGNAL_BASE + signal.SIGINT
+        from dtkg_assets.core import deadline
+
+        print(f"{command}: interrupted; run it again to finish", file=sys.stderr)
+        return stopped_exit_code() if deadline.stop_requested() else EXIT_SIGNAL_BASE + signal.SIGINT
     except Exception as exc:  # the promise: words, not a traceback (DTKG_DEBUG=1 shows it too)
         if os.environ.get("DTKG_DEBUG"):
             traceback.print_exc()

@@ -5,6 +5,7 @@ the files, the ledger and the command's words and exit code (never a traceback).
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import json
 import signal
@@ -406,3 +407,20 @@ def test_unusable_paths_are_named_with_what_to_do(tmp_path: Path) -> None:
     assert proc.returncode == 1 and str(blocker) in proc.stderr and "move it away" in proc.stderr, proc.stderr
     proc = dtkg(home, "status", DTKG_HTTP_MAX_ATTEMPTS="many")
     assert proc.returncode == 2 and "DTKG_HTTP_MAX_ATTEMPTS" in proc.stderr
+
+
+def test_sigterm_while_waiting_for_the_ledger_exits_at_once(tmp_path: Path) -> None:
+    """Not downloading (here: waiting for the writer lock another process holds): stop right away."""
+    home = tmp_path / "home"
+    works = write_works(tmp_path / "works.jsonl", {"W1": "https://e.org/a.pdf"})
+    assert dtkg(home, "works", "import", str(works)).returncode == 0
+    with (home / "ledger.lock").open("a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        child = start(home, "works", "import", str(works))
+        time.sleep(1.5)  # started, read the works file, now in its wait for the lock
+        assert child.poll() is None
+        t0 = time.monotonic()
+        child.send_signal(signal.SIGTERM)
+        _out, err = child.communicate(timeout=30)
+    assert time.monotonic() - t0 < 2.0
+    assert child.returncode == 143 and "interrupted" in err and "Traceback" not in err, err

@@ -27,6 +27,7 @@ POLL_S = 0.25
 _local = threading.local()
 _stop = threading.Event()
 _stop_reason: list[str] = []
+_stoppable = [0]  # how many `stoppable()` blocks are running (downloads that watch the stop request)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,21 @@ def stop_reason() -> str | None:
 
 def interrupted_error() -> DtkgError:
     return DtkgError(Reason.INTERRUPTED, f"stopped by {stop_reason() or 'a stop request'}")
+
+
+@contextmanager
+def stoppable() -> Iterator[None]:
+    """Mark work that watches `stop_requested()` itself (downloads): a signal handler then only asks
+    it to stop, instead of interrupting whatever the main thread is doing."""
+    _stoppable[0] += 1
+    try:
+        yield
+    finally:
+        _stoppable[0] -= 1
+
+
+def in_stoppable() -> bool:
+    return _stoppable[0] > 0
 
 
 def sleep(seconds: float) -> None:

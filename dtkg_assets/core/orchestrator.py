@@ -145,7 +145,20 @@ class Orchestrator:
     ) -> list[WorkOutcome]:
         """Process works concurrently; returns outcomes in input order and publishes the snapshot.
 
-        `refresh` re-downloads even where the work's file exists (a revalidated, changed object)."""
+        `refresh` re-downloads even where the work's file exists (a revalidated, changed object).
+        Workers watch SIGINT/SIGTERM themselves (`deadline.stop_requested`): inside this call a signal
+        handler only asks them to stop, so the run is recorded and the outcomes returned."""
+        with deadline.stoppable():
+            return self._process(work_ids, workers=workers, on_done=on_done, refresh=refresh)
+
+    def _process(
+        self,
+        work_ids: Sequence[str],
+        *,
+        workers: int,
+        on_done: Callable[[WorkOutcome], None] | None,
+        refresh: bool,
+    ) -> list[WorkOutcome]:
         self._refresh = refresh
         run_id = self.run_id or f"run-{uuid.uuid4().hex[:12]}"
         self.run_id = run_id
