@@ -161,8 +161,7 @@ def describe_error(command: str, exc: BaseException) -> tuple[str, int]:
             errno.EEXIST: "something else is already there: choose another path or move it away",
         }.get(exc.errno or 0, "check the file and the disk, then run it again")
         return f"{command}: cannot use{where}: {what}; {hint}", EXIT_FAILED
-    module = type(exc).__module__.split(".")[0]
-    if module == "duckdb":
+    if type(exc).__module__.split(".")[0].lstrip("_") == "duckdb":
         return (f"{command}: the ledger could not be used ({type(exc).__name__}: {exc}); "
                 "see `dtkg ledger health`, and `dtkg ledger repair` to recover"), EXIT_FAILED
     return (f"{command}: unexpected error {type(exc).__name__}: {exc} (a bug: please report it with "
