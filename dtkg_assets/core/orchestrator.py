@@ -10,6 +10,7 @@ without any network. `on_done` is called from worker threads as each work finish
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
 import time
 import uuid
@@ -182,6 +183,10 @@ class Orchestrator:
             if wid in complete:
                 finish(self._skipped(wid))
         todo = [wid for wid in ids if wid not in complete]
+        if self.settings.ledger_is_postgres:
+            # Other workers may be given the same works (one PostgreSQL ledger): walk them in an order
+            # of our own so that concurrent workers rarely reach for the same work at the same time.
+            random.Random(f"{self.owner}:{run_id}").shuffle(todo)
         if todo:
             with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="dtkg-work") as pool:
                 for _ in pool.map(lambda w: finish(self.process_one(w)), todo):

@@ -8,6 +8,8 @@ keys the ledger marks complete are skipped by the asset itself.
 import contextlib
 import functools
 import os
+import random
+import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -165,6 +167,8 @@ def backfill(
     run_config = {"ops": {"artifact_pdfs": {"config": {"workers": workers or settings.run.workers}}}, **quiet_loggers()}
     pending_set = set(pending)
     windows = list(partition_batches(ordered, pending_set, run_batch_size(len(pending), settings.run.batch_size)))
+    if settings.ledger_is_postgres:
+        windows = fleet_order(windows)
     job = _definitions(settings).resolve_job_def(artifact_pdfs_job.name)
     tags = cli_tags(command, **{CHECKS_INLINE_TAG: "inline"})
     runner = _PipelinedRuns(instance, job, run_config, tags)
@@ -271,6 +275,16 @@ class _PipelinedRuns:
                 self.instance.report_run_canceled(dagster_run, message="not started: the backfill stopped")
         self._pending.clear()
         self._creator.shutdown(wait=True)
+
+
+def fleet_order(windows: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Several `dtkg backfill` processes on one PostgreSQL ledger share the pending works: each takes
+    the batches in an order of its own (shuffled by host and pid), so they rarely work on the same batch
+    at once; where they do, the ledger's leases split it, and a batch another worker finished costs
+    only its run (every key is found complete)."""
+    shuffled = list(windows)
+    random.Random(f"{socket.gethostname()}:{os.getpid()}").shuffle(shuffled)
+    return shuffled
 
 
 def materialized_in_run(instance: dg.DagsterInstance, run_id: str) -> int:
