@@ -228,8 +228,10 @@ def test_two_workers_backfill_overlapping_works_once_each_and_politely(
     procs = [subprocess.Popen([DTKG, "backfill", "--workers", "6", "--json"], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for env in envs]
     outs = [p.communicate(timeout=300) for p in procs]
-    for _, err in outs:
-        assert "Traceback" not in err, err
+    for out, err in outs:
+        assert "Traceback" not in err and "psycopg" not in err, err
+        checks = json.loads(out)["checks"]
+        assert checks and all(checks.values()), out  # the asset checks ran on the PostgreSQL ledger
     # Whatever one worker deferred (leased by the other), the fleet finished every work.
     done = dict(ledger_rows(ledger_url, "SELECT work_id, count(*) FROM artifact_jobs "
                                         "WHERE state IN ('INDEXED', 'DEDUPED') GROUP BY work_id"))

@@ -89,6 +89,8 @@ def translate(sql: str) -> str:
     """DuckDB-flavoured ad-hoc SQL (``?`` or ``$n`` parameters, ``::DOUBLE``) for PostgreSQL, with the
     ledger's tables found through the search path."""
     sql = re.sub(r"::DOUBLE\b", "::float8", sql)
+    # A list parameter unnested for `IN (SELECT unnest($1))`: the ledger's keys are text.
+    sql = re.sub(r"unnest\((\$\d+|\?)\)", r"unnest(\1::text[])", sql)
     sql = re.sub(r"\$(\d+)", lambda m: f"%(p{m.group(1)})s", sql)
     return sql.replace("?", "%s")
 
