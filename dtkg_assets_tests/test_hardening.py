@@ -299,10 +299,13 @@ def test_empty_work_id_is_a_usage_error(tmp_path: Path) -> None:
 def test_retry_after_is_honoured_by_the_ledger_and_printed_as_a_time(origin: OriginServer, tmp_path: Path) -> None:
     url = origin.add("/busy.pdf", b"x", FaultMode(status=503, retry_after="900"))
     home = tmp_path / "home"
-    env = {"DTKG_HTTP_MAX_ATTEMPTS": "1", "DTKG_HTTP_BREAKER_FAIL_MAX": "0"}
+    # Default in-place retries (4) and cap (60 s): a 900 s Retry-After is not slept in place but
+    # handed to the ledger at once (one request).
+    env = {"DTKG_HTTP_BREAKER_FAIL_MAX": "0", "DTKG_HTTP_RETRY_AFTER_CAP_S": "60"}
     t0 = time.time()
     first = dtkg(home, "fetch", url, "--work-id", "W1", "--json", **env)
     assert json.loads(first.stdout)["reason"] == "http_5xx"
+    assert time.time() - t0 < 10
     (next_at,) = ledger_rows(home, "SELECT next_eligible_at FROM artifact_jobs")[0]
     assert 900 - 5 <= next_at - t0 <= 900 + 30  # the server's 900 s, not the ledger's 60 s backoff
     second = dtkg(home, "fetch", url, "--work-id", "W1", **env)
@@ -311,6 +314,7 @@ def test_retry_after_is_honoured_by_the_ledger_and_printed_as_a_time(origin: Ori
     assert origin.stats("/busy.pdf").requests == 1  # the deferred retry sent nothing
     # A bogus Retry-After is capped by the ledger's longest backoff.
     origin.add("/forever.pdf", b"x", FaultMode(status=503, retry_after="99999999"))
+    env["DTKG_HTTP_MAX_ATTEMPTS"] = "1"
     dtkg(home, "fetch", origin.url("/forever.pdf"), "--work-id", "W2", **env, DTKG_LEDGER_RETRY_BACKOFF_MAX_S="600")
     (far,) = ledger_rows(home, "SELECT next_eligible_at FROM artifact_jobs WHERE work_id = 'W2'")[0]
     assert far - time.time() <= 600

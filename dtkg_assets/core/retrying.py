@@ -62,6 +62,19 @@ def _retry_in_place(exc: BaseException) -> bool:
     return isinstance(exc, DtkgError) and exc.reason in RETRY_IN_PLACE
 
 
+def _retry_in_place_within(cap_s: float) -> Callable[[BaseException], bool]:
+    """`_retry_in_place`, except a server asking for a longer pause than `cap_s`: that wait is the
+    ledger's to schedule (it honours Retry-After), not a worker thread's to sleep."""
+
+    def decide(exc: BaseException) -> bool:
+        if not _retry_in_place(exc):
+            return False
+        asked = exc.retry_after if isinstance(exc, DtkgError) else None
+        return asked is None or asked <= cap_s
+
+    return decide
+
+
 class _WaitRetryAfterOrBackoff(tenacity.wait.wait_base):
     """Honour the server's Retry-After (capped); otherwise exponential backoff with full jitter."""
 
@@ -85,12 +98,17 @@ def retrying(
     max_attempts: int | None = None,
     sleep: Callable[[float], Any] = deadline.sleep,
     before_sleep: Callable[[tenacity.RetryCallState], Any] | None = None,
+    defer_long_waits: bool = False,
 ) -> tenacity.Retrying:
-    """A tenacity controller: ``for attempt in retrying(s): with attempt: ...``; re-raises the last error."""
+    """A tenacity controller: ``for attempt in retrying(s): with attempt: ...``; re-raises the last error.
+
+    `defer_long_waits` (artifact downloads, which the ledger retries later): a Retry-After longer than
+    `retry_after_cap_s` ends the retries at once instead of sleeping the cap again and again."""
+    retry_if = _retry_in_place_within(settings.retry_after_cap_s) if defer_long_waits else _retry_in_place
     return tenacity.Retrying(
         stop=tenacity.stop_after_attempt(max_attempts or settings.max_attempts),
         wait=_WaitRetryAfterOrBackoff(settings),
-        retry=tenacity.retry_if_exception(_retry_in_place),
+        retry=tenacity.retry_if_exception(retry_if),
         reraise=True,
         sleep=sleep,
         before_sleep=before_sleep,

@@ -466,7 +466,7 @@ class Engine:
         return True
 
     def _head(self, dl: _Download) -> ServerValidators | None:
-        for attempt in retrying(self.settings.http):
+        for attempt in retrying(self.settings.http, defer_long_waits=True):
             with attempt, deadline.scope(deadline_timeout(self.settings), "attempt"):
                 return head_precheck(self.client, dl.url, dl.result.http_attempts)
         return None  # pragma: no cover - tenacity re-raises
@@ -522,7 +522,7 @@ class Engine:
             else:
                 # Size unknown until the GET: the free-space floor alone is checked before asking.
                 reservations.enter_context(store.quota.reserve(None))
-            for attempt in retrying(settings.http):
+            for attempt in retrying(settings.http, defer_long_waits=True):
                 with attempt, deadline.scope(deadline_timeout(settings), "attempt"):
                     result.attempts += 1
                     if result.attempts > 1:
