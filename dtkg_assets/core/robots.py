@@ -144,8 +144,10 @@ class RobotsCache:
         stored = self._shared.get_or_fetch(key, fetch)
         now = time.monotonic()
         parser = Protego.parse(stored.body) if stored.available and stored.body is not None else None
+        # The fleet keeps the detail, not the reason: a timeout's detail starts with its reason code.
+        reason = Reason.TIMEOUT if stored.detail.startswith(f"{Reason.TIMEOUT.value}:") else Reason.ROBOTS_UNAVAILABLE
         return RobotsVerdict(stored.status, parser, stored.available, now, now + stored.ttl_left_s, stored.detail,
-                             stored.body)
+                             stored.body, reason=reason)
 
     def _fetch(self, robots_url: str) -> RobotsVerdict:
         now = time.monotonic()
@@ -191,8 +193,11 @@ def _unavailable(now: float, expires_at: float, detail: str, exc: BaseException)
     timed_out = isinstance(exc, httpx.TimeoutException) or (
         isinstance(exc, DtkgError) and exc.reason == Reason.TIMEOUT
     )
-    reason = Reason.TIMEOUT if timed_out else Reason.ROBOTS_UNAVAILABLE
-    return RobotsVerdict(None, None, False, now, expires_at, detail, reason=reason)
+    if not timed_out:
+        return RobotsVerdict(None, None, False, now, expires_at, detail)
+    if not detail.startswith(f"{Reason.TIMEOUT.value}:"):
+        detail = f"{Reason.TIMEOUT.value}: {detail}"  # so a verdict shared through the fleet keeps it
+    return RobotsVerdict(None, None, False, now, expires_at, detail, reason=Reason.TIMEOUT)
 
 
 def _read_limited(response: httpx.Response, limit: int) -> bytes:
