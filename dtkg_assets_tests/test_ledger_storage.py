@@ -276,3 +276,36 @@ def test_a_failed_publication_on_a_full_disk_leaves_nothing_behind(small_fs: Pat
         assert led.publish_snapshot(force=True) is True  # the writer is unharmed
     with Ledger.open_reader(settings) as reader:
         assert reader.query("SELECT count(*) FROM works") == [(2,)]
+
+
+def test_a_healthy_file_shorter_than_its_header_says_is_not_damaged(tmp_path: Path) -> None:
+    """DuckDB trims free blocks off the end of the file without lowering the headers' block count:
+    only table blocks past the end mean truncation."""
+    settings = Settings().with_home(tmp_path).replace(ledger={"snapshot_interval_s": 0})
+    with Ledger.open_writer(settings) as led:  # bulk rows as bench/snapshot.py writes them
+        cur = led.cursor()
+        cur.execute("""INSERT INTO works SELECT 'W' || i, NULL, 'Title ' || i, 2020, '[]'::JSON, 'bulk', '{}'::JSON,
+                       epoch(now()), epoch(now()) FROM range(2000) t(i)""")
+        cur.execute("""INSERT INTO artifact_jobs (job_id, idempotency_key, work_id, url, host, state, sha256, path,
+                       bytes, created_at, updated_at) SELECT sha256('j' || i), sha256('j' || i), 'W' || i,
+                       'https://host' || (i % 50) || '.example.org/' || i || '.pdf', 'host' || (i % 50), 'INDEXED',
+                       sha256('b' || i), 'works/W' || i || '.pdf', 1000, epoch(now()), epoch(now())
+                       FROM range(2000) t(i)""")
+    with Ledger.open_writer(settings) as led:
+        for k in range(3):
+            led.plan([WorkRecord(f"N{k}", [Candidate(f"https://example.org/{k}.pdf", "x")])])
+            assert led.publish_snapshot(force=True)
+    with Ledger.open_writer(settings) as led:  # opens: not refused as truncated
+        assert led.query("SELECT count(*) FROM works") == [(2003,)]
+    assert dtkg(tmp_path, "ledger", "health").returncode == 0
+
+
+def test_the_quota_message_names_the_settings(settings: Settings) -> None:
+    from dtkg_assets.core.errors import DtkgError, Reason
+    from dtkg_assets.core.store import QuotaGuard
+
+    guard = QuotaGuard(settings.replace(quota={"free_bytes_min": 10_000}), free_bytes=lambda: 5_000)
+    with pytest.raises(DtkgError) as info, guard.reserve(1_000):
+        pass
+    assert info.value.reason == Reason.QUOTA_EXCEEDED
+    assert "DTKG_QUOTA_FREE_BYTES_MIN" in info.value.detail and str(settings.store_dir) in info.value.detail
