@@ -142,7 +142,10 @@ def _install_stop_handlers() -> None:
 def describe_error(command: str, exc: BaseException) -> tuple[str, int]:
     """One message and exit code for an exception that reached `main`: words instead of a traceback."""
     from dtkg_assets.core.errors import DtkgError
+    from dtkg_assets.core.ledger.storage import LedgerError
 
+    if isinstance(exc, LedgerError):  # busy, damaged, full, unwritable: the message names file and remedy
+        return f"{command}: {exc}", EXIT_USAGE
     if isinstance(exc, DtkgError):
         code = EXIT_USAGE if exc.reason in (Reason.BAD_INPUT, Reason.UNSUPPORTED_SCHEME) else EXIT_FAILED
         return f"{command}: {exc.reason.value}: {exc.detail or exc}", code
