@@ -134,6 +134,31 @@ def test_stalled_robots_txt_does_not_hold_other_hosts(origin: OriginServer, tmp_
     assert sum(origin.stats(f"/s{i}.pdf").requests for i in range(1, 5)) == 0
 
 
+def test_trickling_host_gives_its_workers_back(origin: OriginServer, tmp_path: Path,
+                                               pdf_bytes: Callable[[int, int], bytes]) -> None:
+    """Bodies at 20 KB/s on one host: each attempt that spends its deadline is not retried in place
+    (default 4 attempts) and counts against the host's breaker, so after two the host's other works
+    are deferred at once and the other host's works are stored without waiting behind them."""
+    slow = {f"W{i}": origin.add(f"/t{i}.pdf", pdf_bytes(400_000 + i, i), FaultMode(rate_bytes_per_s=20_000))
+            for i in range(1, 7)}
+    with OriginServer().start() as good:
+        bodies = {f"W{i}": pdf_bytes(30_000 + i, i) for i in range(7, 9)}
+        fine = {w: good.add(f"/{w}.pdf", b).replace("127.0.0.1", "localhost") for w, b in bodies.items()}
+        works = write_works(tmp_path / "works.jsonl", {**slow, **fine})
+        home = tmp_path / "home"
+        t0 = time.monotonic()
+        proc = dtkg(home, "works", "download", str(works), "--workers", "2", "--json",
+                    DTKG_HTTP_ATTEMPT_DEADLINE_S="1.5", DTKG_HTTP_BREAKER_FAIL_MAX="2")
+        elapsed = time.monotonic() - t0
+    no_traceback(proc, proc.stderr)
+    for w, b in bodies.items():
+        assert (home / "store" / "works" / f"{w}.pdf").read_bytes() == b
+    reasons = dict(ledger_rows(home, "SELECT work_id, last_reason FROM artifact_jobs"))
+    assert sorted(reasons[w] for w in slow) == ["breaker_open"] * 4 + ["timeout"] * 2, reasons
+    assert sum(origin.stats(f"/t{i}.pdf").get_requests for i in range(1, 7)) == 2  # one attempt each
+    assert elapsed < 1.5 + 8.0, elapsed  # was 6 works x 4 attempts x 1.5 s / 2 workers = 18 s
+
+
 # ---- item 3: checkpoints by time -------------------------------------------------------------
 
 

@@ -43,6 +43,15 @@ class Deadline:
         return DtkgError(Reason.TIMEOUT, f"{self.what} deadline of {self.seconds:g} s passed")
 
 
+class DeadlineSpent(DtkgError):
+    """An attempt that used up its whole deadline (reason `timeout`). Not retried in place: the same
+    server would most likely spend the next one too, holding a worker; the ledger retries the work
+    later, resuming from its part."""
+
+    def __init__(self, spent: Deadline, detail: str = "") -> None:
+        super().__init__(Reason.TIMEOUT, detail or f"{spent.what} deadline of {spent.seconds:g} s passed")
+
+
 def current() -> Deadline | None:
     """The innermost (earliest) deadline of this thread, if any."""
     found: Deadline | None = getattr(_local, "deadline", None)
@@ -65,6 +74,20 @@ def scope(seconds: float | None, what: str) -> Iterator[Deadline | None]:
         yield inner
     finally:
         _local.deadline = outer
+
+
+@contextmanager
+def attempt(seconds: float | None) -> Iterator[Deadline | None]:
+    """`scope` for one request attempt: a `timeout` that spent the deadline leaves as `DeadlineSpent`."""
+    with scope(seconds, "attempt") as d:
+        try:
+            yield d
+        except DtkgError as exc:
+            spent = d is not None and d.remaining() <= 0
+            if spent and exc.reason is Reason.TIMEOUT and not isinstance(exc, DeadlineSpent):
+                assert d is not None
+                raise DeadlineSpent(d, exc.detail) from exc
+            raise
 
 
 def remaining() -> float | None:

@@ -82,7 +82,7 @@ def get_with_retries(
     (Retry-After honoured up to its cap). Returns the final response, read, whatever its status
     below 500 (a 4xx is the caller's to judge); raises `DtkgError` when retries run out."""
     for attempt in retrying(settings.http):
-        with attempt, deadline.scope(deadline_timeout(settings), "attempt"):
+        with attempt, deadline.attempt(deadline_timeout(settings)):
             try:
                 response = client.get(url, params=params, headers=headers)
             except (httpx.HTTPError, DtkgError) as exc:
@@ -439,6 +439,11 @@ class PoliteTransport(httpx.BaseTransport):
             raise
         breakers.record(host, success=not _failure_status(response.status_code), probe=probe)
         return response
+
+    def note_failure(self, url: str) -> None:
+        """A failure the transport did not see (a body that spent its attempt deadline) counts
+        against the host's breaker like a failed request, so a stalled host stops taking workers."""
+        self.policy.breakers.record(host_of(url), success=False, probe=False)
 
     def _put_credentials(self, request: httpx.Request) -> None:
         """Send credentials only as an Authorization header, never in a URL anything keeps.

@@ -59,7 +59,8 @@ def error_from_httpx(exc: httpx.HTTPError) -> DtkgError:
 
 
 def _retry_in_place(exc: BaseException) -> bool:
-    return isinstance(exc, DtkgError) and exc.reason in RETRY_IN_PLACE
+    # An attempt that spent its whole deadline is not tried again at once (see deadline.DeadlineSpent).
+    return isinstance(exc, DtkgError) and exc.reason in RETRY_IN_PLACE and not isinstance(exc, deadline.DeadlineSpent)
 
 
 def _retry_in_place_within(cap_s: float) -> Callable[[BaseException], bool]:

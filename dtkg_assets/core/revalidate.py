@@ -59,7 +59,7 @@ def revalidate(
             continue
         counts["checked"] += 1
         try:
-            with deadline.scope(deadline_timeout(settings), "attempt"):
+            with deadline.attempt(deadline_timeout(settings)):
                 status, new_etag = conditional_status(client, url, etag, last_modified)
         except (DtkgError, httpx.HTTPError):
             counts["errors"] += 1  # unreachable now says nothing about the object: keep it

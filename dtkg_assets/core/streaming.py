@@ -38,7 +38,7 @@ import httpx
 from dtkg_assets.core import deadline
 from dtkg_assets.core.crashpoints import crash_point
 from dtkg_assets.core.errors import DtkgError, Reason, reason_for_status
-from dtkg_assets.core.http import deadline_timeout
+from dtkg_assets.core.http import deadline_timeout, polite_transport
 from dtkg_assets.core.pdf import validate_pdf
 from dtkg_assets.core.retrying import error_from_httpx, parse_retry_after, retrying
 from dtkg_assets.core.store import Store, check_work_id, sha256_file
@@ -403,6 +403,8 @@ class Engine:
                     return result
             self._fetch(url, work_id, hooks, result)
         except DtkgError as exc:
+            if isinstance(exc, deadline.DeadlineSpent) and (transport := polite_transport(self.client)) is not None:
+                transport.note_failure(url)
             self._fail(result, exc)
         except httpx.HTTPError as exc:
             self._fail(result, error_from_httpx(exc))
@@ -467,7 +469,7 @@ class Engine:
 
     def _head(self, dl: _Download) -> ServerValidators | None:
         for attempt in retrying(self.settings.http, defer_long_waits=True):
-            with attempt, deadline.scope(deadline_timeout(self.settings), "attempt"):
+            with attempt, deadline.attempt(deadline_timeout(self.settings)):
                 return head_precheck(self.client, dl.url, dl.result.http_attempts)
         return None  # pragma: no cover - tenacity re-raises
 
@@ -523,7 +525,7 @@ class Engine:
                 # Size unknown until the GET: the free-space floor alone is checked before asking.
                 reservations.enter_context(store.quota.reserve(None))
             for attempt in retrying(settings.http, defer_long_waits=True):
-                with attempt, deadline.scope(deadline_timeout(settings), "attempt"):
+                with attempt, deadline.attempt(deadline_timeout(settings)):
                     result.attempts += 1
                     if result.attempts > 1:
                         decision = self._decide(dl)
