@@ -28,6 +28,7 @@ _local = threading.local()
 _stop = threading.Event()
 _stop_reason: list[str] = []
 _stoppable = [0]  # how many `stoppable()` blocks are running (downloads that watch the stop request)
+_stoppable_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class Deadline:
         return self.at - time.monotonic()
 
     def expired_error(self) -> DtkgError:
-        return DtkgError(Reason.TIMEOUT, f"{self.what} deadline of {self.seconds:g} s passed")
+        return DeadlineSpent(self)
 
 
 class DeadlineSpent(DtkgError):
@@ -131,11 +132,13 @@ def interrupted_error() -> DtkgError:
 def stoppable() -> Iterator[None]:
     """Mark work that watches `stop_requested()` itself (downloads): a signal handler then only asks
     it to stop, instead of interrupting whatever the main thread is doing."""
-    _stoppable[0] += 1
+    with _stoppable_lock:
+        _stoppable[0] += 1
     try:
         yield
     finally:
-        _stoppable[0] -= 1
+        with _stoppable_lock:
+            _stoppable[0] -= 1
 
 
 def in_stoppable() -> bool:
