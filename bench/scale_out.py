@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -69,11 +70,13 @@ def one_run(cluster: PgCluster, origin: OriginServer, files: dict[str, Path], wo
     envs = [worker_env(base / f"home-{i}", ledger, dagster, store) for i in range(k)]
     subprocess.run([*dtkg_cmd(), "works", "import", str(works)], env=envs[0], check=True, capture_output=True)
     origin.reset_stats()
+    cpu0 = _children_cpu()
     t0 = time.perf_counter()
     procs = [subprocess.Popen([*dtkg_cmd(), "backfill", "--workers", str(threads), "--json"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for env in envs]
     outs = [p.communicate(timeout=3600) for p in procs]
     wall = time.perf_counter() - t0
+    cpu = _children_cpu() - cpu0
     with psycopg.connect(ledger, options="-c search_path=dtkg") as con:
         done = con.execute("SELECT count(DISTINCT work_id) FROM artifact_jobs WHERE state IN ('INDEXED','DEDUPED')"
                            ).fetchone()[0]
@@ -83,8 +86,17 @@ def one_run(cluster: PgCluster, origin: OriginServer, files: dict[str, Path], wo
             print(err[-2000:], file=sys.stderr)
         raise SystemExit(f"{k} workers: {done} of {len(files)} works stored, GETs per body {sorted(set(gets))}")
     runs = sum(json.loads(o)["runs"] for o, _ in outs if o.strip())
-    print(f"workers={k} wall_s={wall:.2f} works_per_s={len(files) / wall:.1f} dagster_runs={runs}", flush=True)
+    # CPU of the worker processes (user + system): on this 2-core machine the workers, the origin and
+    # PostgreSQL share two cores, so a worker count whose CPU need exceeds them cannot scale here.
+    print(f"workers={k} wall_s={wall:.2f} works_per_s={len(files) / wall:.1f} dagster_runs={runs} "
+          f"worker_cpu_s={cpu:.1f} cpu_ms_per_work={cpu / len(files) * 1000:.1f} "
+          f"worker_cores_busy={cpu / wall:.2f}", flush=True)
     return wall
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> int:
