@@ -220,13 +220,39 @@ def cmd_ledger_export(args: argparse.Namespace) -> int:
                f"{rows.get('works', 0)} works, {rows.get('artifact_jobs', 0)} jobs, {rows.get('blobs', 0)} blobs")
         if not args.out:
             return EXIT_OK
-    with reader(settings, "ledger export") as ledger:
-        metrics = export(ledger, Path(args.out))
+    if settings.ledger_is_postgres:
+        metrics = _export_postgres(settings, Path(args.out))
+        if metrics is None:
+            return EXIT_FAILED
+    else:
+        with reader(settings, "ledger export") as ledger:
+            metrics = export(ledger, Path(args.out))
     human = (f"wrote {args.out}/manifest.jsonl ({metrics['manifest_lines']} works) and {args.out}/metrics.json: "
              f"{metrics['stored']} stored, {metrics['deduped']} deduped, {metrics['failed']} failed, "
              f"{metrics['pending']} pending")
     _print(metrics, args.json, human)
     return EXIT_OK
+
+
+def _export_postgres(settings: Settings, out: Path) -> dict[str, Any] | None:
+    """manifest.jsonl and metrics.json from the PostgreSQL ledger: its tables are exported to a
+    temporary DuckDB file first (one consistent moment), so the manifest and metrics are computed by
+    the same DuckDB SQL as for the embedded ledger."""
+    import dataclasses
+    import tempfile
+
+    from dtkg_assets.core.export import export
+    from dtkg_assets.core.ledger.pg_export import ExportError, export_duckdb
+
+    with tempfile.TemporaryDirectory(prefix="dtkg-export-") as tmp:
+        try:
+            export_duckdb(settings, Path(tmp) / "ledger.snapshot.duckdb")
+        except ExportError as exc:
+            print(f"dtkg ledger export: {exc}", file=sys.stderr)
+            return None
+        local = dataclasses.replace(settings.with_home(tmp), ledger=dataclasses.replace(settings.ledger, url=""))
+        with reader(local, "ledger export") as ledger:
+            return export(ledger, out)
 
 
 # ---- works ----------------------------------------------------------------------------------

@@ -85,6 +85,14 @@ def test_export_from_postgres_has_the_same_tables_rows_and_views(demo_home: Path
     finally:
         a.close()
         b.close()
+    # manifest.jsonl and metrics.json from the PostgreSQL ledger too (computed on a DuckDB export).
+    proc = subprocess.run([str(DTKG), "ledger", "export", "--out", str(tmp_path / "out"), "--json"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads(proc.stdout)
+    lines = (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()
+    assert metrics["works"] == loaded["works"] == metrics["manifest_lines"] == len(lines)
+    assert metrics["blobs"] == loaded["blobs"] and metrics["http_requests"] == loaded["http_attempts"]
 
 
 def test_notebook_runs_unchanged_on_the_export(demo_home: Path, pg_url: str, tmp_path: Path) -> None:
