@@ -148,18 +148,30 @@ class GroupCommit:
         return pending.value
 
     def _lead(self) -> None:
-        while True:
-            with self._qlock:
-                acquires, self._acquires = self._acquires, []
-                writes, self._writes = self._writes, []
-                if not acquires and not writes:
-                    self._leading = False
-                    return
-            try:
+        acquires: list[_Pending] = []
+        writes: list[_Pending] = []
+        try:
+            while True:
+                with self._qlock:
+                    acquires, self._acquires = self._acquires, []
+                    writes, self._writes = self._writes, []
+                    if not acquires and not writes:
+                        self._leading = False
+                        return
                 self._run(acquires, writes)
-            finally:
                 for p in (*writes, *acquires):
                     p.done.set()
+        except BaseException as exc:
+            # Never leave a caller waiting: everything taken or queued hears the error.
+            with self._qlock:
+                queued = [*self._writes, *self._acquires]
+                self._writes, self._acquires = [], []
+                self._leading = False
+            for p in (*writes, *acquires, *queued):
+                if not p.done.is_set():
+                    p.error = p.error or exc
+                    p.done.set()
+            raise
 
     def _run(self, acquires: list[_Pending], writes: list[_Pending]) -> None:
         w0, c0 = time.perf_counter(), time.thread_time()
