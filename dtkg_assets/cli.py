@@ -112,6 +112,8 @@ def stopped_exit_code() -> int:
     from dtkg_assets.core import deadline
 
     reason = deadline.stop_reason() or ""
+    if reason == deadline.INTERRUPT:  # the signal itself was caught by Dagster: Ctrl-C's code
+        return EXIT_SIGNAL_BASE + signal.SIGINT
     try:
         return EXIT_SIGNAL_BASE + int(signal.Signals[reason])
     except KeyError:

@@ -455,3 +455,25 @@ def test_sigterm_while_waiting_for_the_ledger_exits_at_once(tmp_path: Path) -> N
         _out, err = child.communicate(timeout=30)
     assert time.monotonic() - t0 < 3.0
     assert child.returncode == 143 and "interrupted" in err and "Traceback" not in err, err
+
+
+def test_sigint_during_a_dagster_backfill_stops_the_run(origin: OriginServer, tmp_path: Path,
+                                                        pdf_bytes: Callable[[int, int], bytes]) -> None:
+    """Dagster replaces the signal handler while a run executes and raises its interrupt in the step:
+    the downloads stop anyway, the parts are kept, no further batch starts, words not a traceback."""
+    urls = {f"W{i}": origin.add(f"/b{i}.pdf", pdf_bytes(2_000_000 + i, i), FaultMode(rate_bytes_per_s=200_000))
+            for i in range(1, 5)}
+    home = tmp_path / "home"
+    assert dtkg(home, "works", "import", str(write_works(tmp_path / "works.jsonl", urls))).returncode == 0
+    child = start(home, "backfill", "--workers", "2")
+    wait_for(lambda: sum(origin.stats(f"/b{i}.pdf").body_bytes for i in range(1, 5)) >= 300_000, timeout=60)
+    t0 = time.monotonic()
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=60)
+    stop_s = time.monotonic() - t0
+    assert "Traceback" not in out + err, err
+    assert child.returncode == 130 and stop_s < 3.0, (child.returncode, stop_s, err[-2000:])
+    assert "stopped by interrupt" in out and "parts are kept" in out, out
+    assert {s for (s,) in ledger_rows(home, "SELECT state FROM artifact_jobs")} == {"PLANNED"}
+    assert sum(s.bytes_on_disk for s in sidecars(home)) > 0
+    print(f"backfill SIGINT: stopped in {stop_s:.2f} s")

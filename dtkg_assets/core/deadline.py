@@ -23,6 +23,8 @@ from dtkg_assets.core.errors import DtkgError, Reason
 
 # An idle socket read wakes up this often to look at the stop request and the deadline.
 POLL_S = 0.25
+# The stop reason when an interrupt arrived as an exception (Dagster's own SIGINT/SIGTERM handler).
+INTERRUPT = "interrupt"
 
 _local = threading.local()
 _stop = threading.Event()

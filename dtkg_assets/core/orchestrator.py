@@ -189,8 +189,17 @@ class Orchestrator:
             random.Random(f"{self.owner}:{run_id}").shuffle(todo)
         if todo:
             with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="dtkg-work") as pool:
-                for _ in pool.map(lambda w: finish(self.process_one(w)), todo):
-                    pass
+                try:
+                    for _ in pool.map(lambda w: finish(self.process_one(w)), todo):
+                        pass
+                except BaseException:  # noqa: BLE001 - an interrupt raised in this waiting thread
+                    # Dagster turns SIGINT/SIGTERM into an exception here (the workers would run on
+                    # while the pool waits for them): stop them instead, and return what happened
+                    # to each work, interrupted ones included, like a stop request does.
+                    deadline.request_stop(deadline.INTERRUPT)
+            for wid in todo:  # the interrupted map cancels works it had not started
+                if wid not in outcomes:
+                    finish(WorkOutcome(wid, "deferred", Reason.INTERRUPTED.value, detail="not started"))
         counts: dict[str, Any] = {}
         for o in outcomes.values():
             counts[o.status] = counts.get(o.status, 0) + 1
