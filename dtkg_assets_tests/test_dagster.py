@@ -266,6 +266,8 @@ def test_work_partitions_sensor_registers_new_works(tmp_path: Path, home: Path, 
             data = work_partitions_sensor.evaluate_tick(ctx)
         requests = data.dynamic_partitions_requests or []
         assert [sorted(r.partition_keys) for r in requests] == [["W2", "W3"]]
+        # The tick says what it did (not "returned an empty result").
+        assert data.skip_message is not None and "added 2 partitions" in data.skip_message
         assert data.cursor is not None and float(data.cursor) > 0
         # Same cursor, nothing new: no request.
         instance.add_dynamic_partitions(ARTIFACT_PARTITIONS_NAME, ["W2", "W3"])
