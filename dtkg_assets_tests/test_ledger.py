@@ -144,6 +144,33 @@ def test_postgres_migrations_and_repair(lsettings):
         assert led.repair() == []
 
 
+def test_postgres_claim_waits_for_a_row_another_transaction_is_deciding(lsettings):
+    """A claim skips rows other transactions hold (SKIP LOCKED), then waits briefly for them, so it
+    answers from the outcome: taken by the other (None) or still free (granted)."""
+    if not lsettings.ledger_is_postgres:
+        pytest.skip("PostgreSQL row locks")
+    import threading
+
+    import psycopg
+
+    with Ledger.open_writer(lsettings, owner="test") as led:
+        led.plan([work(1, 1), work(2, 1)])
+        j1, j2 = (led.jobs_for_work(f"W{i}")[0].job_id for i in (1, 2))
+        for jid, commit, expect_granted in ((j1, True, False), (j2, False, True)):
+            other = psycopg.connect(lsettings.ledger.url)
+            other.execute("UPDATE dtkg.artifact_jobs SET state = 'LEASED', lease_owner = 'other', "
+                          "lease_expires_at = 1e12, fencing_token = fencing_token + 1 WHERE job_id = %s", [jid])
+            answer: list = []
+            claim = threading.Thread(target=lambda j=jid, out=answer: out.append(led.lease(j, "me")))
+            claim.start()
+            claim.join(0.3)
+            assert claim.is_alive()  # waiting for the other transaction's outcome
+            (other.commit if commit else other.rollback)()
+            other.close()
+            claim.join(10)
+            assert (answer[0] is not None) is expect_granted
+
+
 def test_plan_is_idempotent_and_bulk(ledger):
     works = [work(i, 3) for i in range(500)]
     assert ledger.plan(works) == (500, 1500)

@@ -8,10 +8,12 @@ DuckDB file, and why they keep the same guarantees:
 - **No single-writer lock.** Any number of processes open it read-write. Opening never voids other
   processes' leases (they may be alive): a lease ends by its holder, by expiry, or by an explicit
   release of a failed run's leases.
-- **Claims** lock the requested job rows with ``SELECT … FOR UPDATE SKIP LOCKED``: a row another
-  worker is claiming or committing right now is skipped (not leasable now) instead of waited for, and
-  the checks (state, live lease, backoff, attempts) are made on the locked row, so two workers never
-  hold one job: the grant bumps the fencing token in the same transaction.
+- **Claims** lock the requested job rows with ``SELECT … FOR UPDATE SKIP LOCKED``, so one busy row
+  never holds up a batch of claims; the few rows skipped (another claim or commit of a few ms holds
+  them) are then locked with a short wait (``lock_timeout`` 2 s) so the answer reflects that
+  transaction's outcome, not the state it was about to change. The checks (state, live lease,
+  backoff, attempts) are made on the locked rows, so two workers never hold one job: the grant bumps
+  the fencing token in the same transaction.
 - **Fenced writes** are one guarded ``UPDATE … FROM unnest(…)`` per kind of write, matching job id,
   token, owner and `from_state` against the row; refused writes change nothing.
 - **Durability**: a call returns after COMMIT (synchronous commit, the server default).
@@ -403,11 +405,23 @@ class PgLedger:
         locked row, grant with one update (token and attempts bumped)."""
         max_attempts = self.settings.ledger.max_attempts
 
+        from psycopg.errors import LockNotAvailable
+
         def body(con: Any) -> list[LeaseGrant | None]:
             ids = sorted(set(r.job_id for r in requests))
             rows = con.execute(f"{_LITE_SELECT} WHERE job_id = ANY(%s) ORDER BY job_id FOR UPDATE SKIP LOCKED",
                                [ids]).fetchall()
             jobs = {str(r[0]): _lite(r) for r in rows}
+            skipped = [i for i in ids if i not in jobs]
+            if skipped:
+                # Rows another transaction holds right now (a claim or a commit of a few ms): wait
+                # briefly for its outcome instead of answering from a state it is about to change.
+                con.execute("SET LOCAL lock_timeout = '2s'")
+                # A savepoint: a timeout leaves the rest of the claim intact (those rows answer None).
+                with contextlib.suppress(LockNotAvailable), con.transaction():
+                    rows = con.execute(f"{_LITE_SELECT} WHERE job_id = ANY(%s) ORDER BY job_id FOR UPDATE",
+                                       [skipped]).fetchall()
+                    jobs.update((str(r[0]), _lite(r)) for r in rows)
             siblings: dict[str, list[str]] = {}
             if jobs:
                 for wid, jid in con.execute(f"SELECT work_id, job_id FROM {S}.artifact_jobs WHERE work_id = ANY(%s)",
