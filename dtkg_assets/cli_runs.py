@@ -87,6 +87,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     corpus = build_sample_corpus(sample_dir / "pdfs")
     origin = _start_origin(args.port)
     (sample_dir / ORIGIN_FILE).write_text(json.dumps({"port": origin.port, "base_url": origin.base_url}))
+    # The sample works' DOIs resolve through the origin, never through doi.org.
+    os.environ.setdefault("DTKG_LANDING_DOI_RESOLVER", f"{origin.base_url}/doi/")
+    settings = load_settings()
     try:
         configure_origin(origin, corpus)
         jsonl = write_sample_jsonl(sample_works(corpus, origin.base_url), sample_dir / "works.jsonl")
@@ -357,6 +360,14 @@ def status_report(settings: Settings) -> dict[str, Any]:
             "max_bytes": settings.quota.max_bytes,
         },
         **client_features(settings),
+        "landing_pages": {
+            "max_hops": settings.landing.max_hops, "max_html_bytes": settings.landing.max_html_bytes,
+            "doi": settings.landing.doi_resolver if settings.landing.doi else False,
+            "challenge_defer": {"after": settings.landing.challenge_max, "for_s": settings.landing.challenge_defer_s},
+        } if settings.landing.enabled else False,
+        "openalex_content_api": {"daily_budget": settings.landing.content_daily_budget,
+                                 "base_url": settings.landing.content_base_url}
+        if settings.landing.content_api and settings.openalex.api_key else False,
     }
     report: dict[str, Any] = {"home": str(settings.home), "features": features}
     from dtkg_assets.core.ledger.recovery import live_problem
@@ -381,6 +392,7 @@ def status_report(settings: Settings) -> dict[str, Any]:
                     str(k): int(v)
                     for k, v in led.query("SELECT state, count(*) FROM artifact_jobs GROUP BY state ORDER BY state")
                 }
+                report["yield"] = _yield(led)
         except duckdb.Error as exc:  # a snapshot damaged past its header
             detail = storage_error(exc, settings.snapshot_path, snapshot=True)
             report["ledger"] = {"status": "damaged", "detail": str(detail)}
@@ -388,6 +400,48 @@ def status_report(settings: Settings) -> dict[str, Any]:
         report["ledger"]["status"] = "damaged"
         report["ledger"]["detail"] = damaged
     return report
+
+
+def _yield(led: Any) -> dict[str, Any]:
+    """Success rates by host, candidate source and how the PDF was found; failures by reason (issue 11)."""
+    from dtkg_assets.core.ledger.queries import yield_tables
+
+    try:
+        return yield_tables(led)
+    except Exception as exc:  # a snapshot from before the yield views: say so, do not fail status
+        return {"unavailable": f"{type(exc).__name__}: {exc}"}
+
+
+def _print_yield(data: dict[str, Any]) -> None:
+    if "unavailable" in data:
+        console.print(f"[bold]yield[/] unavailable ({data['unavailable']})")
+        return
+    for name, key, title in (("by_source", "source", "yield by source field"), ("by_host", "host", "yield by host")):
+        rows = data.get(name) or []
+        if not rows:
+            continue
+        table = Table(title=title)
+        for col in (key, "tried", "stored", "failed", "success_rate"):
+            table.add_column(col)
+        for row in rows[:20]:
+            table.add_row(str(row[key]), str(row["tried"]), str(row["stored"]), str(row["failed"]),
+                          f"{float(row['success_rate'] or 0):.1%}")
+        console.print(table)
+    if data.get("by_via"):
+        table = Table(title="stored PDFs by how they were found")
+        for col in ("via", "stored", "share"):
+            table.add_column(col)
+        for row in data["by_via"]:
+            table.add_row(str(row["via"]), str(row["stored"]), f"{float(row['share'] or 0):.1%}")
+        console.print(table)
+    if data.get("failures"):
+        table = Table(title="failed candidates by reason")
+        for col in ("reason", "class", "source", "jobs", "works"):
+            table.add_column(col)
+        for row in data["failures"][:30]:
+            table.add_row(str(row["reason"]), str(row["failure_class"]), str(row["source"]), str(row["jobs"]),
+                          str(row["works"]))
+        console.print(table)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -415,6 +469,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         console.print(f"[bold]candidate jobs[/] {sum(states.values())} (one per work and URL), by state")
         for state, n in states.items():
             console.print(f"  {state:<18} {n}")
+    if "yield" in report:
+        _print_yield(report["yield"])
     if ledger.get("detail"):
         print(ledger["detail"], file=sys.stderr)
     return code

@@ -75,6 +75,10 @@ class FaultMode:
     status: int | None = None  # always answer this status (e.g. 404, 410)
     latency_s: float = 0.0  # added before every response
     content_type: str = "application/pdf"
+    # Extra response headers on the object (Content-Disposition, cf-mitigated …).
+    headers: dict[str, str] = field(default_factory=dict)
+    # Serve the object as the body of this status (a 403/503 challenge page, say) instead of 200.
+    body_status: int | None = None
 
 
 @dataclass
@@ -93,6 +97,7 @@ class PathStats:
     user_agents: list[str | None] = field(default_factory=list)
     accept_encodings: list[str | None] = field(default_factory=list)
     authorizations: list[str | None] = field(default_factory=list)  # Authorization header of each request
+    accepts: list[str | None] = field(default_factory=list)  # Accept header of every request
 
     def copy(self) -> PathStats:
         return PathStats(
@@ -107,6 +112,7 @@ class PathStats:
             list(self.user_agents),
             list(self.accept_encodings),
             list(self.authorizations),
+            list(self.accepts),
         )
 
 
@@ -483,6 +489,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             st.user_agents.append(self.headers.get("User-Agent"))
             st.accept_encodings.append(self.headers.get("Accept-Encoding"))
             st.authorizations.append(self.headers.get("Authorization"))
+            st.accepts.append(self.headers.get("Accept"))
             if head:
                 st.head_requests += 1
             else:
@@ -587,8 +594,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         origin = self.server.origin
         head = method == "HEAD"
         size = obj.size
-        headers: dict[str, str] = {"Content-Type": mode.content_type}
-        if mode.ranges:
+        headers: dict[str, str] = {"Content-Type": mode.content_type, **mode.headers}
+        if mode.ranges and mode.body_status is None:
             headers["Accept-Ranges"] = "bytes"
         accepts_gzip = "gzip" in (self.headers.get("Accept-Encoding") or "").lower()
         range_header = self.headers.get("Range")
@@ -656,6 +663,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                         plan.stall_at = mode.stall_after_bytes
         chunked = mode.omit_content_length and not head
         self._header_delay = 0.0 if head else mode.slow_headers_s
+        if mode.body_status is not None:
+            status = mode.body_status
         self._status(status)
         for k, v in headers.items():
             self.send_header(k, v)

@@ -230,6 +230,8 @@ def _load_cached(manifest_path: Path, pdf_dir: Path) -> dict[str, tuple[Path, st
 
 # File indices with a special role (the rest are plain works, some with recoverable faults).
 _SECOND_CANDIDATE = (5, 12, 19)
+# Works whose only URL is a landing page that links the PDF (issue 11): how, and the pages it takes.
+_LANDING: dict[int, str] = {3: "landing_meta", 10: "landing_anchor", 17: "landing_ojs"}
 _HTML_PDF = 26
 _SHARED = 31
 _FAULTS: dict[int, tuple[str, FaultMode]] = {
@@ -258,7 +260,7 @@ def _work_plan(files: dict[str, tuple[Path, str, int]]) -> list[_WorkSpec]:
             paths = (f"/landing/{work_id}.html",)
         specs.append(_WorkSpec(work_id, kind, file, fault, note, paths))
 
-    special = {*_SECOND_CANDIDATE, _HTML_PDF, _SHARED}
+    special = {*_SECOND_CANDIDATE, _HTML_PDF, _SHARED, *_LANDING}
     for index in range(N_FILES):
         if index in special:
             continue
@@ -267,7 +269,15 @@ def _work_plan(files: dict[str, tuple[Path, str, int]]) -> list[_WorkSpec]:
     for index in _SECOND_CANDIDATE:
         name = file_name(index)
         add("second_candidate", name, None, "first candidate 404s, second works", (f"/missing/{name}", f"/pdfs/{name}"))
-    add("html_text", None, note="only URL is an HTML landing page (text/html)")
+    for index, kind in _LANDING.items():
+        name = file_name(index)
+        note = {
+            "landing_meta": "only URL is a landing page with citation_pdf_url",
+            "landing_anchor": "only URL is a landing page with a relative 'Download PDF' link under <base>",
+            "landing_ojs": "OJS-style: article page -> galley viewer -> download (two HTML hops)",
+        }[kind]
+        add(kind, name, None, note, (f"/repo/{kind}/{name}",))
+    add("html_text", None, note="only URL is an HTML landing page (text/html) without a PDF link")
     name = file_name(_HTML_PDF)
     add("html_pdf", name, FaultMode(html_body=True), "HTML page served as application/pdf", (f"/html/{name}",))
     name = file_name(_SHARED)
@@ -283,7 +293,7 @@ def _expected(corpus: SampleCorpus) -> dict[str, ExpectedOutcome]:
     shared = [s.work_id for s in corpus.specs if s.kind == "shared"]
     for spec in corpus.specs:
         sha = corpus.files[spec.file][1] if spec.file else None
-        if spec.kind in ("normal", "second_candidate"):
+        if spec.kind in ("normal", "second_candidate") or spec.kind.startswith("landing_"):
             out[spec.work_id] = ExpectedOutcome(spec.work_id, "stored", "ok", sha, spec.file, note=spec.note)
         elif spec.kind == "shared":
             first = spec.work_id == shared[0]
@@ -297,7 +307,9 @@ def _expected(corpus: SampleCorpus) -> dict[str, ExpectedOutcome]:
                 note=spec.note,
             )
         elif spec.kind in ("html_text", "html_pdf"):
-            out[spec.work_id] = ExpectedOutcome(spec.work_id, "failed", "html_page", note=spec.note)
+            # The HTML is read as a landing page; it links no PDF (the last candidate, its landing page
+            # or its DOI, says so).
+            out[spec.work_id] = ExpectedOutcome(spec.work_id, "failed", "no_pdf_link", note=spec.note)
         elif spec.kind == "no_url":
             out[spec.work_id] = ExpectedOutcome(
                 spec.work_id, "failed", "no_candidates", input_problem=True, note=spec.note
@@ -340,6 +352,8 @@ def sample_works(corpus: SampleCorpus, base_url: str) -> list[dict[str, Any]]:
         best_url: str | None = urls[0] if urls and spec.kind != "html_text" else None
         if spec.kind == "html_text":
             best_url = pdf_url = urls[0]
+        if spec.kind.startswith("landing_"):
+            pdf_url, best_url = None, landing  # OpenAlex's oa_url is the landing page when no PDF URL is known
         if spec.kind == "second_candidate":
             locations = [
                 _location(urls[0], landing, "Sample Preprint Server"),
@@ -356,18 +370,24 @@ def sample_works(corpus: SampleCorpus, base_url: str) -> list[dict[str, Any]]:
             locations = [primary]
             best = primary
         is_oa = best is not None
-        title = f"Sample paper {n:02d}: {spec.kind.replace('_', ' ')}"
+        if spec.kind in ("no_url", "ftp"):
+            for location in locations:
+                location["landing_page_url"] = None  # nothing to fetch at all: an input problem
+        # The title is what the PDF says (the right-paper check reads it); works without a file say their kind.
+        title = (f"Sample paper {_file_index(spec.file):02d}" if spec.file
+                 else f"Sample paper {n:02d}: {spec.kind.replace('_', ' ')}")
+        doi = f"https://doi.org/10.5555/dtkg.sample.{n:04d}" if spec.kind not in ("no_url", "ftp") else None
         works.append(
             {
                 "id": f"https://openalex.org/{short}",
-                "doi": f"https://doi.org/10.5555/dtkg.sample.{n:04d}",
+                "doi": doi,
                 "title": title,
                 "display_name": title,
                 "publication_year": 2015 + n % 10,
                 "publication_date": f"{2015 + n % 10}-0{1 + n % 9}-15",
                 "ids": {
                     "openalex": f"https://openalex.org/{short}",
-                    "doi": f"https://doi.org/10.5555/dtkg.sample.{n:04d}",
+                    "doi": doi,
                 },
                 "language": "en",
                 "type": "article",
@@ -381,7 +401,7 @@ def sample_works(corpus: SampleCorpus, base_url: str) -> list[dict[str, Any]]:
                 "primary_location": primary,
                 "locations": locations,
                 "locations_count": len(locations),
-                "has_content": {"pdf": is_oa, "grobid_xml": False},
+                "has_content": {"pdf": is_oa and doi is not None, "grobid_xml": False},
                 "authorships": [
                     {
                         "author_position": "first",
@@ -410,15 +430,60 @@ def configure_origin(origin: OriginServer, corpus: SampleCorpus, *, faults: bool
             origin.add_file(paths[1], corpus.files[spec.file][0])  # paths[0] stays unknown: 404
         elif spec.kind == "html_text":
             origin.add(paths[0], LANDING_HTML, FaultMode(content_type="text/html; charset=utf-8"))
+        elif spec.kind.startswith("landing_"):
+            assert spec.file
+            _add_landing(origin, spec, corpus.files[spec.file][0])
         elif spec.file is not None:
             mode = spec.fault if (faults or spec.kind != "normal") else None
             for path in paths:
                 origin.add_file(path, corpus.files[spec.file][0], _fresh(mode))
         # Landing pages of the other works: plain HTML, never a PDF candidate.
         landing = f"/landing/{spec.work_id}.html"
-        if spec.kind != "html_text":
+        if spec.kind != "html_text" and not spec.kind.startswith("landing_"):
             origin.add(landing, LANDING_HTML, FaultMode(content_type="text/html; charset=utf-8"))
+    # The works' DOIs through the origin as resolver (DTKG_LANDING_DOI_RESOLVER=<origin>/doi/): each
+    # redirects to its landing page, as doi.org does.
+    for n, spec in enumerate(corpus.specs, start=1):
+        if spec.kind not in ("no_url", "ftp"):
+            origin.add(f"/doi/10.5555/dtkg.sample.{n:04d}", b"",
+                       FaultMode(redirect_to=f"{origin.base_url}/landing/{spec.work_id}.html"))
     origin.add_robots()
+
+
+def _file_index(name: str) -> int:
+    return int(name.removeprefix("paper-").removesuffix(".pdf"))
+
+
+_HTML_TYPE = "text/html; charset=utf-8"
+
+
+def _landing_page(title: str, head: str = "", body: str = "") -> bytes:
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>{head}</head>\n'
+        f"<body><h1>{title}</h1><p>Abstract of the sample article.</p>{body}</body></html>\n"
+    ).encode()
+
+
+def _add_landing(origin: OriginServer, spec: _WorkSpec, pdf: Path) -> None:
+    """The landing page of a landing work (at /landing/<id>.html) and the pages behind it."""
+    landing = f"/landing/{spec.work_id}.html"
+    pdf_path = spec.paths[0]
+    if spec.kind == "landing_meta":
+        page = _landing_page("Sample article", head=f'<meta name="citation_pdf_url" content="{pdf_path}">')
+        origin.add_file(pdf_path, pdf)
+    elif spec.kind == "landing_anchor":
+        directory, _, name = pdf_path.rpartition("/")
+        page = _landing_page("Sample article", head=f'<base href="{directory}/">',
+                             body=f'<p><a href="{name}">Download PDF</a></p>')
+        origin.add_file(pdf_path, pdf, FaultMode(content_type="application/octet-stream",
+                                                 headers={"Content-Disposition": f'attachment; filename="{name}"'}))
+    else:  # landing_ojs: the galley link opens a viewer page whose download link is the PDF
+        viewer = f"/ojs/article/view/{spec.work_id}/1"
+        origin.add(viewer, _landing_page("PDF viewer", body=f'<a class="download" href="{pdf_path}">Download</a>'),
+                   FaultMode(content_type=_HTML_TYPE))
+        page = _landing_page("Sample article", body=f'<a class="obj_galley_link pdf" href="{viewer}">PDF</a>')
+        origin.add_file(pdf_path, pdf)
+    origin.add(landing, page, FaultMode(content_type=_HTML_TYPE))
 
 
 def _fresh(mode: FaultMode | None) -> FaultMode | None:

@@ -140,6 +140,29 @@ class OpenAlexSettings:
 
 
 @dataclass(frozen=True)
+class LandingSettings:
+    """Landing pages, the DOI and the OpenAlex content API as candidates after the direct PDF URLs."""
+
+    # Resolve landing pages (OA locations' landing_page_url, open_access.oa_url) to their PDF link.
+    enabled: bool = True
+    # Try the DOI last, through this resolver (tests point it at a local origin).
+    doi: bool = True
+    doi_resolver: str = "https://doi.org/"
+    # HTML pages are read up to this many bytes; at most this many HTML hops per candidate.
+    max_html_bytes: int = 2 * MiB
+    max_hops: int = 2
+    # A host that served this many bot challenges is deferred for challenge_defer_s (0 = never).
+    challenge_max: int = 2
+    challenge_defer_s: float = 3600.0
+    # OpenAlex content API (content.openalex.org/works/{id}.pdf, needs OPENALEX_API_KEY) as the last
+    # candidate of works with has_content.pdf; it costs credits, so it is off unless asked for.
+    content_api: bool = False
+    content_base_url: str = "https://content.openalex.org"
+    # At most this many content API downloads per UTC day (0 = none).
+    content_daily_budget: int = 100
+
+
+@dataclass(frozen=True)
 class RunSettings:
     # Partitions per Dagster run (the backfill policy's batch) and download threads per run.
     batch_size: int = 100
@@ -167,6 +190,7 @@ class Settings:
     run: RunSettings = field(default_factory=RunSettings)
     # DTKG_STORE_DIR: the content-addressed store on a filesystem shared by workers (None: under home).
     shared_store: Path | None = None
+    landing: LandingSettings = field(default_factory=LandingSettings)
 
     @property
     def ledger_is_postgres(self) -> bool:

@@ -44,6 +44,9 @@ def loopback_env(home: Path, **extra: str) -> dict[str, str]:
         DTKG_HTTP_CACHE_ENABLED="0",
         DTKG_HTTP_BACKOFF_INITIAL_S="0.01",
         DTKG_HTTP_BACKOFF_MAX_S="0.1",
+        # No test resolves a name beyond loopback: the DOI (doi.org) is tried only where a test points
+        # DTKG_LANDING_DOI_RESOLVER at its own origin.
+        DTKG_LANDING_DOI="0",
     )
     env.update(extra)
     return env
@@ -97,6 +100,7 @@ def settings(tmp_path: Path) -> Settings:
                 "retry_after_cap_s": 2.0,
                 "cache_enabled": False,
             },
+            landing={"doi": False},  # no doi.org from tests; landing tests point the resolver at their origin
         )
     )
 

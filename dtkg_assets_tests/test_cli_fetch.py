@@ -69,7 +69,7 @@ def test_fetch_failure_exits_1_with_reason(origin: OriginServer, tmp_path: Path)
     proc = run_fetch(tmp_path / "home", url, "--json")
     assert proc.returncode == 1
     data = json.loads(proc.stdout)
-    assert (data["status"], data["reason"]) == ("failed", "html_page")
+    assert (data["status"], data["reason"]) == ("failed", "bot_challenge")  # a "Just a moment…" wall
     assert not list((tmp_path / "home" / "store").rglob("*.pdf"))
 
 

@@ -28,7 +28,9 @@ def test_export_numbers_match_the_ledger(settings, origin, pdf_bytes, tmp_path):
         WorkRecord("W2", [Candidate(origin.add("/a2.pdf", a), "best_oa_location.pdf_url")]),
         WorkRecord("W3", [Candidate(origin.add("/nf.pdf", b"", FaultMode(status=404)), "x"),
                           Candidate(origin.add("/b.pdf", b, FaultMode(truncate_after=500_000)), "y")]),
-        WorkRecord("W4", [Candidate(origin.add("/html.pdf", a, FaultMode(html_body=True)), "x")]),
+        # A login page served as a PDF: read as a landing page, it links no PDF.
+        WorkRecord("W4", [Candidate(origin.add("/html.pdf", b"<!DOCTYPE html><html><body><p>Please log in.</p>"
+                                               + b" " * 2000 + b"</body></html>"), "x")]),
         WorkRecord("W5", []),
     ]
     with Ledger.open_writer(s) as led, make_client(s) as client:
@@ -51,7 +53,7 @@ def test_export_numbers_match_the_ledger(settings, origin, pdf_bytes, tmp_path):
     assert w3["resumed_from"] > 0 and w3["url"].endswith("/b.pdf") and w3["elapsed_s"] > 0 and w3["mib_s"] > 0
     assert w3["attempts"] == 2  # one per candidate lease
     assert Path(w3["path"]).read_bytes() == b
-    assert (by_id["W4"]["reason"], by_id["W5"]["reason"]) == ("html_page", "no_candidates")
+    assert (by_id["W4"]["reason"], by_id["W5"]["reason"]) == ("no_pdf_link", "no_candidates")
     for key in ("work_id", "url", "final_url", "status", "reason", "sha256", "path", "bytes", "elapsed_s", "mib_s",
                 "resumed_from", "attempts", "http_status", "decision", "etag", "last_modified"):
         assert key in w3
@@ -62,7 +64,7 @@ def test_export_numbers_match_the_ledger(settings, origin, pdf_bytes, tmp_path):
     assert on_disk["bytes_stored"] == sum(r["bytes"] for r in lines if r["status"] == "stored")
     assert on_disk["blobs"] == 2 and on_disk["blob_bytes"] == len(a) + len(b)
     assert on_disk["http_requests"] == ledger_requests
-    assert on_disk["failures_by_reason"] == {"html_page": 1}
+    assert on_disk["failures_by_reason"] == {"no_pdf_link": 1}
     assert [r["run_id"] for r in on_disk["runs"]] == ["run-x"] and on_disk["runs"][0]["artifacts"] == 3
 
 

@@ -84,7 +84,10 @@ def test_every_cell_ran_without_error_in_this_interpreter(executed: ExecutedNote
 def test_tables_show_the_ledgers_numbers(executed: ExecutedNotebook) -> None:
     with snapshot(executed.home) as con:
         by_state = con.execute("SELECT state, count(*) FROM v_artifacts GROUP BY state").fetchall()
-        failures = con.execute("SELECT reason, host, jobs FROM v_failures").fetchall()
+        failures = con.execute("SELECT reason, failure_class, host, jobs FROM v_failures").fetchall()
+        yield_sources = con.execute("SELECT source, tried, stored, failed FROM v_yield_sources").fetchall()
+        yield_via = con.execute("SELECT via, stored FROM v_yield_via").fetchall()
+        yield_failures = con.execute("SELECT reason, source, jobs FROM v_yield_failures").fetchall()
         run_ids = [r[0] for r in con.execute("SELECT run_id FROM runs").fetchall()]
         blobs, blob_bytes = con.execute("SELECT count(*), sum(size) FROM blobs").fetchall()[0]
         deduped, saved = con.execute(
@@ -100,8 +103,22 @@ def test_tables_show_the_ledgers_numbers(executed: ExecutedNotebook) -> None:
 
     text = executed.text("failures")
     assert failures, "the sample corpus always has failures (404 first candidates, HTML pages)"
-    for reason, host, jobs in failures:
-        assert re.search(rf"\s{reason}\s+permanent\s+{re.escape(host)}\s+{jobs}\s", text), f"{reason} {host}"
+    for reason, klass, host, jobs in failures:
+        assert re.search(rf"\s{reason}\s+{klass}\s+{re.escape(host)}\s+{jobs}\s", text), f"{reason} {host}"
+
+    # Yield: by source field, by how the PDF was found, failures by reason (issue 11).
+    text = executed.text("yield-sources")
+    for source, tried, stored, failed in yield_sources:
+        assert re.search(rf"\s{re.escape(source)}\s+{tried}\s+{stored}\s+{failed}\s", text), f"{source}\n{text}"
+    via = dict(yield_via)
+    assert via["direct"] >= 30 and sum(v for k, v in via.items() if k != "direct") == 3, via
+    text = executed.text("yield-via")
+    for name, stored in yield_via:
+        assert re.search(rf"\s{re.escape(name)}\s+{stored}\s", text), f"{name}\n{text}"
+    text = executed.text("yield-failures")
+    assert {r[0] for r in yield_failures} >= {"no_pdf_link", "bot_challenge"}
+    for reason, source, jobs in yield_failures:
+        assert re.search(rf"\s{reason}\s+\w+\s+{re.escape(source)}\s+{jobs}\s", text), f"{reason} {source}"
 
     text = executed.text("runs")
     assert run_ids
@@ -123,5 +140,5 @@ def test_at_least_two_plots(executed: ExecutedNotebook) -> None:
         o for c in executed.nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})
     ]
     assert len(pngs) >= 2
-    for tag in ("runs-plot", "sizes-plot"):
+    for tag in ("runs-plot", "sizes-plot", "yield-plot"):
         assert any("image/png" in o.get("data", {}) for o in executed.outputs(tag)), tag

@@ -87,7 +87,7 @@ def test_filter_building():
 def test_missing_or_wrong_key_fails_clearly(settings, fake, key, status):
     with OpenAlexClient(oa_settings(settings, fake, api_key=key)) as client, pytest.raises(DtkgError) as info:
         list(client.query_works())
-    assert info.value.reason is Reason.HTTP_4XX and info.value.status == status
+    assert info.value.reason is (Reason.FORBIDDEN if status == 403 else Reason.HTTP_4XX) and info.value.status == status
     assert "OPENALEX_API_KEY" in info.value.detail
     assert len(fake.requests) == 1  # permanent: not retried
 

@@ -73,7 +73,7 @@ def test_plan_process_and_skip_complete_without_network(rig, origin, pdf_bytes, 
         "W1": ("downloaded", "ok") if outcomes["W1"].status == "downloaded" else ("deduped", "ok"),
         "W2": ("deduped", "ok") if outcomes["W1"].status == "downloaded" else ("downloaded", "ok"),
         "W3": ("downloaded", "ok"),
-        "W4": ("failed", "html_page"),
+        "W4": ("deferred", "bot_challenge"),  # the HTML served as a PDF is a "Just a moment…" wall
         "W5": ("deferred", "http_5xx"),
         "W6": ("failed", "no_candidates"),
     }
@@ -90,13 +90,13 @@ def test_plan_process_and_skip_complete_without_network(rig, origin, pdf_bytes, 
     n_attempts = ledger.query("SELECT count(*) FROM http_attempts")[0][0]
     assert n_attempts >= 7
     assert ledger.query("SELECT artifacts, deduped FROM v_runs WHERE run_id = 'run-1'") == [(3, 1)]
-    # Second run: complete works are skipped with no request at all; W4 stays failed, W5 waits.
+    # Second run: complete works are skipped with no request at all; W4 (a bot wall) and W5 wait.
     before = {p: origin.stats(p).requests for p in ("/a.pdf", "/a-mirror.pdf", "/b.pdf", "/gone.pdf", "/busy.pdf")}
     again = {o.work_id: o for o in Orchestrator(ledger, engine, osettings, owner="o2").process(
         [w.work_id for w in works])}
     assert {k: o.status for k, o in again.items()} == {
         "W1": "skipped_complete", "W2": "skipped_complete", "W3": "skipped_complete",
-        "W4": "failed", "W5": "deferred", "W6": "failed"}
+        "W4": "deferred", "W5": "deferred", "W6": "failed"}
     assert again["W3"].sha256 == sha_b and again["W3"].bytes == len(b)
     after = {p: origin.stats(p).requests for p in before}
     assert after == before

@@ -7,7 +7,7 @@ import json
 
 import httpx
 
-from dtkg_assets.core.works import parse_work, read_jsonl
+from dtkg_assets.core.works import candidate_kind, parse_work, read_jsonl
 from dtkg_assets.origin import OriginServer
 from dtkg_assets.sample import (
     N_FILES,
@@ -57,7 +57,8 @@ def test_expected_outcomes_cover_the_special_cases(sample_corpus) -> None:
     by_reason: dict[str, list[str]] = {}
     for e in exp.values():
         by_reason.setdefault(e.reason, []).append(e.work_id)
-    assert len(by_reason["html_page"]) == 2
+    assert len(by_reason["no_pdf_link"]) == 2  # HTML without a PDF link (text/html, and served as a PDF)
+    assert sum(1 for s in sample_corpus.specs if s.kind.startswith("landing_")) == 3  # PDFs behind landing pages
     assert len(by_reason["no_candidates"]) == 1 and len(by_reason["unsupported_scheme"]) == 1
     assert sum(1 for e in exp.values() if e.status == "deduped") == 1
     deduped = next(e for e in exp.values() if e.status == "deduped")
@@ -101,7 +102,8 @@ def test_works_are_openalex_shaped_and_parse(sample_corpus, tmp_path) -> None:
     assert {p.reason for p in problems} == {"no_candidates", "unsupported_scheme"}
     for spec in sample_corpus.specs:
         if spec.kind == "second_candidate":
-            assert [c.url.split("8123")[1] for c in records[spec.work_id].candidates] == list(spec.paths)
+            direct = [c for c in records[spec.work_id].candidates if c.source.endswith(".pdf_url")]
+            assert [c.url.split("8123")[1] for c in direct] == list(spec.paths)
     for work in works:
         rec, _ = parse_work(work, "test")
         exp = sample_corpus.expected[work["id"].rsplit("/", 1)[1]]
@@ -112,6 +114,7 @@ def test_origin_serves_every_case(sample_corpus) -> None:
     with OriginServer() as origin:
         configure_origin(origin, sample_corpus, faults=False)
         works = sample_works(sample_corpus, origin.base_url)
+        landing = {s.work_id for s in sample_corpus.specs if s.kind.startswith("landing_")}
         results: dict[str, tuple[int, str, bytes]] = {}
         with httpx.Client(timeout=30, follow_redirects=True, headers={"Accept-Encoding": "identity"}) as c:
             for work in works:
@@ -119,6 +122,8 @@ def test_origin_serves_every_case(sample_corpus) -> None:
                 if rec is None:
                     continue
                 for cand in rec.candidates:
+                    if candidate_kind(cand.source, cand.url) in ("doi", "content"):
+                        continue  # resolved through settings, not fetched as stored
                     r = c.get(cand.url)
                     results[rec.work_id] = (r.status_code, r.headers["content-type"], r.content)
                     if r.status_code == 200:
@@ -126,6 +131,9 @@ def test_origin_serves_every_case(sample_corpus) -> None:
         for wid, exp in sample_corpus.expected.items():
             if exp.input_problem:
                 assert wid not in results
+            elif exp.ok and wid in landing:
+                status, ctype, body = results[wid]  # the landing page; the engine follows its link
+                assert status == 200 and ctype.startswith("text/html")
             elif exp.ok:
                 status, _, body = results[wid]
                 assert status == 200 and hashlib.sha256(body).hexdigest() == exp.sha256

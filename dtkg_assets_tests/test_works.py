@@ -6,16 +6,30 @@ import copy
 import json
 
 from dtkg_assets.core.types import Candidate, InputProblem, WorkRecord
-from dtkg_assets.core.works import candidate_urls, normalize_doi, parse_work, read_id_list, read_jsonl, work_id_of
+from dtkg_assets.core.works import (
+    candidate_kind,
+    candidate_urls,
+    normalize_doi,
+    parse_work,
+    read_id_list,
+    read_jsonl,
+    work_id_of,
+)
 from dtkg_assets_tests.fake_openalex import W2741809807, make_work
 
 
 def test_candidates_of_the_public_record_in_spec_order_without_duplicates():
     # best_oa, locations[0] and primary and oa_url are the same PeerJ URL: kept once, under its first source.
+    # Then the landing pages (the DOI link among them stands for the DOI) and the content API.
     assert candidate_urls(W2741809807) == [
         Candidate("https://peerj.com/articles/4375.pdf", "best_oa_location.pdf_url"),
         Candidate("https://europepmc.org/articles/pmc5815332?pdf=render", "locations[1].pdf_url"),
+        Candidate("https://doi.org/10.7717/peerj.4375", "best_oa_location.landing_page_url"),
+        Candidate("https://europepmc.org/articles/pmc5815332", "locations[1].landing_page_url"),
+        Candidate("https://content.openalex.org/works/W2741809807.pdf", "openalex_content"),
     ]
+    kinds = [candidate_kind(c.source, c.url) for c in candidate_urls(W2741809807)]
+    assert kinds == ["pdf", "pdf", "doi", "landing", "content"]
 
 
 def test_candidate_order_follows_every_source():
@@ -25,11 +39,17 @@ def test_candidate_order_follows_every_source():
     record["locations"][1]["pdf_url"] = "https://a.example/best.pdf"  # duplicate of best
     record["primary_location"]["pdf_url"] = "https://a.example/primary.pdf"
     record["open_access"]["oa_url"] = "https://a.example/landing"
+    record["best_oa_location"]["landing_page_url"] = "https://a.example/best.html"
+    record["locations"][1]["landing_page_url"] = "https://b.example/record/1"
+    del record["has_content"]
     assert [(c.url, c.source) for c in candidate_urls(record)] == [
         ("https://a.example/best.pdf", "best_oa_location.pdf_url"),
         ("https://a.example/loc0.pdf", "locations[0].pdf_url"),
         ("https://a.example/primary.pdf", "primary_location.pdf_url"),
         ("https://a.example/landing", "open_access.oa_url"),
+        ("https://a.example/best.html", "best_oa_location.landing_page_url"),
+        ("https://doi.org/10.7717/peerj.4375", "locations[0].landing_page_url"),
+        ("https://b.example/record/1", "locations[1].landing_page_url"),
     ]
     # The closed location (is_oa false) is never a candidate.
     assert all("example-aggregator" not in c.url for c in candidate_urls(record))
@@ -58,6 +78,12 @@ def test_parse_work_problems():
     for loc in [no_pdf["best_oa_location"], no_pdf["primary_location"], *no_pdf["locations"]]:
         loc["pdf_url"] = None
     no_pdf["open_access"]["oa_url"] = None
+    work, _ = parse_work(no_pdf, "t")
+    assert work is not None and {c.source for c in work.candidates} >= {"best_oa_location.landing_page_url"}
+    for loc in [no_pdf["best_oa_location"], no_pdf["primary_location"], *no_pdf["locations"]]:
+        loc["landing_page_url"] = None
+    no_pdf["doi"] = None
+    no_pdf["has_content"]["pdf"] = False
     work, problems = parse_work(no_pdf, "t")
     assert work is None and [(p.work_id, p.reason) for p in problems] == [("W2741809807", "no_candidates")]
 

@@ -12,7 +12,8 @@ class Reason(StrEnum):
     CONNECTION_RESET = "connection_reset"
     TRUNCATED = "truncated"
     HTTP_5XX = "http_5xx"
-    HTTP_429 = "http_429"
+    RATE_LIMITED = "rate_limited"  # HTTP 429: the host asks us to slow down
+    HTTP_429 = "rate_limited"  # alias of RATE_LIMITED
     BREAKER_OPEN = "breaker_open"
     ROBOTS_UNAVAILABLE = "robots_unavailable"
     QUOTA_EXCEEDED = "quota_exceeded"
@@ -22,10 +23,16 @@ class Reason(StrEnum):
     COORDINATION_UNAVAILABLE = "coordination_unavailable"
     # SIGINT/SIGTERM stopped the attempt: the part is kept and the job given back, not failed.
     INTERRUPTED = "interrupted"
+    BOT_CHALLENGE = "bot_challenge"  # a bot wall (Cloudflare "Just a moment…", captcha): never circumvented
+    CREDITS_EXHAUSTED = "credits_exhausted"  # OpenAlex content API: the key's daily credit is spent
+    BUDGET_SPENT = "budget_spent"  # our own daily budget for the OpenAlex content API is spent
     # Permanent: retrying will not help.
     HTTP_404 = "http_404"
     HTTP_410 = "http_410"
     HTTP_4XX = "http_4xx"
+    FORBIDDEN = "forbidden"  # HTTP 403 without a bot challenge
+    NO_PDF_LINK = "no_pdf_link"  # a landing page (within two HTML hops) links no PDF
+    PAGE_TOO_LARGE = "page_too_large"  # a landing page past the HTML size cap, no PDF link in what was read
     NOT_PDF = "not_pdf"
     HTML_PAGE = "html_page"
     TOO_SMALL = "too_small"
@@ -65,6 +72,9 @@ TRANSIENT_REASONS: frozenset[Reason] = RETRY_IN_PLACE | {
     Reason.HASH_MISMATCH,
     Reason.COORDINATION_UNAVAILABLE,
     Reason.INTERRUPTED,
+    Reason.BOT_CHALLENGE,
+    Reason.CREDITS_EXHAUSTED,
+    Reason.BUDGET_SPENT,
 }
 
 
@@ -100,8 +110,10 @@ def reason_for_status(status: int) -> Reason:
         return Reason.HTTP_404
     if status == 410:
         return Reason.HTTP_410
+    if status == 403:
+        return Reason.FORBIDDEN
     if status == 429:
-        return Reason.HTTP_429
+        return Reason.RATE_LIMITED
     if status >= 500:
         return Reason.HTTP_5XX
     return Reason.HTTP_4XX

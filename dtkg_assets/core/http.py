@@ -38,6 +38,7 @@ from dtkg_assets.core import credentials, deadline, fleet, netguard
 from dtkg_assets.core.errors import DtkgError, Reason, reason_for_status
 from dtkg_assets.core.retrying import error_from_httpx, parse_retry_after, retrying
 from dtkg_assets.core.robots import RobotsCache
+from dtkg_assets.core.walls import ChallengeTracker
 from dtkg_assets.settings import HttpSettings, Settings
 
 PRODUCT_TOKEN = "dtkg-assets"
@@ -370,6 +371,8 @@ class HostPolicy:
             self.limiter = HostRateLimiter(dict(http.rate_limits))
             self.breakers = HostBreakers(http.breaker_fail_max, http.breaker_reset_s)
         self.robots: RobotsCache | None = None  # set by the first transport (it fetches through it)
+        # Hosts that keep answering with bot challenges are deferred like an open breaker.
+        self.walls = ChallengeTracker(settings.landing.challenge_max, settings.landing.challenge_defer_s)
         self.resolver: netguard.Resolver = netguard.system_resolver
 
     def close(self) -> None:
@@ -420,6 +423,8 @@ class PoliteTransport(httpx.BaseTransport):
         host = url.host.lower()
         port = url.port or (443 if url.scheme == "https" else 80)
         netguard.check_host(host, port, self.policy.allow, self.policy.resolver)
+        self.policy.walls.check(host)
+        request.extensions["dtkg_walls"] = self.policy.walls  # where a caller that sees a challenge records it
         breakers = self.policy.breakers
         probe = breakers.before_request(host)
         try:

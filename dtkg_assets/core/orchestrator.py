@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol
 from dtkg_assets.core import deadline
 from dtkg_assets.core.crashpoints import crash_point
 from dtkg_assets.core.errors import Reason
+from dtkg_assets.core.landing import make_resolver
 from dtkg_assets.core.ledger import IN_FLIGHT, Job, LeaseLost, Ledger, State
 from dtkg_assets.core.ledger.db import Lease
 from dtkg_assets.core.store import Store, resolve_store_path
@@ -121,6 +122,9 @@ class Orchestrator:
         self.run_id = run_id
         self._refresh = False
         self._jobs: dict[str, list[Job]] = {}
+        # Candidates by kind: PDF URLs (their HTML answers read as landing pages), landing pages, the
+        # DOI, the OpenAlex content API (core.landing).
+        self.resolver = make_resolver(engine, settings, ledger)
 
     # ---------------------------------------------------------------- planning
 
@@ -271,8 +275,9 @@ class Orchestrator:
     def _run_job(self, job: Job, lease: Lease) -> WorkOutcome:
         hooks = LedgerHooks(lease, self.settings.ledger.lease_ttl_s)
         try:
-            result = self.engine.fetch(
-                job.url, work_id=job.work_id, hooks=hooks, known_sha256=job.sha256, refresh=self._refresh
+            result = self.resolver.fetch(
+                job.url, source=job.candidate_source, work_id=job.work_id, hooks=hooks, known_sha256=job.sha256,
+                refresh=self._refresh,
             )
         except LeaseLost as exc:
             return WorkOutcome(job.work_id, "deferred", Reason.LEASE_LOST.value, job_id=job.job_id, detail=str(exc))

@@ -43,9 +43,12 @@ from dtkg_assets.core.pdf import validate_pdf
 from dtkg_assets.core.retrying import error_from_httpx, parse_retry_after, retrying
 from dtkg_assets.core.store import Store, check_work_id, sha256_file
 from dtkg_assets.core.types import FetchHooks, FetchResult, HttpAttempt, NullHooks
+from dtkg_assets.core.walls import response_refusal
 from dtkg_assets.settings import Settings
 
 MiB = 1024 * 1024
+# Artifacts ask for a PDF first; whatever comes back is judged by its bytes (validation), not its type.
+ARTIFACT_ACCEPT = "application/pdf,*/*;q=0.8"
 PROGRESS_EVERY = 1 * MiB
 # Durable checkpoint (fsync part + rewrite sidecar) at least every this many bytes while streaming;
 # `io.checkpoint_interval_s` adds one by time, so a slow download loses at most that much on a crash.
@@ -150,7 +153,7 @@ def head_precheck(
     if attempts is not None:
         attempts.append(record)
     try:
-        response = client.head(url, headers={"Accept-Encoding": "identity"})
+        response = client.head(url, headers={"Accept-Encoding": "identity", "Accept": ARTIFACT_ACCEPT})
     except httpx.HTTPError as exc:
         err = error_from_httpx(exc)
         record.error, record.elapsed_s = err.reason.value, time.perf_counter() - t0
@@ -536,7 +539,9 @@ class Engine:
         result.bytes = dl.pos
         try:
             validate_pdf(part, settings.validation)
-        except DtkgError:
+        except DtkgError as exc:
+            if exc.reason is Reason.HTML_PAGE and dl.pos <= settings.landing.max_html_bytes:
+                result.html = part.read_bytes()  # a landing page: its links are resolved without asking again
             store.discard_part(part, sidecar)
             raise
         hooks.check_fence()
@@ -690,7 +695,7 @@ class Engine:
         state = PartState.read(dl.sidecar)
         if state is None or state.prefix_sha256 != dl.prefix_sha256 or state.prefix_bytes != want:
             return False  # the part on disk no longer matches its own sidecar
-        headers = {"Accept-Encoding": "identity", "Range": f"bytes=0-{want - 1}"}
+        headers = {"Accept-Encoding": "identity", "Accept": ARTIFACT_ACCEPT, "Range": f"bytes=0-{want - 1}"}
         t0 = time.perf_counter()
         record = _attempt_record("GET", dl.url)
         dl.result.http_attempts.append(record)
@@ -718,7 +723,7 @@ class Engine:
         return got == want and h.hexdigest() == dl.prefix_sha256
 
     def _get(self, dl: _Download, offset: int, if_range: str | None) -> None:
-        headers = {"Accept-Encoding": "identity"}
+        headers = {"Accept-Encoding": "identity", "Accept": ARTIFACT_ACCEPT}
         if offset > 0:
             headers["Range"] = f"bytes={offset}-"
             if if_range:
@@ -799,6 +804,9 @@ class Engine:
         status = response.status_code
         if status in (200, 206) or (status == 416 and offset > 0):
             return
+        refusal = response_refusal(response)  # bot challenge, forbidden, rate limited: told apart
+        if refusal is not None:
+            raise refusal
         if status == 429 or status >= 500:
             raise _error_for_status(response, "GET")
         if 300 <= status < 400:

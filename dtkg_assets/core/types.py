@@ -7,6 +7,7 @@ engine run on its own.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Protocol, TypeVar
@@ -61,14 +62,20 @@ class FetchResult:
     detail: str | None = None
     retry_after: float | None = None  # the server's (or breaker's) Retry-After of the failure, seconds
     http_attempts: list[HttpAttempt] = field(default_factory=list)
+    # How the PDF was found: "direct" (the candidate URL itself), a landing-page convention
+    # ("citation_pdf_url", "dspace_bitstream", …) or "openalex_content"; hops = HTML pages read.
+    via: str | None = None
+    hops: int = 0
+    landing_url: str | None = None  # the HTML page the PDF link was found on
+    html: builtins.bytes | None = None  # an HTML body the engine received instead of a PDF (kept small), not stored
 
     @property
     def ok(self) -> bool:
         return self.status in ("stored", "deduped")
 
     def to_json(self) -> dict[str, Any]:
-        # Shallow: every field but the attempts is a plain value (asdict deep-copies, per artifact).
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "http_attempts"}
+        # Shallow: every field but the attempts and a kept HTML body is a plain value (asdict deep-copies).
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("http_attempts", "html")}
 
 
 class FetchHooks(Protocol):

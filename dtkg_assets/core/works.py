@@ -10,16 +10,18 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from dtkg_assets.core.credentials import redact_strings, redact_url
 from dtkg_assets.core.errors import DtkgError, Reason
 from dtkg_assets.core.store import check_work_id
 from dtkg_assets.core.streaming import check_url
 from dtkg_assets.core.types import Candidate, InputProblem, WorkRecord
+from dtkg_assets.settings import LandingSettings
 
 _WORK_ID = re.compile(r"^(?:https?://(?:api\.)?openalex\.org/(?:works/)?)?(W\d+)$", re.IGNORECASE)
 _DOI = re.compile(r"^(?:doi:\s*|https?://(?:dx\.)?doi\.org/)?(10\.\d{4,9}/\S+)$", re.IGNORECASE)
+_DOI_URL = re.compile(r"^https?://(?:dx\.)?doi\.org/(10\.\d{4,9}/\S+)$", re.IGNORECASE)
 _TRAILING_COMMENT = re.compile(r"\s#")
 # A line (one work record) longer than this is reported and skipped without being held in memory.
 # OpenAlex records are kilobytes; the largest (thousands of authors) stay below a few MiB.
@@ -68,7 +70,62 @@ def _raw_candidates(record: dict[str, Any]) -> list[tuple[str, str]]:
     oa_url = _get(record, "open_access", "oa_url")
     if oa_url:
         found.append((oa_url, "open_access.oa_url"))
+    # Landing pages (issue 11): resolved to their PDF link after every direct URL was tried.
+    best_landing = _get(record, "best_oa_location", "landing_page_url")
+    if best_landing:
+        found.append((best_landing, "best_oa_location.landing_page_url"))
+    if isinstance(locations, list):
+        for i, location in enumerate(locations):
+            if isinstance(location, dict) and location.get("is_oa") is True and location.get("landing_page_url"):
+                found.append((location["landing_page_url"], f"locations[{i}].landing_page_url"))
+    doi = normalize_doi(record.get("doi"))
+    if doi:
+        found.append((DOI_RESOLVER + doi, "doi"))
+    work_id = work_id_of(record.get("id"))
+    if work_id and _get(record, "has_content", "pdf") is True:
+        found.append((f"{OPENALEX_CONTENT}/works/{work_id}.pdf", "openalex_content"))
     return [(url.strip(), source) for url, source in found if isinstance(url, str) and url.strip()]
+
+
+# Stored candidate URLs of the DOI and the content API use the public bases; the fetch substitutes the
+# configured ones (settings.landing.doi_resolver / content_base_url), so a test can point them elsewhere.
+DOI_RESOLVER = "https://doi.org/"
+OPENALEX_CONTENT = "https://content.openalex.org"
+
+CandidateKind = Literal["pdf", "landing", "doi", "content"]
+
+
+def candidate_kind(source: str | None, url: str | None = None) -> CandidateKind:
+    """How a candidate is fetched: a PDF URL, a landing page, the DOI (a landing page through the
+    configured resolver; also a landing page URL that is a doi.org link) or the OpenAlex content API."""
+    if source == "doi":
+        return "doi"
+    if url is not None and source and source.endswith(".landing_page_url") and _DOI_URL.match(url.strip()):
+        return "doi"
+    if source == "openalex_content":
+        return "content"
+    if source and source.endswith(".landing_page_url"):
+        return "landing"
+    # PDF URLs and open_access.oa_url: fetched as artifacts; one that answers HTML is read as a landing page.
+    return "pdf"
+
+
+def doi_url(url: str, resolver: str) -> str:
+    """A doi.org URL through the configured resolver (unchanged when it is not a DOI URL)."""
+    match = _DOI_URL.match(url.strip())
+    return resolver + match.group(1) if match else url
+
+
+def candidate_enabled(source: str | None, landing: LandingSettings, api_key: str = "", url: str | None = None) -> bool:
+    """Whether the settings let this kind of candidate be planned (landing pages, DOI, content API)."""
+    kind = candidate_kind(source, url)
+    if kind == "landing":
+        return landing.enabled
+    if kind == "doi":
+        return landing.enabled and landing.doi
+    if kind == "content":
+        return landing.content_api and bool(api_key)
+    return True
 
 
 def _split_candidates(record: dict[str, Any]) -> tuple[list[Candidate], list[tuple[Candidate, DtkgError]]]:

@@ -54,6 +54,7 @@ from dtkg_assets.core.ledger.states import COMPLETE, IN_FLIGHT, IllegalTransitio
 from dtkg_assets.core.ledger.storage import LedgerBusy, LedgerUnavailable
 from dtkg_assets.core.store import store_relative
 from dtkg_assets.core.types import HttpAttempt, InputProblem, WorkRecord
+from dtkg_assets.core.works import candidate_enabled
 from dtkg_assets.settings import Settings
 
 T = TypeVar("T")
@@ -303,6 +304,8 @@ class PgLedger:
         for w in recs:
             seen: set[str] = set()
             for rank, cand in enumerate(w.candidates):
+                if not candidate_enabled(cand.source, self.settings.landing, self.settings.openalex.api_key, cand.url):
+                    continue  # landing pages, the DOI or the content API turned off in the settings
                 canon = canonical_url(cand.url)
                 if canon in seen:
                     continue

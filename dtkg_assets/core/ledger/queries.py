@@ -177,3 +177,31 @@ def failed_jobs(ledger: Ledger) -> list[tuple[str, str, str, str, str]]:
         """
     )
     return [(str(a), str(b), str(c), str(d), str(e)) for a, b, c, d, e in rows]
+def finished_with_reference(
+    ledger: Ledger, *, run_id: str | None = None
+) -> list[tuple[str, str, str | None, str | None]]:
+    """(work_id, file, doi, title) of finished artifacts (or those a run finished), for the right-paper check;
+    the file is resolved under this home's store."""
+    root = ledger.settings.store_dir
+    sql = (
+        "SELECT j.work_id, j.path, w.doi, w.title FROM artifact_jobs j JOIN works w USING (work_id) "
+        "WHERE j.state IN ('INDEXED', 'DEDUPED')" + (" AND j.run_id = ?" if run_id else "") + " ORDER BY j.work_id"
+    )
+    return [(str(r[0]), str(resolve_store_path(str(r[1]), root)), r[2], r[3])
+            for r in ledger.query(sql, [run_id] if run_id else [])]
+
+
+def work_references(ledger: Ledger, work_ids: list[str]) -> dict[str, tuple[str | None, str | None]]:
+    """work id -> (doi, title), for the right-paper check."""
+    if not work_ids:
+        return {}
+    rows = ledger.query("SELECT work_id, doi, title FROM works WHERE work_id IN (SELECT unnest(?))", [work_ids])
+    return {str(r[0]): (r[1], r[2]) for r in rows}
+
+
+def yield_tables(ledger: Ledger) -> dict[str, list[dict[str, object]]]:
+    """The yield views (issue 11) as lists of rows: by host, by candidate source, by how the PDF was found,
+    and failures by reason."""
+    return {name: ledger.query_dicts(f"SELECT * FROM {view}") for name, view in (
+        ("by_host", "v_yield_hosts"), ("by_source", "v_yield_sources"), ("by_via", "v_yield_via"),
+        ("failures", "v_yield_failures"))}

@@ -220,6 +220,51 @@ VIEWS: dict[str, str] = {
 }
 
 
+# Yield in the open (issue 11): success rates by host, by candidate source field and by how the PDF
+# was found, and failures by reason. A job counts once it was tried (finished or failed).
+_TRIED = "state IN ('INDEXED', 'DEDUPED', 'FAILED')"
+_YIELD_COLS = f"""
+        count(*) FILTER (WHERE {_TRIED}) AS tried,
+        count(*) FILTER (WHERE state IN {_COMPLETE}) AS stored,
+        count(*) FILTER (WHERE state = 'FAILED') AS failed,
+        round(count(*) FILTER (WHERE state IN {_COMPLETE}) / nullif(count(*) FILTER (WHERE {_TRIED}), 0), 4)
+            AS success_rate,
+        count(DISTINCT work_id) FILTER (WHERE state IN {_COMPLETE}) AS works_stored"""
+YIELD_VIEWS: dict[str, str] = {
+    "v_yield_hosts": f"""
+        CREATE OR REPLACE VIEW v_yield_hosts AS
+        SELECT host, {_YIELD_COLS}
+        FROM artifact_jobs GROUP BY host HAVING count(*) FILTER (WHERE {_TRIED}) > 0
+        ORDER BY tried DESC, host
+    """,
+    "v_yield_sources": rf"""
+        CREATE OR REPLACE VIEW v_yield_sources AS
+        SELECT regexp_replace(coalesce(candidate_source, '(unknown)'), '\[\d+\]', '[]', 'g') AS source,
+               {_YIELD_COLS}
+        FROM artifact_jobs GROUP BY ALL HAVING count(*) FILTER (WHERE {_TRIED}) > 0
+        ORDER BY tried DESC, source
+    """,
+    "v_yield_via": f"""
+        CREATE OR REPLACE VIEW v_yield_via AS
+        SELECT coalesce(json_extract_string(result, '$.via'), 'direct') AS via, count(*) AS stored,
+               count(DISTINCT work_id) AS works,
+               round(count(*) / sum(count(*)) OVER (), 4) AS share,
+               coalesce(sum(bytes), 0) AS bytes
+        FROM artifact_jobs WHERE state IN {_COMPLETE}
+        GROUP BY ALL ORDER BY stored DESC, via
+    """,
+    "v_yield_failures": r"""
+        CREATE OR REPLACE VIEW v_yield_failures AS
+        SELECT last_reason AS reason, failure_class,
+               regexp_replace(coalesce(candidate_source, '(unknown)'), '\[\d+\]', '[]', 'g') AS source,
+               count(*) AS jobs, count(DISTINCT work_id) AS works, count(DISTINCT host) AS hosts
+        FROM artifact_jobs WHERE state = 'FAILED'
+        GROUP BY ALL ORDER BY jobs DESC, reason, source
+    """,
+}
+VIEWS.update(YIELD_VIEWS)
+
+
 def _create_table_sql(name: str) -> str:
     cols = ", ".join(f"{col} {typ}" for col, typ in TABLES[name])
     return f"CREATE TABLE IF NOT EXISTS {name} ({cols})"
@@ -254,11 +299,18 @@ def _v3(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"UPDATE {table} SET path = regexp_extract(path, '([^/]+/[^/]+)$', 1) WHERE path LIKE '/%'")
 
 
+def _v4(con: duckdb.DuckDBPyConnection) -> None:
+    # How each PDF was found (`via`) is in the job's result JSON, written by every backend already.
+    for sql in YIELD_VIEWS.values():
+        con.execute(sql)
+
+
 # Forward-only: append new (version, description, function) entries; never edit applied ones.
 MIGRATIONS: list[tuple[int, str, Any]] = [
     (1, "initial ledger: works, jobs, ops, blobs, attempts, runs, versions, views", _v1),
     (2, "drop the state/eligibility and lease-expiry indexes (each state write rewrote them)", _v2),
     (3, "store paths relative to the store root (a home can be moved or copied)", _v3),
+    (4, "yield views: by host, by candidate source field, by how the PDF was found (result.via), failures", _v4),
 ]
 LATEST = MIGRATIONS[-1][0]
 
