@@ -279,7 +279,7 @@ def _work_plan(files: dict[str, tuple[Path, str, int]]) -> list[_WorkSpec]:
         add(kind, name, None, note, (f"/repo/{kind}/{name}",))
     add("html_text", None, note="only URL is an HTML landing page (text/html) without a PDF link")
     name = file_name(_HTML_PDF)
-    add("html_pdf", name, FaultMode(html_body=True), "HTML page served as application/pdf", (f"/html/{name}",))
+    add("html_pdf", name, None, "HTML page served as application/pdf", (f"/html/{name}",))
     name = file_name(_SHARED)
     add("shared", name, None, "same bytes as the next work, different URL", (f"/pdfs/{name}",))
     add("shared", name, None, "same bytes as the previous work, different URL", (f"/mirror/{name}",))
@@ -430,6 +430,9 @@ def configure_origin(origin: OriginServer, corpus: SampleCorpus, *, faults: bool
             origin.add_file(paths[1], corpus.files[spec.file][0])  # paths[0] stays unknown: 404
         elif spec.kind == "html_text":
             origin.add(paths[0], LANDING_HTML, FaultMode(content_type="text/html; charset=utf-8"))
+        elif spec.kind == "html_pdf":
+            # An article page served as application/pdf (not a bot wall, which would be retried later).
+            origin.add(paths[0], LANDING_HTML, FaultMode(content_type="application/pdf"))
         elif spec.kind.startswith("landing_"):
             assert spec.file
             _add_landing(origin, spec, corpus.files[spec.file][0])
