@@ -116,7 +116,7 @@ def test_tables_show_the_ledgers_numbers(executed: ExecutedNotebook) -> None:
     for name, stored in yield_via:
         assert re.search(rf"\s{re.escape(name)}\s+{stored}\s", text), f"{name}\n{text}"
     text = executed.text("yield-failures")
-    assert {r[0] for r in yield_failures} >= {"no_pdf_link", "bot_challenge"}
+    assert {r[0] for r in yield_failures} >= {"no_pdf_link", "http_404"}
     for reason, source, jobs in yield_failures:
         assert re.search(rf"\s{reason}\s+\w+\s+{re.escape(source)}\s+{jobs}\s", text), f"{reason} {source}"
 

@@ -540,7 +540,8 @@ class Engine:
         try:
             validate_pdf(part, settings.validation)
         except DtkgError as exc:
-            if exc.reason is Reason.HTML_PAGE and dl.pos <= settings.landing.max_html_bytes:
+            html = exc.reason is Reason.HTML_PAGE or "html" in (result.content_type or "").lower()
+            if html and dl.pos <= settings.landing.max_html_bytes:
                 result.html = part.read_bytes()  # a landing page: its links are resolved without asking again
             store.discard_part(part, sidecar)
             raise
