@@ -542,7 +542,11 @@ class Engine:
         except DtkgError as exc:
             html = exc.reason is Reason.HTML_PAGE or "html" in (result.content_type or "").lower()
             if html and dl.pos <= settings.landing.max_html_bytes:
-                result.html = part.read_bytes()  # a landing page: its links are resolved without asking again
+                body = part.read_bytes()
+                # A landing page: its links are resolved without asking again. HTML wrapped in a %PDF-
+                # header is a disguise, not a landing page: its reason stands.
+                if body.lstrip()[:5] != b"%PDF-":
+                    result.html = body
             store.discard_part(part, sidecar)
             raise
         hooks.check_fence()
