@@ -137,8 +137,9 @@ def reconcile_sensor(context: dg.SensorEvaluationContext, ledger: LedgerResource
     redo = {work_id for work_id, klass in classes.items() if klass == "redo"} | set(missing)
     ordered = list(context.instance.get_dynamic_partitions(ARTIFACT_PARTITIONS_NAME))
     busy = targeted_partitions(context.instance, ordered)
-    # Windows may cover complete works (re-verified), never anything else automation must not touch.
-    barrier = {w for w, k in classes.items() if k not in ("complete", "redo")} | busy
+    # Windows may cover complete works (re-verified), never anything else automation must not touch
+    # (new, held or failed works, partitions without a work in the snapshot, targeted partitions).
+    barrier = {key for key in ordered if classes.get(key) not in ("complete", "redo")} | busy
     requests: list[dg.RunRequest] = []
     now = time.time()
     last = float(context.cursor or 0)
