@@ -32,17 +32,27 @@ def backend_settings(settings: Settings, backend: str, request) -> Settings:
     return settings.replace(ledger={"url": request.getfixturevalue("pg_url")})
 
 
-@pytest.fixture(params=BACKENDS)
-def lsettings(tmp_path, request):
-    settings = Settings().with_home(tmp_path).replace(
+def base_settings(home) -> Settings:
+    return Settings().with_home(home).replace(
         ledger={"lease_ttl_s": 60.0, "max_attempts": 3, "retry_backoff_s": 10.0, "retry_backoff_max_s": 25.0}
     )
-    return backend_settings(settings, request.param, request)
 
 
-def duckdb_only(settings: Settings) -> None:
-    if settings.ledger_is_postgres:
-        pytest.skip("DuckDB file specifics (its migrations, dropped objects, snapshot)")
+@pytest.fixture(params=BACKENDS)
+def lsettings(tmp_path, request):
+    return backend_settings(base_settings(tmp_path), request.param, request)
+
+
+@pytest.fixture
+def duckdb_settings(tmp_path) -> Settings:
+    """DuckDB file specifics (its migrations, dropped objects, snapshot): the default backend only."""
+    return base_settings(tmp_path)
+
+
+@pytest.fixture
+def pg_settings(tmp_path, pg_url) -> Settings:
+    """The PostgreSQL schema only."""
+    return base_settings(tmp_path).replace(ledger={"url": pg_url})
 
 
 @pytest.fixture
@@ -92,8 +102,8 @@ def walk(lease):
 # ------------------------------------------------------------------ schema
 
 
-def test_migrations_are_forward_only_and_idempotent(lsettings):
-    duckdb_only(lsettings)
+def test_migrations_are_forward_only_and_idempotent(duckdb_settings):
+    lsettings = duckdb_settings
     for _ in range(2):
         with Ledger.open_writer(lsettings) as led:
             assert led.query("SELECT version FROM schema_version ORDER BY version") == [
@@ -104,9 +114,9 @@ def test_migrations_are_forward_only_and_idempotent(lsettings):
             assert led.health()["status"] == "healthy"
 
 
-def test_v1_ledger_migrates_forward_keeping_rows(lsettings):
+def test_v1_ledger_migrates_forward_keeping_rows(duckdb_settings):
     """A ledger written at version 1 (with its state and lease indexes) opens at the latest version."""
-    duckdb_only(lsettings)
+    lsettings = duckdb_settings
     with Ledger.open_writer(lsettings) as led:
         led.plan([work(i) for i in range(5)])
         cur = led.cursor()
@@ -120,11 +130,10 @@ def test_v1_ledger_migrates_forward_keeping_rows(lsettings):
         assert led.validate() == []
 
 
-def test_postgres_migrations_and_repair(lsettings):
+def test_postgres_migrations_and_repair(pg_settings):
     """PostgreSQL: versioned forward-only migrations (idempotent across opens), health, and repair that
     restores dropped objects while keeping every row."""
-    if not lsettings.ledger_is_postgres:
-        pytest.skip("the PostgreSQL schema")
+    lsettings = pg_settings
     from dtkg_assets.core.ledger import pg_schema
 
     for _ in range(2):
@@ -144,11 +153,10 @@ def test_postgres_migrations_and_repair(lsettings):
         assert led.repair() == []
 
 
-def test_postgres_claim_waits_for_a_row_another_transaction_is_deciding(lsettings):
+def test_postgres_claim_waits_for_a_row_another_transaction_is_deciding(pg_settings):
     """A claim skips rows other transactions hold (SKIP LOCKED), then waits briefly for them, so it
     answers from the outcome: taken by the other (None) or still free (granted)."""
-    if not lsettings.ledger_is_postgres:
-        pytest.skip("PostgreSQL row locks")
+    lsettings = pg_settings
     import threading
 
     import psycopg
@@ -181,8 +189,12 @@ def test_plan_is_idempotent_and_bulk(ledger):
     assert {j.state for j in jobs} == {"PLANNED"}
 
 
-def test_repair_restores_dropped_objects_and_keeps_all_rows(ledger):
-    duckdb_only(ledger.settings)
+def test_repair_restores_dropped_objects_and_keeps_all_rows(duckdb_settings):
+    with Ledger.open_writer(duckdb_settings, owner="test") as ledger:
+        check_repair_keeps_rows(ledger)
+
+
+def check_repair_keeps_rows(ledger: Ledger) -> None:
     ledger.plan([work(i) for i in range(50)])
     before = ledger.health()["row_counts"]
     cur = ledger.cursor()
