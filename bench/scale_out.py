@@ -16,6 +16,7 @@ Prints works/s per worker count and, last, the throughput ratios against one wor
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg  # noqa: E402
 
-from bench.common import OUT, dtkg_cmd, make_pdf  # noqa: E402
+from bench.common import OUT, PDF_HEAD, PDF_TAIL, dtkg_cmd, make_pdf  # noqa: E402
 from dtkg_assets.origin import FaultMode, OriginServer  # noqa: E402
 from dtkg_assets.pgcluster import PgCluster  # noqa: E402
 
@@ -40,8 +41,14 @@ SEED = 20261202
 
 
 def build_corpus(n: int, www: Path) -> dict[str, Path]:
+    """N deterministic PDFs, rebuilt when the PDF wrapper of bench/common.py changed (validation reads it)."""
     rng = random.Random(SEED)
+    stamp = www / "wrapper.sha256"
+    wrapper = hashlib.sha256(PDF_HEAD + PDF_TAIL).hexdigest()
+    if not stamp.exists() or stamp.read_text() != wrapper:
+        shutil.rmtree(www, ignore_errors=True)
     www.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(wrapper)
     files = {}
     for i in range(n):
         wid = f"W{5100000000 + i}"
