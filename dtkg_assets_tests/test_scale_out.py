@@ -256,11 +256,13 @@ def test_two_workers_backfill_overlapping_works_once_each_and_politely(
     with psycopg.connect(dagster_url) as con:
         assert con.execute("SELECT count(*) FROM runs").fetchone()[0] >= 2
     # Together, the two processes kept one request per `interval` on the host: every run of 5
-    # consecutive arrivals spans at least 4 intervals (10% slack), and no two come in a burst (a
-    # single gap can shrink by the scheduling delay of the request before it, never to nothing).
+    # consecutive arrivals spans at least 4 intervals, less the scheduling delay one request can
+    # suffer on a busy 2-core machine (measured up to ~80 ms), and no two come in a burst (a single
+    # gap can shrink by the delay of the request before it, never to nothing). Two processes each
+    # keeping the limit alone would put 5 arrivals in about 2 intervals.
     times = sorted(t for wid in ids for t in origin.stats(f"/{wid}.pdf").request_times)
     spans = [b - a for a, b in zip(times, times[4:], strict=False)]
-    assert min(spans) >= 4 * interval * 0.9, sorted(spans)[:3]
+    assert min(spans) >= 4 * interval * 0.75, sorted(spans)[:3]
     assert min(_gaps(times)) >= interval * 0.5, sorted(_gaps(times))[:3]
 
 
