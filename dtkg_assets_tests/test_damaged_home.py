@@ -7,6 +7,7 @@ read-only home. The read-only home and the full disk are real tmpfs mounts (this
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -139,3 +140,29 @@ def test_every_subcommand_on_a_damaged_home(damage: str, tmp_path: Path, tmpfs: 
         proc = run(home, ["ledger", "repair"])
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
         assert run(home, ["ledger", "health"]).returncode == 0
+
+
+def test_a_ledger_write_on_a_full_disk_is_reason_disk_full(tmpfs: Path) -> None:
+    """A write transaction that cannot grow the ledger's WAL (the disk filled during a run) raises the
+    ledger's disk_full error naming the file, not DuckDB's raw IOException; what was committed stays."""
+    from dtkg_assets.core.ledger import Ledger, LedgerDiskFull
+    from dtkg_assets.core.types import Candidate, WorkRecord
+    from dtkg_assets.settings import Settings
+
+    def works(start: int, n: int) -> list[WorkRecord]:
+        return [WorkRecord(work_id=f"W{i}",
+                           candidates=[Candidate(url=f"http://127.0.0.1:9/{i}.pdf", source="best_oa_location.pdf_url")])
+                for i in range(start, start + n)]
+
+    settings = Settings().with_home(tmpfs / "home")
+    led = Ledger.open_writer(settings, owner="test")
+    led.plan(works(0, 10))
+    fill(tmpfs)
+    with pytest.raises(LedgerDiskFull) as raised:
+        led.plan(works(10, 20_000))
+    assert raised.value.reason == "disk_full" and str(settings.ledger_path) in str(raised.value)
+    (tmpfs / "filler").unlink()
+    with contextlib.suppress(Exception):  # DuckDB closes a connection whose checkpoint failed for good
+        led.close()
+    with Ledger.open_writer(settings, owner="test") as again:  # what was committed before is kept
+        assert again.query("SELECT count(*) FROM works")[0][0] >= 10

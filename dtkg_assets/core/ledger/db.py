@@ -442,20 +442,27 @@ class Ledger:
         if not self.writable:
             raise PermissionError("this ledger handle is read-only (open it with Ledger.open_writer)")
         ticket = _Ticket(fn)
-        with self._timed():
-            if not self.group_commit:
-                with self._wlock:
-                    self._run_alone(ticket)
-            else:
-                with self._qlock:
-                    self._queue.append(ticket)
-                with self._wlock:
-                    if not ticket.done:
-                        with self._qlock:
-                            batch, self._queue = self._queue, []
-                        self._run_batch(batch)
-        if ticket.error is not None:
-            raise ticket.error
+        try:
+            with self._timed():
+                if not self.group_commit:
+                    with self._wlock:
+                        self._run_alone(ticket)
+                else:
+                    with self._qlock:
+                        self._queue.append(ticket)
+                    with self._wlock:
+                        if not ticket.done:
+                            with self._qlock:
+                                batch, self._queue = self._queue, []
+                            self._run_batch(batch)
+            if ticket.error is not None:
+                raise ticket.error
+        except duckdb.Error as exc:
+            if storage.is_disk_full(exc):
+                # A commit or checkpoint that cannot grow the file: reason disk_full, in words, like
+                # every other storage error (inside a Dagster run as in the CLI).
+                raise storage.storage_error(exc, self.settings.ledger_path) from exc
+            raise
         return ticket.value
 
     def _run_alone(self, ticket: _Ticket) -> None:
