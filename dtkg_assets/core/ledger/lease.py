@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,13 +18,14 @@ from dtkg_assets.core import crashpoints
 from dtkg_assets.core.errors import TRANSIENT_REASONS, DtkgError, Reason
 from dtkg_assets.core.ledger.interface import (
     EffectRecord,
+    Job,
     LeaseGrant,
     LeaseRequest,
     LeaseWrite,
     LedgerWriteBackend,
     op_key_for,
 )
-from dtkg_assets.core.ledger.states import State, check_transition
+from dtkg_assets.core.ledger.states import IllegalTransition, State, check_transition
 from dtkg_assets.core.types import FetchResult
 from dtkg_assets.settings import LedgerSettings
 
@@ -42,6 +43,46 @@ def stale(job_id: str, owner: str, token: int, held_token: int, held_owner: str 
         job_id,
         f"fencing token {token} of {owner} is stale (job holds token {held_token}, owner {held_owner}, state {state})",
     )
+
+
+def apply_guarded_writes(
+    writes: Sequence[LeaseWrite],
+    update_many: Callable[[list[LeaseWrite], tuple[str, ...], bool], set[str]],
+    held_jobs: Callable[[list[str]], dict[str, Job]],
+) -> tuple[list[Exception | None], list[LeaseWrite]]:
+    """The set-based commit both backends share: writes with the same columns go in one guarded
+    UPDATE (`update_many` returns the job ids it changed); a refused write gets its own error from the
+    job as it is held (`held_jobs`), and changes nothing. Returns the errors and the accepted writes."""
+    errors: list[Exception | None] = [None] * len(writes)
+    accepted: list[int] = []
+    pending = list(range(len(writes)))
+    while pending:
+        # One statement never carries two writes for one job (a stale and a current holder).
+        seen: set[str] = set()
+        this: list[int] = []
+        later: list[int] = []
+        for i in pending:
+            (later if writes[i].job_id in seen else this).append(i)
+            seen.add(writes[i].job_id)
+        groups: dict[tuple[tuple[str, ...], bool], list[int]] = {}
+        for i in this:
+            groups.setdefault((tuple(sorted(writes[i].values)), writes[i].bump), []).append(i)
+        for (cols, bump), idxs in groups.items():
+            done = update_many([writes[i] for i in idxs], cols, bump)
+            accepted.extend(i for i in idxs if writes[i].job_id in done)
+        pending = later
+    refused = sorted(set(range(len(writes))) - set(accepted))
+    if refused:
+        held = held_jobs([writes[i].job_id for i in refused])
+        for i in refused:
+            w, job = writes[i], held.get(writes[i].job_id)
+            if job is None:
+                errors[i] = KeyError(f"no job {w.job_id}")
+            elif job.fencing_token != w.token or job.lease_owner != w.owner:
+                errors[i] = stale(w.job_id, w.owner, w.token, job.fencing_token, job.lease_owner, job.state)
+            else:
+                errors[i] = IllegalTransition(w.job_id, job.state, w.to_state)
+    return errors, [writes[i] for i in sorted(accepted)]
 
 
 def reason_is_transient(reason: str) -> bool:

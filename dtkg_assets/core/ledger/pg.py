@@ -48,9 +48,9 @@ from dtkg_assets.core.ledger.interface import (
     canonical_url,
     job_id_for,
 )
-from dtkg_assets.core.ledger.lease import GroupCommit, Lease, failure_values, stale
+from dtkg_assets.core.ledger.lease import GroupCommit, Lease, apply_guarded_writes, failure_values
 from dtkg_assets.core.ledger.schema import TABLES
-from dtkg_assets.core.ledger.states import COMPLETE, IN_FLIGHT, IllegalTransition, State, check_transition
+from dtkg_assets.core.ledger.states import COMPLETE, IN_FLIGHT, State, check_transition
 from dtkg_assets.core.ledger.storage import LedgerBusy, LedgerUnavailable
 from dtkg_assets.core.store import store_relative
 from dtkg_assets.core.types import HttpAttempt, InputProblem, WorkRecord
@@ -486,37 +486,12 @@ class PgLedger:
                   if w.completion is not None and w.values.get("path") else w for w in writes]
 
         def body(con: Any) -> list[Exception | None]:
-            errors: list[Exception | None] = [None] * len(writes)
-            accepted: list[int] = []
-            pending = list(range(len(writes)))
-            while pending:
-                seen: set[str] = set()
-                this: list[int] = []
-                later: list[int] = []
-                for i in pending:
-                    (later if writes[i].job_id in seen else this).append(i)
-                    seen.add(writes[i].job_id)
-                groups: dict[tuple[tuple[str, ...], bool], list[int]] = {}
-                for i in this:
-                    groups.setdefault((tuple(sorted(writes[i].values)), writes[i].bump), []).append(i)
-                for (cols, bump), idxs in groups.items():
-                    done = _guarded_update_many(con, [writes[i] for i in idxs], cols, bump)
-                    accepted.extend(i for i in idxs if writes[i].job_id in done)
-                pending = later
-            refused = sorted(set(range(len(writes))) - set(accepted))
-            if refused:
-                rows = con.execute(f"{_LITE_SELECT} WHERE job_id = ANY(%s)",
-                                   [[writes[i].job_id for i in refused]]).fetchall()
-                held = {str(r[0]): _lite(r) for r in rows}
-                for i in refused:
-                    w, job = writes[i], held.get(writes[i].job_id)
-                    if job is None:
-                        errors[i] = KeyError(f"no job {w.job_id}")
-                    elif job.fencing_token != w.token or job.lease_owner != w.owner:
-                        errors[i] = stale(w.job_id, w.owner, w.token, job.fencing_token, job.lease_owner, job.state)
-                    else:
-                        errors[i] = IllegalTransition(w.job_id, job.state, w.to_state)
-            ok = [writes[i] for i in sorted(accepted)]
+            def held_jobs(job_ids: list[str]) -> dict[str, Job]:
+                rows = con.execute(f"{_LITE_SELECT} WHERE job_id = ANY(%s)", [job_ids]).fetchall()
+                return {str(r[0]): _lite(r) for r in rows}
+
+            errors, ok = apply_guarded_writes(
+                writes, lambda group, cols, bump: _guarded_update_many(con, group, cols, bump), held_jobs)
             if ok:
                 _record_effects(con, ok)
                 _record_attempts(con, [(w.job_id, w.run_id, a) for w in ok for a in w.attempts])
