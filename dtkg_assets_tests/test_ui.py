@@ -126,6 +126,38 @@ def _wait_runs_idle(url: str, timeout: float = 120.0) -> None:
         time.sleep(2.0)
 
 
+QUIESCE = """
+{ repositoriesOrError { ... on RepositoryConnection { nodes {
+    sensors { sensorState { id status } }
+    schedules { scheduleState { id status } }
+} } } }
+"""
+
+
+def _stop_automation(url: str) -> None:
+    """Turn every running sensor and schedule off, as an operator would before stopping the UI: a
+    tick between the last idle check and SIGTERM would otherwise start a run during shutdown."""
+    try:
+        nodes = _graphql(url, QUIESCE)["data"]["repositoriesOrError"]["nodes"]
+    except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError, KeyError, TypeError):
+        return
+    for node in nodes:
+        for sensor in node["sensors"]:
+            if sensor["sensorState"]["status"] == "RUNNING":
+                _graphql(url, "mutation($id: String) { stopSensor(id: $id) { __typename } }",
+                         variables={"id": sensor["sensorState"]["id"]})
+        for schedule in node["schedules"]:
+            if schedule["scheduleState"]["status"] == "RUNNING":
+                _graphql(url, "mutation($id: String) { stopRunningSchedule(id: $id) { __typename } }",
+                         variables={"id": schedule["scheduleState"]["id"]})
+
+
+def _cmdline(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    return "?"
+
+
 def _stop(proc: subprocess.Popen[bytes], marker: str) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
@@ -139,10 +171,11 @@ def _stop(proc: subprocess.Popen[bytes], marker: str) -> None:
     deadline = time.monotonic() + STOP_GRACE_S
     while (left := _processes_with_env(marker)) and time.monotonic() < deadline:
         time.sleep(0.5)
+    described = {pid: _cmdline(pid) for pid in left}
     for pid in _processes_with_env(marker):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    assert not left, f"processes outlived dagster dev: {left}"
+    assert not left, f"processes outlived dagster dev: {described}"
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +231,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ui]:
         yield Ui(home, result["data"], works, finished, failed, url, origin)
     finally:
         try:
+            _stop_automation(url)
             _wait_runs_idle(url)
             _stop(proc, str(home / "dagster"))
         finally:
