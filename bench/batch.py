@@ -44,7 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import LAST_CPU_S, OUT, ROOT, dtkg_cmd, make_pdf, run_measured, sha256_file  # noqa: E402
-from dtkg_assets.origin import FaultMode, OriginServer  # noqa: E402
+from dtkg_assets_tests.support.origin import FaultMode, OriginServer  # noqa: E402
 
 KiB = 1024
 SEED = 20261105

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psycopg  # noqa: E402
 
 from dtkg_assets.core.ledger import pg_schema  # noqa: E402
-from dtkg_assets.pgcluster import PgCluster  # noqa: E402
+from dtkg_assets_tests.support.pgcluster import PgCluster  # noqa: E402
 
 S = pg_schema.SCHEMA
 

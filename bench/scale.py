@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     work = OUT / "scale"
     work.mkdir(parents=True, exist_ok=True)
     names = build_pdfs(2 * args.measured, work / "www")
-    from dtkg_assets.nginx import NginxServer
+    from dtkg_assets_tests.support.nginx import NginxServer
 
     results: list[dict[str, Any]] = []
     with NginxServer(work / "www") as nginx:

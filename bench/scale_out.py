@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psycopg  # noqa: E402
 
 from bench.common import OUT, PDF_HEAD, PDF_TAIL, dtkg_cmd, make_pdf  # noqa: E402
-from dtkg_assets.origin import FaultMode, OriginServer  # noqa: E402
-from dtkg_assets.pgcluster import PgCluster  # noqa: E402
+from dtkg_assets_tests.support.origin import FaultMode, OriginServer  # noqa: E402
+from dtkg_assets_tests.support.pgcluster import PgCluster  # noqa: E402
 
 KiB = 1024
 SEED = 20261202

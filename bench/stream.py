@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import OUT, MiB, dtkg_cmd, make_pdf, run_measured  # noqa: E402
-from dtkg_assets.nginx import NginxServer  # noqa: E402
+from dtkg_assets_tests.support.nginx import NginxServer  # noqa: E402
 
 
 def dtkg_run(url: str, home: Path, sha: str) -> tuple[float, int, dict[str, object]]:

@@ -80,7 +80,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from dtkg_assets.core.sources import WorksSource
     from dtkg_assets.defs.launch import dagster_instance, ingest, pending_keys, run_checks, run_reconcile
-    from dtkg_assets.sample import build_sample_corpus, configure_origin, sample_works, write_sample_jsonl
+    from dtkg_assets.demo.sample import build_sample_corpus, configure_origin, sample_works, write_sample_jsonl
 
     sample_dir = settings.home / "sample"
     console.print(f"[bold]dtkg demo[/] — state in {settings.home}")
@@ -127,8 +127,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _serve_origin(settings: Settings, port_arg: int) -> int:
     """Serve the demo's sample corpus again on the port the demo's works point at, until Ctrl-C."""
-    from dtkg_assets.origin import OriginServer
-    from dtkg_assets.sample import build_sample_corpus, configure_origin
+    from dtkg_assets.demo.origin import OriginServer
+    from dtkg_assets.demo.sample import build_sample_corpus, configure_origin
 
     sample_dir = settings.home / "sample"
     port = port_arg
@@ -155,7 +155,7 @@ def _serve_origin(settings: Settings, port_arg: int) -> int:
 
 
 def _start_origin(port: int) -> Any:
-    from dtkg_assets.origin import OriginServer
+    from dtkg_assets.demo.origin import OriginServer
 
     try:
         return OriginServer(port=port).start()

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from dtkg_assets.nginx import NginxServer
-from dtkg_assets.origin import OriginServer
-from dtkg_assets.pgcluster import PgCluster
-from dtkg_assets.sample import SampleCorpus, build_sample_corpus
+from dtkg_assets.demo.sample import SampleCorpus, build_sample_corpus
 from dtkg_assets.settings import Settings
+from dtkg_assets_tests.support.nginx import NginxServer
+from dtkg_assets_tests.support.origin import OriginServer
+from dtkg_assets_tests.support.pgcluster import PgCluster
 
 # The smallest end PDF validation accepts: a cross-reference trailer, startxref and %%EOF.
 PDF_TAIL = b"\ntrailer\n<< /Size 1 >>\nstartxref\n9\n%%EOF\n"
@@ -112,7 +112,7 @@ def sample_corpus(tmp_path_factory: pytest.TempPathFactory) -> SampleCorpus:
 
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PgCluster]:
-    """One throwaway PostgreSQL cluster on loopback for the whole session (see dtkg_assets.pgcluster)."""
+    """One throwaway PostgreSQL cluster on loopback for the whole session (see dtkg_assets_tests.support.pgcluster)."""
     cluster = PgCluster().start()
     try:
         yield cluster

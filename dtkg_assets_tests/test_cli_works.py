@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 
 from dtkg_assets_tests.conftest import loopback_env
-from dtkg_assets_tests.fake_openalex import W2741809807, FakeOpenAlex, make_work
+from dtkg_assets_tests.support.fake_openalex import W2741809807, FakeOpenAlex, make_work
 
 
 def run(home: Path, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from dtkg_assets.core.ledger import Ledger
-from dtkg_assets.origin import FaultMode
 from dtkg_assets.settings import MiB, Settings
 from dtkg_assets_tests.conftest import loopback_env
+from dtkg_assets_tests.support.origin import FaultMode
 
 SLACK = 8 * MiB  # bytes a killed client may leave in flight (socket buffers) beyond what it wrote
 

@@ -20,9 +20,9 @@ from dtkg_assets.defs.partitions import ARTIFACT_PARTITIONS_NAME
 from dtkg_assets.defs.resources import default_resources
 from dtkg_assets.defs.schedules import refresh_run_config
 from dtkg_assets.defs.sensors import reconcile_sensor, release_leases_on_failure, work_partitions_sensor
-from dtkg_assets.origin import FaultMode, OriginServer
 from dtkg_assets.settings import Settings
 from dtkg_assets_tests.conftest import loopback_env, pdf_bytes
+from dtkg_assets_tests.support.origin import FaultMode, OriginServer
 
 REPO = Path(__file__).resolve().parents[1]
 RANGE_START = "dagster/asset_partition_range_start"

@@ -22,7 +22,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from dtkg_assets.sample import SampleCorpus, build_sample_corpus
+from dtkg_assets.demo.sample import SampleCorpus, build_sample_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 DTKG = Path(sys.executable).with_name("dtkg")

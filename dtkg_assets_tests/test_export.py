@@ -16,8 +16,8 @@ from dtkg_assets.core.orchestrator import Orchestrator
 from dtkg_assets.core.store import Store
 from dtkg_assets.core.streaming import Engine
 from dtkg_assets.core.types import Candidate, WorkRecord
-from dtkg_assets.origin import FaultMode
 from dtkg_assets.settings import Settings
+from dtkg_assets_tests.support.origin import FaultMode
 
 
 def test_export_numbers_match_the_ledger(settings, origin, pdf_bytes, tmp_path):

@@ -19,8 +19,8 @@ import duckdb
 import pytest
 
 from dtkg_assets.core.streaming import PartState
-from dtkg_assets.origin import FaultMode, OriginServer
 from dtkg_assets_tests.conftest import loopback_env
+from dtkg_assets_tests.support.origin import FaultMode, OriginServer
 
 DTKG = [sys.executable, "-m", "dtkg_assets.cli"]
 

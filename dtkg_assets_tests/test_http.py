@@ -20,8 +20,8 @@ from dtkg_assets.core.http import (
     request_error,
     user_agent,
 )
-from dtkg_assets.origin import FaultMode
 from dtkg_assets.settings import Settings
+from dtkg_assets_tests.support.origin import FaultMode
 
 
 def make_settings(settings: Settings, **http) -> Settings:

@@ -23,8 +23,8 @@ from dtkg_assets.core.store import Store
 from dtkg_assets.core.streaming import ARTIFACT_ACCEPT, Engine
 from dtkg_assets.core.walls import challenge_marker
 from dtkg_assets.core.works import parse_work
-from dtkg_assets.origin import FaultMode
-from dtkg_assets_tests import landing_corpus
+from dtkg_assets_tests.support import landing_corpus
+from dtkg_assets_tests.support.origin import FaultMode
 
 
 @pytest.fixture

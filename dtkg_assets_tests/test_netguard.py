@@ -10,8 +10,8 @@ import pytest
 from dtkg_assets.core.errors import DtkgError, Reason
 from dtkg_assets.core.http import make_client, request_error
 from dtkg_assets.core.netguard import AllowList, check_host, is_private_address
-from dtkg_assets.origin import FaultMode
 from dtkg_assets.settings import Settings
+from dtkg_assets_tests.support.origin import FaultMode
 
 
 def settings_allowing(settings: Settings, *allow: str) -> Settings:

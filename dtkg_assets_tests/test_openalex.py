@@ -9,7 +9,7 @@ import pytest
 from dtkg_assets.core.errors import DtkgError, Reason
 from dtkg_assets.core.openalex import OpenAlexClient, build_filter, validate_per_page
 from dtkg_assets.core.types import InputProblem, WorkRecord
-from dtkg_assets_tests.fake_openalex import W2741809807, FakeOpenAlex, make_work
+from dtkg_assets_tests.support.fake_openalex import W2741809807, FakeOpenAlex, make_work
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from dtkg_assets.core.orchestrator import Orchestrator
 from dtkg_assets.core.store import Store
 from dtkg_assets.core.streaming import Engine
 from dtkg_assets.core.types import Candidate, WorkRecord
-from dtkg_assets.origin import FaultMode
+from dtkg_assets_tests.support.origin import FaultMode
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dtkg_assets.nginx import NginxServer
-from dtkg_assets.origin import FaultMode, OriginServer
+from dtkg_assets_tests.support.nginx import NginxServer
+from dtkg_assets_tests.support.origin import FaultMode, OriginServer
 
 BODY = b"%PDF-1.7\n" + os.urandom(200_000) + b"\n%%EOF\n"
 SIZE = len(BODY)
@@ -374,7 +374,8 @@ def test_concurrent_clients_counted(srv: OriginServer) -> None:
 
 
 def _start_cli(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
-    proc = subprocess.Popen([sys.executable, "-m", "dtkg_assets.origin", *args], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "dtkg_assets_tests.support.origin", *args], stdout=subprocess.PIPE,
+                            text=True)
     assert proc.stdout is not None
     lines = [proc.stdout.readline().strip()]
     return proc, lines
@@ -439,7 +440,7 @@ class TestNginxHelper:
             httpx.get(f"http://127.0.0.1:{port}/g.pdf")
 
     def test_missing_binary_names_the_fix(self, nginx_root, monkeypatch) -> None:
-        import dtkg_assets.nginx as mod
+        import dtkg_assets_tests.support.nginx as mod
 
         monkeypatch.setattr(mod, "NGINX_BIN", "/nonexistent/nginx")
         monkeypatch.setattr(mod.shutil, "which", lambda _: None)

@@ -7,7 +7,7 @@ import pwd
 
 import psycopg
 
-from dtkg_assets.pgcluster import SUPERUSER, PgCluster
+from dtkg_assets_tests.support.pgcluster import SUPERUSER, PgCluster
 
 
 def test_session_cluster_serves_isolated_databases_on_loopback(pg_cluster: PgCluster, pg_url: str) -> None:

@@ -8,14 +8,14 @@ import json
 import httpx
 
 from dtkg_assets.core.works import candidate_kind, parse_work, read_jsonl
-from dtkg_assets.origin import OriginServer
-from dtkg_assets.sample import (
+from dtkg_assets.demo.sample import (
     N_FILES,
     build_sample_corpus,
     configure_origin,
     sample_works,
     write_sample_jsonl,
 )
+from dtkg_assets_tests.support.origin import OriginServer
 
 
 def test_pdfs_are_valid_and_span_small_to_mb(sample_corpus) -> None:

@@ -22,9 +22,9 @@ from dtkg_assets.core.streaming import (
     parse_content_range,
 )
 from dtkg_assets.core.types import NullHooks
-from dtkg_assets.origin import FaultMode, OriginServer
 from dtkg_assets.settings import MiB, Settings
 from dtkg_assets_tests.conftest import PDF_TAIL
+from dtkg_assets_tests.support.origin import FaultMode, OriginServer
 
 SIZE = 6 * MiB + 12345
 # One resume may re-read this much (the prefix check of a resume without validators).

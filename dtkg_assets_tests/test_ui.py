@@ -32,8 +32,8 @@ from typing import Any
 
 import pytest
 
-from dtkg_assets.origin import FaultMode, OriginServer
 from dtkg_assets_tests.conftest import pdf_bytes
+from dtkg_assets_tests.support.origin import FaultMode, OriginServer
 from dtkg_assets_tests.test_demo import DTKG, demo_env, free_port, run_demo, sha256_file, snapshot
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from dtkg_assets.core.works import (
     read_jsonl,
     work_id_of,
 )
-from dtkg_assets_tests.fake_openalex import W2741809807, make_work
+from dtkg_assets_tests.support.fake_openalex import W2741809807, make_work
 
 
 def test_candidates_of_the_public_record_in_spec_order_without_duplicates():

@@ -6,7 +6,7 @@ missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v aria2c >/dev/null 2>&1 || missing+=(aria2)
-# PostgreSQL server (tests start throwaway clusters of their own; see dtkg_assets/pgcluster.py).
+# PostgreSQL server (tests start throwaway clusters of their own; see dtkg_assets_tests/support/pgcluster.py).
 # The package's own "main" cluster is not used (and need not be running).
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)

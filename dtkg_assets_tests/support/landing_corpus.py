@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dtkg_assets.origin import FaultMode, OriginServer
+from dtkg_assets_tests.support.origin import FaultMode, OriginServer
 
 HTML = "text/html; charset=utf-8"
 

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from dtkg_assets.origin import FaultMode, OriginServer
+from dtkg_assets.demo.origin import FaultMode, OriginServer
 
 # Bump when generation changes, so cached corpora are rebuilt.
 SAMPLE_VERSION = 1

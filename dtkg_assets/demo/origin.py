@@ -1,4 +1,4 @@
-"""A local HTTP/1.1 origin with per-path fault modes, for tests, the demo and benchmarks.
+"""A local HTTP/1.1 origin with per-path fault modes: the demo's origin, also used by tests and benchmarks.
 
 Real sockets on 127.0.0.1, one thread per connection, keep-alive. Each path serves one object
 (bytes in memory or a file streamed from disk) under a `FaultMode` that reproduces a server
@@ -7,19 +7,16 @@ truncated bodies, resets, 5xx/429 with Retry-After, stalls, HTML served as PDF, 
 redirect chains, HEAD rejected. Every request and every body byte written is counted per path so
 tests can assert what was actually served.
 
-Only the standard library is used, so the demo can run it without test dependencies.
-Command line: ``python -m dtkg_assets.origin --root DIR --port N`` serves a directory;
-``--sample DIR`` serves the sample corpus with its faults and writes ``DIR/works.jsonl``.
+Only the standard library is used, so the demo can run it without test dependencies. The test
+suite reaches it through `dtkg_assets_tests.support.origin`, which also has its command line.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gzip as gzip_lib
 import hashlib
 import http.server
-import signal
 import socket
 import struct
 import threading
@@ -741,47 +738,3 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._st.body_bytes -= len(data) - delivered
             raise
         return len(data)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Serve a directory (or the sample corpus with its faults) over HTTP/1.1 on loopback."
-    )
-    what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--root", type=Path, help="directory to serve at /<relative path>")
-    what.add_argument(
-        "--sample", type=Path, metavar="DIR", help="build the sample corpus in DIR, serve it, write DIR/works.jsonl"
-    )
-    parser.add_argument("--no-faults", action="store_true", help="with --sample: leave out the recoverable faults")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.root is not None and not args.root.is_dir():
-        parser.error(f"--root {args.root} is not a directory")
-    origin = OriginServer(args.host, args.port)
-    if args.root is not None:
-        origin.serve_dir(args.root)
-    origin.start()
-    works_path: Path | None = None
-    if args.sample is not None:
-        from dtkg_assets.sample import build_sample_corpus, configure_origin, sample_works, write_sample_jsonl
-
-        corpus = build_sample_corpus(args.sample)
-        configure_origin(origin, corpus, faults=not args.no_faults)
-        works_path = write_sample_jsonl(sample_works(corpus, origin.base_url), args.sample / "works.jsonl")
-    # First line: the URL (scripts read it); then, with --sample, the works file.
-    print(origin.base_url, flush=True)
-    if works_path is not None:
-        print(works_path, flush=True)
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGINT, lambda *_: done.set())
-    try:
-        done.wait()
-    finally:
-        origin.stop()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
