@@ -486,6 +486,60 @@ def test_cli_backfill_honours_limit_and_checks_what_it_finished(
     assert sorted(p.name for p in (tmp_path / "cli-home" / "store" / "works").iterdir()) == ["W1.pdf", "W2.pdf"]
 
 
+# Evaluates the definitions' declarative automation against the home's Dagster instance the way the
+# daemon's default automation sensor does: one tick, then `dtkg works import` of argv[1] (if given),
+# then a second tick with the first tick's cursor. Prints the sensors and what each tick requested.
+EVALUATE_AUTOMATION = """
+import json, os, subprocess, sys
+import dagster as dg
+from dtkg_assets.definitions import defs
+instance = dg.DagsterInstance.from_config(os.path.join(os.environ["DTKG_HOME"], "dagster"))
+key = dg.AssetKey("artifact_pdfs")
+first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+if len(sys.argv) > 1:
+    dtkg = os.path.join(os.path.dirname(sys.executable), "dtkg")
+    subprocess.run([dtkg, "works", "import", sys.argv[1]], check=True, capture_output=True)
+second = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+print(json.dumps({
+    "sensors": sorted(s.name for s in defs.get_repository_def().sensor_defs),
+    "first": sorted(first.get_requested_partitions(key)) if first.total_requested else [],
+    "second": sorted(second.get_requested_partitions(key)) if second.total_requested else [],
+}))
+"""
+
+
+def test_opt_in_automation_requests_only_newly_imported_works(
+    tmp_path: Path, origin: OriginServer, five_works: tuple[list[str], dict[str, bytes]]
+) -> None:
+    env = loopback_env(tmp_path / "cli-home")
+    dtkg = str(Path(sys.executable).parent / "dtkg")
+    for args in (["works", "import", str(tmp_path / "works.jsonl")], ["backfill", "--limit", "2", "--json"]):
+        proc = subprocess.run([dtkg, *args], env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+    later = write_works(tmp_path / "later.jsonl", [
+        work_record(w, [origin.add(f"/{w}.pdf", pdf_bytes(25_000, seed=i))]) for i, w in enumerate(["W6", "W7"])
+    ])
+
+    def evaluate(*args: str, **extra: str) -> dict[str, list[str]]:
+        proc = subprocess.run([sys.executable, "-c", EVALUATE_AUTOMATION, *args], env={**env, **extra}, cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        result: dict[str, list[str]] = json.loads(proc.stdout.strip().splitlines()[-1])
+        return result
+
+    # Off by default: no automation sensor exists and nothing is requested.
+    off = evaluate()
+    assert "default_automation_condition_sensor" not in off["sensors"]
+    assert off["first"] == off["second"] == []
+    # Opted in: works registered before the opt-in stay the user's to backfill (Dagster's on_missing
+    # acts on partitions added after it applies); works imported afterwards are requested, once.
+    on = evaluate(str(later), DTKG_RUN_AUTO_DOWNLOAD="1")
+    assert "default_automation_condition_sensor" in on["sensors"]
+    assert on["first"] == [] and on["second"] == ["W6", "W7"]
+    # Evaluating requests nothing by itself: only the backfill's two works were fetched.
+    assert [origin.stats(f"/W{i}.pdf").get_requests for i in range(1, 8)] == [1, 1, 0, 0, 0, 0, 0]
+
+
 def test_cli_import_is_visible_in_dagster_and_retry_reopens_failed_works(
     tmp_path: Path, origin: OriginServer, five_works: tuple[list[str], dict[str, bytes]]
 ) -> None:
