@@ -31,7 +31,7 @@ def child_env(home: Path, crash: str | None) -> dict[str, str]:
 
 def run_download(home: Path, works_file: Path, crash: str | None = None, workers: int = 1):
     return subprocess.run(
-        [sys.executable, "-m", "dtkg_assets.cli_ledger", "works", "download", str(works_file),
+        [sys.executable, "-m", "dtkg_assets.cli", "works", "download", str(works_file),
          "--workers", str(workers), "--json"],
         capture_output=True, text=True, env=child_env(home, crash), timeout=240,
     )
@@ -137,7 +137,7 @@ def test_two_processes_same_works_at_once(origin, pdf_bytes, tmp_path):
     works_file = write_works(tmp_path / "works.jsonl", urls)
     home = tmp_path / "home"
     procs = [
-        subprocess.Popen([sys.executable, "-m", "dtkg_assets.cli_ledger", "works", "download", str(works_file),
+        subprocess.Popen([sys.executable, "-m", "dtkg_assets.cli", "works", "download", str(works_file),
                           "--workers", "3", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=child_env(home, None))
         for _ in range(2)

@@ -71,7 +71,7 @@ def test_export_numbers_match_the_ledger(settings, origin, pdf_bytes, tmp_path):
 def cli(home, *args, env_extra=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("DTKG_")}
     env.update(DTKG_HOME=str(home), **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "dtkg_assets.cli_ledger", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "dtkg_assets.cli", *args], capture_output=True, text=True,
                           env=env, timeout=120)
 
 

@@ -1,13 +1,11 @@
-"""The `dtkg` command line: what is not a Dagster job.
+"""Plumbing every `dtkg` command shares: exit codes, `UsageError`, settings, printing a result,
+turning an exception into one message and an exit code, SIGINT/SIGTERM, and `run` (parse, dispatch).
 
-Each subcommand is one `add_<name>(subparsers)` builder listed in `_subcommands()`, which registers its
-arguments and sets ``func`` to a `cmd_<name>(args) -> int` handler. Exit codes: 0 success, 1 the
-work failed, 2 bad input or configuration, 130/143 stopped by SIGINT/SIGTERM.
-
-No command ends in a Python traceback: `main` turns every exception into one message that names the
-command, the input or file, and what to do (``DTKG_DEBUG=1`` prints the traceback as well).
-SIGINT and SIGTERM ask running downloads to stop (`core.deadline.request_stop`): parts are kept,
-leases given back, and the command reports what was stored and what was interrupted; a second
+Exit codes: 0 success, 1 the work failed, 2 bad input or configuration, 130/143 stopped by
+SIGINT/SIGTERM. No command ends in a Python traceback: `run` turns every exception into one message
+that names the command, the input or file, and what to do (``DTKG_DEBUG=1`` prints the traceback as
+well). SIGINT and SIGTERM ask running downloads to stop (`core.deadline.request_stop`): parts are
+kept, leases given back, and the command reports what was stored and what was interrupted; a second
 signal exits at once.
 """
 
@@ -15,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import hashlib
 import json
 import os
 import signal
@@ -23,6 +20,8 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from rich.console import Console
 
 from dtkg_assets.core.errors import Reason
 from dtkg_assets.settings import Settings, SettingsError
@@ -33,78 +32,23 @@ EXIT_USAGE = 2
 EXIT_SIGNAL_BASE = 128  # 130 after SIGINT, 143 after SIGTERM (the shell convention)
 
 
+# Tables and progress of the commands that have them (demo, backfill, status).
+console = Console(stderr=False)
+
+
 class UsageError(Exception):
     """Bad input from the user: printed as is, exit code 2."""
 
 
-def default_work_id(url: str) -> str:
-    return "url-" + hashlib.sha256(url.encode()).hexdigest()[:16]
-
-
-# ---- fetch ----------------------------------------------------------------------------------
-
-
-def add_fetch(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "fetch",
-        help="download one URL into the store (resumable, verified)",
-        description="Download one PDF URL into $DTKG_HOME/store. Exit 0 only when a valid PDF is stored.",
-    )
-    p.add_argument("url", help="http:// or https:// URL of a PDF")
-    p.add_argument("--work-id", help='name for the per-work file (default: "url-" + sha256(url)[:16])')
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_fetch)
-
-
-def cmd_fetch(args: argparse.Namespace) -> int:
-    from dtkg_assets.cli_ledger import fetch_with_ledger
-    from dtkg_assets.core.credentials import redact_url
-    from dtkg_assets.core.errors import DtkgError
-    from dtkg_assets.core.store import check_work_id
-    from dtkg_assets.core.streaming import check_url
-
-    url: str = args.url
-    shown = redact_url(url)  # credentials in the URL are used for the request only, never shown or kept
+def load_settings() -> Settings:
     try:
-        check_url(url)
-        # An explicit --work-id "" is a mistake, not a request for the default.
-        work_id = default_work_id(shown) if args.work_id is None else args.work_id
-        check_work_id(work_id)
-    except DtkgError as exc:
-        hint = "Give a full http(s) URL, e.g. https://host/paper.pdf, and a work id of letters, digits, . _ -"
-        raise UsageError(f"dtkg fetch: {(exc.detail or str(exc)).replace(url, shown)}. {hint}") from None
-    settings = load_settings()
-    # Through the orchestrator, so the ledger records the work, its job, attempts and blob.
-    result = fetch_with_ledger(settings, url, work_id)
-    data = result.to_json()
-    data["http_attempts"] = len(result.http_attempts)
-    if args.json:
-        print(json.dumps(data, sort_keys=True))
-    else:
-        print(_human_fetch(data))
-    if result.reason == Reason.INTERRUPTED.value:
-        print(f"dtkg fetch: interrupted after {result.body_bytes_received} body bytes; nothing stored, the part "
-              "is kept: run the same command again to resume", file=sys.stderr)
-        return stopped_exit_code()
-    return EXIT_OK if result.ok else EXIT_FAILED
+        return Settings.from_env()
+    except SettingsError as exc:
+        raise UsageError(f"dtkg: {exc}") from None
 
 
-def _human_fetch(d: dict[str, Any]) -> str:
-    if d["status"] == "failed":
-        head = f"FAILED {d['reason']}: {d.get('detail') or ''}".rstrip(": ")
-    else:
-        head = f"{d['status'].upper()} {d['path']}"
-    fields = ("decision", "decision_reason", "sha256", "bytes", "resumed_from", "attempts", "elapsed_s", "mib_s")
-    parts = []
-    for name in fields:
-        value = d.get(name)
-        if value is None:
-            continue
-        parts.append(f"{name}={value:.3f}" if isinstance(value, float) else f"{name}={value}")
-    return head + "\n  " + " ".join(parts)
-
-
-# ---- plumbing -------------------------------------------------------------------------------
+def print_result(data: Any, as_json: bool, human: str) -> None:
+    print(json.dumps(data, sort_keys=True, default=str) if as_json else human)
 
 
 def stopped_exit_code() -> int:
@@ -173,32 +117,6 @@ def describe_error(command: str, exc: BaseException) -> tuple[str, int]:
             "the output of the same command run with DTKG_DEBUG=1)"), EXIT_FAILED
 
 
-def load_settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except SettingsError as exc:
-        raise UsageError(f"dtkg: {exc}") from None
-
-
-def _subcommands() -> list[Callable[[Any], None]]:
-    from dtkg_assets.cli_ledger import add_ledger, add_reconcile, add_works
-    from dtkg_assets.cli_runs import add_backfill, add_demo, add_status
-
-    return [add_fetch, add_demo, add_backfill, add_status, add_works, add_reconcile, add_ledger]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dtkg", description="dtkg-assets: verified, deduplicated PDFs")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in _subcommands():
-        add(subparsers)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run(build_parser(), argv)
-
-
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
     """Parse, run the subcommand's handler, and turn whatever it raises into words and an exit code."""
     args = parser.parse_args(argv)
@@ -232,10 +150,3 @@ def _action(args: argparse.Namespace) -> str:
         if value:
             return str(value)
     return ""
-
-
-if __name__ == "__main__":
-    # Run the imported module, not __main__, so exception classes match the subcommand modules'.
-    from dtkg_assets.cli import main as package_main
-
-    sys.exit(package_main())

@@ -1,0 +1,102 @@
+"""`dtkg backfill`: pending partitions of artifact_pdfs materialized through Dagster in batch runs.
+
+Dagster is imported inside the handlers so `dtkg fetch` and friends start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from dtkg_assets.cli.common import EXIT_FAILED, EXIT_OK, UsageError, console, load_settings, stopped_exit_code
+from dtkg_assets.cli.ledger_access import ledger_summary, preflight
+from dtkg_assets.core import deadline
+from dtkg_assets.settings import Settings
+
+
+def add_backfill(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "backfill",
+        help="materialize pending artifact_pdfs partitions through Dagster in batch runs",
+        description="Download every work the ledger says needs work, in batch runs on $DTKG_HOME/dagster.",
+    )
+    p.add_argument("--limit", type=int, default=None, help="at most this many works")
+    p.add_argument("--workers", type=int, default=None, help="download threads per run")
+    p.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    p.set_defaults(func=cmd_backfill)
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("dtkg backfill: --limit must be a positive number of works")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("dtkg backfill: --workers must be at least 1")
+    settings = load_settings()
+    if args.json:
+        console.stderr = True  # stdout carries only the JSON object
+    preflight(settings, "backfill")
+    from dtkg_assets.defs.launch import dagster_instance, pending_keys, run_checks
+
+    instance = dagster_instance(settings)
+    keys = pending_keys(settings)
+    if args.limit is not None:
+        keys = keys[: args.limit]
+    started = time.perf_counter()
+    report = backfill_with_progress(instance, settings, args.workers, keys)
+    wall = time.perf_counter() - started
+    if deadline.stop_requested():
+        done = sum(b.materialized for b in report.batches)
+        console.print(f"dtkg backfill: stopped by {deadline.stop_reason()} after {len(report.batches)} runs: "
+                      f"{done} of {report.pending} works materialized; parts are kept, run it again to continue")
+        return stopped_exit_code()
+    # A batch with a failed work skips its checks in Dagster: check everything once here.
+    checks = run_checks(instance, settings, report) if report.pending else {}
+    data = {
+        "pending": report.pending,
+        "runs": len(report.batches),
+        "failed_runs": report.failed_runs,
+        "materialized": sum(b.materialized for b in report.batches),
+        "wall_s": round(wall, 3),
+        "checks": checks,
+        "summary": ledger_summary(settings) if report.pending else None,
+    }
+    if args.json:
+        print(json.dumps(data, sort_keys=True))
+    else:
+        console.print(
+            f"{data['materialized']} of {data['pending']} works materialized in {data['runs']} runs "
+            f"({data['failed_runs']} runs with failed works) in {wall:.1f} s"
+        )
+        for name, passed in checks.items():
+            console.print(f"asset check {name}: {'passed' if passed else 'FAILED'}")
+    return EXIT_OK if report.failed_runs == 0 and all(checks.values()) else EXIT_FAILED
+
+
+def backfill_with_progress(
+    instance: Any, settings: Settings, workers: int | None, keys: list[str], command: str = "backfill"
+) -> Any:
+    """Batch runs over `keys` with a progress bar that advances as each run finishes."""
+    from dtkg_assets.defs.launch import backfill
+
+    if not keys:
+        console.print("nothing to download: every work is finished or failed permanently")
+    with Progress(
+        TextColumn("[bold]artifact_pdfs"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[note]}"),
+        console=console,
+        disable=not keys,
+    ) as progress:
+        task = progress.add_task("works", total=len(keys), note="")
+
+        def on_batch(batch: Any, size: int) -> None:
+            state = "ok" if batch.success else "some failed"
+            progress.update(task, advance=size, note=f"run {batch.run_id[:8]} {state}")
+
+        return backfill(instance, settings, workers=workers, keys=keys, on_batch=on_batch, command=command)
