@@ -130,7 +130,7 @@ def origin_counts(origin: OriginServer, paths: list[str]) -> tuple[int, int, int
 def verify_ours(home: Path, corpus: Corpus) -> None:
     """Every work INDEXED in the ledger, with a file on disk whose bytes hash to the source's sha256."""
     from dtkg_assets.core.ledger import Ledger
-    from dtkg_assets.settings import Settings
+    from dtkg_assets.core.settings import Settings
 
     settings = Settings.from_env(our_env(home))
     led = Ledger.open_reader(settings, live=True)
@@ -162,7 +162,7 @@ def breakdown(home: Path) -> dict[str, float]:
     import dagster as dg
 
     from dtkg_assets.core.ledger import Ledger
-    from dtkg_assets.settings import Settings
+    from dtkg_assets.core.settings import Settings
 
     out: dict[str, float] = {}
     settings = Settings.from_env(our_env(home))
@@ -276,8 +276,8 @@ def profile_run(jsonl: Path, home: Path, workers: int, dest: Path) -> None:
     run_measured([*dtkg_cmd(), "works", "import", str(jsonl)], env=env, cwd=ROOT)
     os.environ.update({k: v for k, v in env.items() if k.startswith("DTKG_")})
     from dtkg_assets.core.ledger import Ledger, LedgerStats
+    from dtkg_assets.core.settings import Settings
     from dtkg_assets.defs.launch import backfill, dagster_instance
-    from dtkg_assets.settings import Settings
 
     totals = LedgerStats()
     original_close = Ledger.close

@@ -78,9 +78,9 @@ def orchestrator_run(env: dict[str, str], ids: list[str], workers: int) -> dict[
     from dtkg_assets.core.http import make_client
     from dtkg_assets.core.ledger import Ledger
     from dtkg_assets.core.orchestrator import Orchestrator
+    from dtkg_assets.core.settings import Settings
     from dtkg_assets.core.store import Store
     from dtkg_assets.core.streaming import Engine
-    from dtkg_assets.settings import Settings
 
     settings = Settings.from_env(env)
     t_open = time.perf_counter()

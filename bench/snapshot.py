@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from dtkg_assets.core.ledger import Ledger
+from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.types import Candidate, WorkRecord
-from dtkg_assets.settings import Settings
 
 
 def populate(settings: Settings, n: int) -> float:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from dtkg_assets.core.settings import Settings
 from dtkg_assets.demo.sample import SampleCorpus, build_sample_corpus
-from dtkg_assets.settings import Settings
 from dtkg_assets_tests.support.nginx import NginxServer
 from dtkg_assets_tests.support.origin import OriginServer
 from dtkg_assets_tests.support.pgcluster import PgCluster

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dtkg_assets.cli import default_work_id
-from dtkg_assets.settings import MiB
+from dtkg_assets.core.settings import MiB
 from dtkg_assets_tests.conftest import loopback_env
 from dtkg_assets_tests.support.origin import FaultMode, OriginServer
 

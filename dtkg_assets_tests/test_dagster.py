@@ -12,6 +12,7 @@ import dagster as dg
 import pytest
 
 from dtkg_assets.core.ledger import Ledger
+from dtkg_assets.core.settings import Settings
 from dtkg_assets.definitions import build_definitions
 from dtkg_assets.defs.assets import artifact_pdfs, openalex_works
 from dtkg_assets.defs.batching import partition_batches
@@ -20,7 +21,6 @@ from dtkg_assets.defs.partitions import ARTIFACT_PARTITIONS_NAME
 from dtkg_assets.defs.resources import default_resources
 from dtkg_assets.defs.schedules import refresh_run_config
 from dtkg_assets.defs.sensors import reconcile_sensor, release_leases_on_failure, work_partitions_sensor
-from dtkg_assets.settings import Settings
 from dtkg_assets_tests.conftest import loopback_env, pdf_bytes
 from dtkg_assets_tests.support.origin import FaultMode, OriginServer
 

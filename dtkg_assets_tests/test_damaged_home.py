@@ -146,8 +146,8 @@ def test_a_ledger_write_on_a_full_disk_is_reason_disk_full(tmpfs: Path) -> None:
     """A write transaction that cannot grow the ledger's WAL (the disk filled during a run) raises the
     ledger's disk_full error naming the file, not DuckDB's raw IOException; what was committed stays."""
     from dtkg_assets.core.ledger import Ledger, LedgerDiskFull
+    from dtkg_assets.core.settings import Settings
     from dtkg_assets.core.types import Candidate, WorkRecord
-    from dtkg_assets.settings import Settings
 
     def works(start: int, n: int) -> list[WorkRecord]:
         return [WorkRecord(work_id=f"W{i}",

@@ -13,10 +13,10 @@ from dtkg_assets.core.export import export
 from dtkg_assets.core.http import make_client
 from dtkg_assets.core.ledger import SCHEMA_VERSION, Ledger
 from dtkg_assets.core.orchestrator import Orchestrator
+from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.store import Store
 from dtkg_assets.core.streaming import Engine
 from dtkg_assets.core.types import Candidate, WorkRecord
-from dtkg_assets.settings import Settings
 from dtkg_assets_tests.support.origin import FaultMode
 
 

@@ -20,7 +20,7 @@ from dtkg_assets.core.http import (
     request_error,
     user_agent,
 )
-from dtkg_assets.settings import Settings
+from dtkg_assets.core.settings import Settings
 from dtkg_assets_tests.support.origin import FaultMode
 
 

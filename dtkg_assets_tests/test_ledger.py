@@ -19,8 +19,8 @@ from dtkg_assets.core.ledger import (
     job_id_for,
 )
 from dtkg_assets.core.ledger.states import check_transition
+from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.types import Candidate, FetchResult, HttpAttempt, WorkRecord
-from dtkg_assets.settings import Settings
 
 BACKENDS = ["duckdb", "postgresql"]
 

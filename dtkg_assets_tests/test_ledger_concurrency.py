@@ -13,15 +13,15 @@ import time
 import pytest
 
 from dtkg_assets.core.ledger import Ledger, LedgerBusy, State
+from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.types import Candidate, WorkRecord
-from dtkg_assets.settings import Settings
 
 HOLDER = textwrap.dedent(
     """
     import sys, time
     from dtkg_assets.core.ledger import Ledger
     from dtkg_assets.core.types import Candidate, WorkRecord
-    from dtkg_assets.settings import Settings
+    from dtkg_assets.core.settings import Settings
     s = Settings().with_home(sys.argv[1])
     led = Ledger.open_writer(s, owner="holder-proc")
     led.plan([WorkRecord(f"H{i}", [Candidate(f"http://127.0.0.1:9/h{i}.pdf", "x")]) for i in range(10)])

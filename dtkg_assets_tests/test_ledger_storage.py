@@ -19,9 +19,9 @@ import duckdb
 import pytest
 
 from dtkg_assets.core.ledger import SCHEMA_VERSION, Ledger, LedgerUnavailable
+from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.store import Store
 from dtkg_assets.core.types import Candidate, WorkRecord
-from dtkg_assets.settings import Settings
 from dtkg_assets_tests.conftest import loopback_env
 
 
@@ -55,7 +55,7 @@ CRASHED_WRITER = textwrap.dedent(
     import os, sys
     from dtkg_assets.core.ledger import Ledger
     from dtkg_assets.core.types import Candidate, WorkRecord
-    from dtkg_assets.settings import Settings
+    from dtkg_assets.core.settings import Settings
     s = Settings().with_home(sys.argv[1]).replace(ledger={"snapshot_interval_s": 0})
     led = Ledger.open_writer(s, owner="crashes")
     led.plan([WorkRecord("LATE", [Candidate("http://127.0.0.1:9/late.pdf", "x")])])

@@ -10,7 +10,7 @@ import pytest
 from dtkg_assets.core.errors import DtkgError, Reason
 from dtkg_assets.core.http import make_client, request_error
 from dtkg_assets.core.netguard import AllowList, check_host, is_private_address
-from dtkg_assets.settings import Settings
+from dtkg_assets.core.settings import Settings
 from dtkg_assets_tests.support.origin import FaultMode
 
 

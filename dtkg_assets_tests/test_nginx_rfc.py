@@ -11,10 +11,10 @@ import pytest
 
 from dtkg_assets.core.errors import DtkgError, Reason
 from dtkg_assets.core.http import make_client
+from dtkg_assets.core.settings import MiB, Settings
 from dtkg_assets.core.store import Store
 from dtkg_assets.core.streaming import Engine, PartState
 from dtkg_assets.core.types import FetchResult, NullHooks
-from dtkg_assets.settings import MiB, Settings
 from dtkg_assets_tests.support.nginx import NginxServer
 
 SIZE = 5 * MiB + 321

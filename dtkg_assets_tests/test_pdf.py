@@ -8,7 +8,7 @@ import pytest
 
 from dtkg_assets.core.errors import DtkgError, Reason
 from dtkg_assets.core.pdf import is_valid_pdf, validate_pdf
-from dtkg_assets.settings import ValidationSettings
+from dtkg_assets.core.settings import ValidationSettings
 
 V = ValidationSettings()
 FILL = b"#" * 4000

@@ -8,7 +8,7 @@ import pytest
 
 from dtkg_assets.core.errors import DtkgError, Reason
 from dtkg_assets.core.http import make_client
-from dtkg_assets.settings import Settings
+from dtkg_assets.core.settings import Settings
 
 ROBOTS = """\
 # Generic crawlers

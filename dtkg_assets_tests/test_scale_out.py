@@ -18,8 +18,8 @@ import psycopg
 import pytest
 import yaml
 
+from dtkg_assets.core.settings import Settings
 from dtkg_assets.defs.instance import instance_yaml, pool_limit
-from dtkg_assets.settings import Settings
 from dtkg_assets_tests.conftest import loopback_env, pdf_bytes
 from dtkg_assets_tests.support.origin import FaultMode, OriginServer
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from dtkg_assets.core.errors import DtkgError, Reason
+from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.store import Store, sha256_file
-from dtkg_assets.settings import Settings
 
 DATA = b"%PDF-1.7\n" + bytes(range(256)) * 20 + b"\n%%EOF\n"
 SHA = hashlib.sha256(DATA).hexdigest()

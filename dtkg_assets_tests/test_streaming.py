@@ -13,6 +13,7 @@ import pytest
 
 from dtkg_assets.core.errors import DtkgError, Reason
 from dtkg_assets.core.http import make_client
+from dtkg_assets.core.settings import MiB, Settings
 from dtkg_assets.core.store import Store
 from dtkg_assets.core.streaming import (
     Engine,
@@ -22,7 +23,6 @@ from dtkg_assets.core.streaming import (
     parse_content_range,
 )
 from dtkg_assets.core.types import NullHooks
-from dtkg_assets.settings import MiB, Settings
 from dtkg_assets_tests.conftest import PDF_TAIL
 from dtkg_assets_tests.support.origin import FaultMode, OriginServer
 

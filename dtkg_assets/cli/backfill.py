@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from dtkg_assets.cli.common import EXIT_FAILED, EXIT_OK, UsageError, console, load_settings, stopped_exit_code
 from dtkg_assets.cli.ledger_access import ledger_summary, preflight
 from dtkg_assets.core import deadline
-from dtkg_assets.settings import Settings
+from dtkg_assets.core.settings import Settings
 
 
 def add_backfill(subparsers: Any) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 from rich.console import Console
 
 from dtkg_assets.core.errors import Reason
-from dtkg_assets.settings import Settings, SettingsError
+from dtkg_assets.core.settings import Settings, SettingsError
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -16,7 +16,7 @@ from rich.table import Table
 from dtkg_assets.cli.backfill import backfill_with_progress
 from dtkg_assets.cli.common import EXIT_FAILED, EXIT_OK, UsageError, console, load_settings
 from dtkg_assets.cli.ledger_access import ledger_summary, preflight, reader
-from dtkg_assets.settings import Settings
+from dtkg_assets.core.settings import Settings
 
 DEMO_PORT = 8787
 
@@ -52,7 +52,7 @@ ORIGIN_FILE = "origin.json"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from dtkg_assets.settings import write_settings_file
+    from dtkg_assets.core.settings import write_settings_file
 
     if not 0 <= args.port <= 65535:
         raise UsageError(f"dtkg demo: --port {args.port} is not a TCP port (0-65535; 0 picks a free one)")

@@ -12,8 +12,8 @@ from typing import Any
 from dtkg_assets.cli.common import EXIT_FAILED, EXIT_OK, UsageError, load_settings, stopped_exit_code
 from dtkg_assets.cli.ledger_access import writer
 from dtkg_assets.core.errors import Reason
+from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.types import Candidate, FetchResult, WorkRecord
-from dtkg_assets.settings import Settings
 
 
 def default_work_id(url: str) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 from dtkg_assets.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, load_settings, print_result
 from dtkg_assets.cli.ledger_access import reader, storage_words, writer
 from dtkg_assets.core.ledger import Ledger
-from dtkg_assets.settings import Settings
+from dtkg_assets.core.settings import Settings
 
 
 def add_reconcile(subparsers: Any) -> None:

@@ -17,7 +17,7 @@ import duckdb
 from dtkg_assets.cli.common import UsageError
 from dtkg_assets.core.ledger import Ledger, LedgerCorrupt, LedgerError, default_owner
 from dtkg_assets.core.ledger.storage import is_disk_full, storage_error
-from dtkg_assets.settings import Settings
+from dtkg_assets.core.settings import Settings
 
 # DuckDB errors that mean the file or the disk, not the query: worded by `storage_error`.
 _STORAGE_ERRORS = (duckdb.IOException, duckdb.FatalException, duckdb.InternalException, duckdb.SerializationException)

@@ -10,7 +10,7 @@ from typing import Any
 from rich.table import Table
 
 from dtkg_assets.cli.common import EXIT_OK, EXIT_USAGE, console, load_settings
-from dtkg_assets.settings import Settings
+from dtkg_assets.core.settings import Settings
 
 
 def add_status(subparsers: Any) -> None:

@@ -20,8 +20,8 @@ from dtkg_assets.cli.common import (
 from dtkg_assets.cli.ledger_access import writer
 from dtkg_assets.core import deadline
 from dtkg_assets.core.errors import Reason
+from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.types import InputProblem
-from dtkg_assets.settings import Settings
 
 
 def add_works(subparsers: Any) -> None:

@@ -26,9 +26,9 @@ import httpx
 
 from dtkg_assets.core.errors import DtkgError, Reason, reason_for_status
 from dtkg_assets.core.retrying import error_from_httpx, parse_retry_after
+from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.types import FetchHooks, FetchResult, HttpAttempt
 from dtkg_assets.core.works import OPENALEX_CONTENT
-from dtkg_assets.settings import Settings
 
 VIA = "openalex_content"
 # Credit headers seen on OpenAlex answers (any that is present is read).

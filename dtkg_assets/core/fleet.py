@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dtkg_assets.core.errors import DtkgError, Reason
-from dtkg_assets.settings import Settings, is_postgres_url
+from dtkg_assets.core.settings import Settings, is_postgres_url
 
 SCHEMA = "dtkg"
 _ADVISORY_CLASS = 0x64746B  # "dtk": the first key of every advisory lock this module takes

@@ -38,8 +38,8 @@ from dtkg_assets.core import credentials, deadline, fleet, netguard
 from dtkg_assets.core.errors import DtkgError, Reason, reason_for_status
 from dtkg_assets.core.retrying import error_from_httpx, parse_retry_after, retrying
 from dtkg_assets.core.robots import RobotsCache
+from dtkg_assets.core.settings import HttpSettings, Settings
 from dtkg_assets.core.walls import ChallengeTracker
-from dtkg_assets.settings import HttpSettings, Settings
 
 PRODUCT_TOKEN = "dtkg-assets"
 METADATA_CACHE_FILE = "metadata-cache.sqlite"

@@ -37,10 +37,10 @@ from selectolax.lexbor import LexborHTMLParser
 from dtkg_assets.core.errors import DtkgError, Reason, reason_for_status
 from dtkg_assets.core.ledger.states import TRANSITIONS, State
 from dtkg_assets.core.retrying import error_from_httpx, parse_retry_after, retrying
+from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.types import EffectType, FetchHooks, FetchResult, HttpAttempt, NullHooks, Stage
 from dtkg_assets.core.walls import challenge_marker, record_challenge, refusal_error
 from dtkg_assets.core.works import OPENALEX_CONTENT, candidate_kind, doi_url
-from dtkg_assets.settings import Settings
 
 HTML_ACCEPT = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.5"
 # Links tried per HTML page when the best one fails without answering HTML (404, not a PDF …).

@@ -17,9 +17,9 @@ import httpx
 
 from dtkg_assets.core.errors import DtkgError, Reason, reason_for_status
 from dtkg_assets.core.http import get_with_retries, make_client
+from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.types import InputProblem, WorkRecord
 from dtkg_assets.core.works import parse_identifier, parse_work
-from dtkg_assets.settings import Settings
 
 MAX_PER_PAGE = 100  # current OpenAlex docs cap per_page at 100
 

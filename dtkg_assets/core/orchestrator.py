@@ -25,9 +25,9 @@ from dtkg_assets.core.errors import Reason
 from dtkg_assets.core.landing import make_resolver
 from dtkg_assets.core.ledger import IN_FLIGHT, Job, LeaseLost, Ledger, State
 from dtkg_assets.core.ledger.db import Lease
+from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.store import Store, resolve_store_path
 from dtkg_assets.core.types import EffectType, FetchHooks, FetchResult, Stage, WorkRecord
-from dtkg_assets.settings import Settings
 
 OutcomeStatus = Literal["downloaded", "deduped", "skipped_complete", "failed", "deferred"]
 

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 
 from dtkg_assets.core.errors import DtkgError, Reason
-from dtkg_assets.settings import ValidationSettings
+from dtkg_assets.core.settings import ValidationSettings
 
 PDF_MAGIC = b"%PDF-"
 PDF_EOF = b"%%EOF"

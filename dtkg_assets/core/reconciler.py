@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from dtkg_assets.core.ledger import Ledger
+from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.store import Store, resolve_store_path, sha256_file
-from dtkg_assets.settings import Settings
 
 KINDS = (
     "expired_leases",

@@ -18,7 +18,7 @@ import tenacity
 
 from dtkg_assets.core import deadline
 from dtkg_assets.core.errors import RETRY_IN_PLACE, DtkgError, Reason
-from dtkg_assets.settings import HttpSettings
+from dtkg_assets.core.settings import HttpSettings
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

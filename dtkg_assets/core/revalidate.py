@@ -18,9 +18,9 @@ from dtkg_assets.core.errors import DtkgError
 from dtkg_assets.core.http import deadline_timeout
 from dtkg_assets.core.ledger import Ledger
 from dtkg_assets.core.orchestrator import Orchestrator
+from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.store import Store
 from dtkg_assets.core.streaming import Engine
-from dtkg_assets.settings import Settings
 
 FINISHED_JOBS_SQL = """
     SELECT job_id, work_id, coalesce(final_url, url), etag, last_modified, sha256, bytes

@@ -14,9 +14,9 @@ from typing import Any
 from dtkg_assets.core.errors import DtkgError
 from dtkg_assets.core.ledger import Ledger
 from dtkg_assets.core.openalex import OpenAlexClient
+from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.types import InputProblem, WorkRecord
 from dtkg_assets.core.works import read_id_list, read_jsonl
-from dtkg_assets.settings import Settings
 
 
 class SourceError(ValueError):

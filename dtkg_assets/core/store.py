@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from dtkg_assets.core.errors import DtkgError, Reason
-from dtkg_assets.settings import Settings
+from dtkg_assets.core.settings import Settings
 
 HASH_BLOCK = 1024 * 1024
 _WORK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")

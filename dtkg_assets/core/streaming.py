@@ -41,10 +41,10 @@ from dtkg_assets.core.errors import DtkgError, Reason, reason_for_status
 from dtkg_assets.core.http import deadline_timeout, polite_transport
 from dtkg_assets.core.pdf import validate_pdf
 from dtkg_assets.core.retrying import error_from_httpx, parse_retry_after, retrying
+from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.store import Store, check_work_id, sha256_file
 from dtkg_assets.core.types import FetchHooks, FetchResult, HttpAttempt, NullHooks
 from dtkg_assets.core.walls import response_refusal
-from dtkg_assets.settings import Settings
 
 MiB = 1024 * 1024
 # Artifacts ask for a PDF first; whatever comes back is judged by its bytes (validation), not its type.

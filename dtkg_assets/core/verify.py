@@ -16,8 +16,8 @@ from pathlib import Path
 
 from dtkg_assets.core.ledger import Ledger
 from dtkg_assets.core.pdf import is_valid_pdf
+from dtkg_assets.core.settings import ValidationSettings
 from dtkg_assets.core.store import Store, sha256_file
-from dtkg_assets.settings import ValidationSettings
 
 
 @dataclass

@@ -13,13 +13,13 @@ import dagster as dg
 
 from dtkg_assets.core.advice import advice
 from dtkg_assets.core.orchestrator import Orchestrator, WorkOutcome
+from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.sources import WorksSource, read_source, record_source
 from dtkg_assets.core.streaming import Engine
 from dtkg_assets.core.verify import prepare_request
 from dtkg_assets.defs.event_writer import BackgroundEvents
 from dtkg_assets.defs.partitions import ARTIFACT_PARTITIONS_NAME, LEDGER_POOL, artifact_partitions
 from dtkg_assets.defs.resources import HttpClientResource, LedgerResource, SettingsResource, StoreResource
-from dtkg_assets.settings import Settings
 
 # Read once at load time: a backfill policy is part of the definition.
 _LOAD_SETTINGS = Settings.from_env()

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from dtkg_assets.settings import Settings
+from dtkg_assets.core.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REPO_DAGSTER_YAML = REPO_ROOT / "dagster.yaml"

@@ -20,6 +20,7 @@ import dagster as dg
 from dtkg_assets.core import deadline
 from dtkg_assets.core.ledger import Ledger, LedgerUnavailable
 from dtkg_assets.core.ledger.queries import works_needing_work
+from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.sources import WorksSource
 from dtkg_assets.defs.assets import openalex_works, restore_stacks
 from dtkg_assets.defs.batching import partition_batches
@@ -27,7 +28,6 @@ from dtkg_assets.defs.instance import instance_yaml, normalize_environment
 from dtkg_assets.defs.jobs import artifact_checks_job, artifact_pdfs_job, openalex_works_job, reconcile_job
 from dtkg_assets.defs.partitions import ARTIFACT_PARTITIONS_NAME
 from dtkg_assets.defs.sensors import CHECKS_INLINE_TAG, RANGE_END, RANGE_START
-from dtkg_assets.settings import Settings
 
 
 def quiet_loggers() -> dict[str, Any]:

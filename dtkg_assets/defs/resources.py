@@ -15,8 +15,8 @@ from pydantic import PrivateAttr
 
 from dtkg_assets.core.http import make_client
 from dtkg_assets.core.ledger import Ledger
+from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.store import Store
-from dtkg_assets.settings import Settings
 
 
 class SettingsResource(dg.ConfigurableResource):

@@ -18,6 +18,7 @@ from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
 
 from dtkg_assets.core.ledger import LedgerUnavailable
 from dtkg_assets.core.ledger.queries import automation_view, finished_files, works_seen_since
+from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.store import Store
 from dtkg_assets.core.verify import file_problem
 from dtkg_assets.defs.assets import OUTCOME_TAG
@@ -25,7 +26,6 @@ from dtkg_assets.defs.batching import partition_batches
 from dtkg_assets.defs.jobs import artifact_checks_job, artifact_pdfs_job, reconcile_job, release_leases_job
 from dtkg_assets.defs.partitions import ARTIFACT_PARTITIONS_NAME, artifact_partitions
 from dtkg_assets.defs.resources import LedgerResource
-from dtkg_assets.settings import Settings
 
 PARTITION_BATCH = 10_000
 RECONCILE_INTERVAL_S = Settings.from_env().run.reconcile_interval_s

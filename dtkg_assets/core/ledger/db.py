@@ -60,10 +60,10 @@ from dtkg_assets.core.ledger.storage import (
     lock_path,
     read_holder,
 )
+from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.store import store_relative
 from dtkg_assets.core.types import HttpAttempt, InputProblem, WorkRecord
 from dtkg_assets.core.works import candidate_enabled
-from dtkg_assets.settings import Settings
 
 T = TypeVar("T")
 _JOB_COLS = ", ".join(f.name for f in fields(Job))

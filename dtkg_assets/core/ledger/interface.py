@@ -43,8 +43,8 @@ if TYPE_CHECKING:
     from dtkg_assets.core.ledger.lease import Lease
 
 from dtkg_assets.core.ledger.states import COMPLETE, State
+from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.types import FetchResult, HttpAttempt, WorkRecord
-from dtkg_assets.settings import Settings
 
 # Deterministic keys: every backend derives the same job ids and op keys from the same input.
 

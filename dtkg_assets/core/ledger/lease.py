@@ -26,8 +26,8 @@ from dtkg_assets.core.ledger.interface import (
     op_key_for,
 )
 from dtkg_assets.core.ledger.states import IllegalTransition, State, check_transition
+from dtkg_assets.core.settings import LedgerSettings
 from dtkg_assets.core.types import FetchResult
-from dtkg_assets.settings import LedgerSettings
 
 
 class LeaseLost(DtkgError):

@@ -52,10 +52,10 @@ from dtkg_assets.core.ledger.lease import GroupCommit, Lease, apply_guarded_writ
 from dtkg_assets.core.ledger.schema import TABLES
 from dtkg_assets.core.ledger.states import COMPLETE, IN_FLIGHT, State, check_transition
 from dtkg_assets.core.ledger.storage import LedgerBusy, LedgerUnavailable
+from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.store import store_relative
 from dtkg_assets.core.types import HttpAttempt, InputProblem, WorkRecord
 from dtkg_assets.core.works import candidate_enabled
-from dtkg_assets.settings import Settings
 
 T = TypeVar("T")
 S = pg_schema.SCHEMA

@@ -23,8 +23,8 @@ import duckdb
 
 from dtkg_assets.core.ledger import pg_schema, schema
 from dtkg_assets.core.ledger.schema import TABLES
+from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.store import fsync_dir, fsync_file
-from dtkg_assets.settings import Settings
 
 BATCH_ROWS = 20_000
 

@@ -20,8 +20,8 @@ import duckdb
 from dtkg_assets.core.ledger import schema, storage
 from dtkg_assets.core.ledger.db import Ledger, default_owner, job_id_for
 from dtkg_assets.core.ledger.storage import LedgerCorrupt, LedgerError
+from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.store import Store, sha256_file, store_relative
-from dtkg_assets.settings import Settings
 
 _BLOB_SUFFIX = ".pdf"
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import duckdb
 
 from dtkg_assets.core.errors import DtkgError, Reason
-from dtkg_assets.settings import Settings
+from dtkg_assets.core.settings import Settings
 
 # A DuckDB file starts with an 8-byte checksum and the magic bytes "DUCK".
 _MAGIC = b"DUCK"
