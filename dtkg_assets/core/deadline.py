@@ -151,9 +151,3 @@ def sleep(seconds: float) -> None:
     """`time.sleep` that ends early on a stop request (backoff waits between retries)."""
     if seconds > 0:
         _stop.wait(seconds)
-
-
-def reset_stop() -> None:
-    """Forget a stop request (tests, and long-lived processes that handled it)."""
-    _stop.clear()
-    _stop_reason.clear()

@@ -40,7 +40,7 @@ from dtkg_assets.core.retrying import error_from_httpx, parse_retry_after, retry
 from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.types import EffectType, FetchHooks, FetchResult, HttpAttempt, NullHooks, Stage
 from dtkg_assets.core.walls import challenge_marker, record_challenge, refusal_error
-from dtkg_assets.core.works import OPENALEX_CONTENT, candidate_kind, doi_url
+from dtkg_assets.core.works import candidate_kind, doi_url
 
 HTML_ACCEPT = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.5"
 # Links tried per HTML page when the best one fails without answering HTML (404, not a PDF …).
@@ -441,12 +441,6 @@ def _failed(url: str, work_id: str | None, exc: DtkgError, *, attempts: list[Htt
                          detail=exc.detail or None, http_status=exc.status, hops=hops, landing_url=landing_url)
     result.http_attempts = list(attempts or [])
     return result
-
-
-def content_url(url: str, settings: Settings) -> str:
-    """The stored content API URL with the configured base."""
-    base = settings.landing.content_base_url.rstrip("/")
-    return base + url[len(OPENALEX_CONTENT):] if url.startswith(OPENALEX_CONTENT) else url
 
 
 def make_resolver(engine: Any, settings: Settings, ledger: Any | None = None) -> Resolver:

@@ -84,12 +84,6 @@ class ServerValidators:
             return self.etag
         return None
 
-    @property
-    def weak_etag(self) -> str | None:
-        if self.etag and self.etag.startswith("W/"):
-            return self.etag
-        return None
-
     def if_range_value(self) -> str | None:
         """Strong ETag, else Last-Modified, else None. Never a weak ETag."""
         return self.strong_etag or self.last_modified or None

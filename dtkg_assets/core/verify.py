@@ -1,5 +1,5 @@
-"""Verification of finished artifacts: the file is there, its bytes hash to the ledger's sha256,
-and it is a PDF. Used by the asset checks, `dtkg status` and materialization requests.
+"""Verification of finished artifacts: the file is there and its bytes hash to the ledger's sha256.
+Used by the asset checks, the reconcile sensor and materialization requests.
 
 `prepare_request` is what a materialization request does before downloading: a work the ledger
 marks complete is verified on disk (and reopened when its file is missing or corrupt); on a user's
@@ -10,26 +10,12 @@ Automation never reopens permanent failures.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dtkg_assets.core.ledger import Ledger
-from dtkg_assets.core.pdf import is_valid_pdf
-from dtkg_assets.core.settings import ValidationSettings
 from dtkg_assets.core.store import Store, sha256_file
-
-
-@dataclass
-class VerifyReport:
-    checked: int = 0
-    missing: list[str] = field(default_factory=list)  # work ids
-    hash_mismatch: list[str] = field(default_factory=list)
-    not_pdf: list[str] = field(default_factory=list)
-
-    @property
-    def file_problems(self) -> int:
-        return len(self.missing) + len(self.hash_mismatch)
 
 
 def file_problem(path: Path, sha256: str, size: int | None, depth: str = "sha256") -> str | None:
@@ -50,25 +36,6 @@ def file_problem(path: Path, sha256: str, size: int | None, depth: str = "sha256
         except FileNotFoundError:
             return "file_missing"
     return None
-
-
-def verify_artifacts(
-    rows: Iterable[tuple[str, str, str, int]], validation: ValidationSettings, *, hash_files: bool = True
-) -> VerifyReport:
-    """Check each (work_id, sha256, path, bytes) row against the file on disk."""
-    report = VerifyReport()
-    for work_id, sha256, path, size in rows:
-        report.checked += 1
-        file = Path(path)
-        problem = file_problem(file, sha256, size or None, "sha256" if hash_files else "exists")
-        if problem == "file_missing":
-            report.missing.append(work_id)
-            continue
-        if problem == "hash_mismatch":
-            report.hash_mismatch.append(work_id)
-        if not is_valid_pdf(file, validation):
-            report.not_pdf.append(work_id)
-    return report
 
 
 @dataclass

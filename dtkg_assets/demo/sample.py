@@ -87,12 +87,6 @@ class SampleCorpus:
     expected: dict[str, ExpectedOutcome] = field(default_factory=dict)  # work id -> outcome
     specs: list[_WorkSpec] = field(default_factory=list, repr=False)
 
-    def expected_status(self, work_id: str) -> ExpectedStatus:
-        return self.expected[work_id].status
-
-    def expected_reason(self, work_id: str) -> str:
-        return self.expected[work_id].reason
-
     @property
     def work_ids(self) -> list[str]:
         return [spec.work_id for spec in self.specs]

@@ -124,7 +124,6 @@ class Ledger:
         self._last_publish = 0.0
         self.stats = LedgerStats()
         self.recovered: dict[str, int] = {}
-        self.group_commit = True
         self.commits = GroupCommit(self)  # the batched lease write path (interface.py)
         self._qlock = threading.Lock()
         self._queue: list[_Ticket] = []
@@ -444,17 +443,13 @@ class Ledger:
         ticket = _Ticket(fn)
         try:
             with self._timed():
-                if not self.group_commit:
-                    with self._wlock:
-                        self._run_alone(ticket)
-                else:
-                    with self._qlock:
-                        self._queue.append(ticket)
-                    with self._wlock:
-                        if not ticket.done:
-                            with self._qlock:
-                                batch, self._queue = self._queue, []
-                            self._run_batch(batch)
+                with self._qlock:
+                    self._queue.append(ticket)
+                with self._wlock:
+                    if not ticket.done:
+                        with self._qlock:
+                            batch, self._queue = self._queue, []
+                        self._run_batch(batch)
             if ticket.error is not None:
                 raise ticket.error
         except duckdb.Error as exc:
@@ -956,10 +951,6 @@ def _job_lite(cur: duckdb.DuckDBPyConnection, job_id: str) -> Job | None:
     """The job's lease/state columns only (others None): for lease decisions."""
     row = first_row(cur, _LITE_SQL, [job_id])
     return None if row is None else _lite(row)
-
-
-def _assignments(values: dict[str, Any]) -> str:
-    return ", ".join(f"{k} = ?" for k in values)
 
 
 _JOB_TYPES: dict[str, str] = {name: kind.split()[0] for name, kind in schema.TABLES["artifact_jobs"]}

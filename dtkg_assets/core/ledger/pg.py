@@ -143,7 +143,6 @@ class PgLedger:
         self.path = _redact(settings.ledger.url)
         self.recovered: dict[str, int] = {}
         self.snapshot_error: str | None = None
-        self.group_commit = True
         self._closed = False
         from dtkg_assets.core.ledger.db import LedgerStats
 

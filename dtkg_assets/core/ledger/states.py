@@ -41,7 +41,6 @@ class State(StrEnum):
 S = State
 IN_FLIGHT: frozenset[State] = frozenset({S.LEASED, S.HEAD_DONE, S.RESUME_OK, S.STREAMING, S.FINALIZED})
 COMPLETE: frozenset[State] = frozenset({S.INDEXED, S.DEDUPED})
-TERMINAL: frozenset[State] = frozenset({S.INDEXED, S.DEDUPED, S.SKIPPED_DUPLICATE})  # + permanent FAILED
 
 _forward = {
     (S.PLANNED, S.LEASED),
