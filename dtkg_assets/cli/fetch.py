@@ -84,16 +84,13 @@ def fetch_with_ledger(settings: Settings, url: str, work_id: str) -> FetchResult
     A work the ledger already has complete is answered from the ledger with no network."""
     from dtkg_assets.core.credentials import redact_url
     from dtkg_assets.core.http import make_client
-    from dtkg_assets.core.orchestrator import Orchestrator
-    from dtkg_assets.core.store import Store
-    from dtkg_assets.core.streaming import Engine
+    from dtkg_assets.core.orchestrator import make_orchestrator
 
     shown = redact_url(url)
     candidate = Candidate(shown, "cli", real_url=url if shown != url else None)
     url = shown  # from here on, and in everything recorded, the redacted URL
     with writer(settings, "fetch") as ledger, make_client(settings) as client:
-        engine = Engine(client, settings, Store(settings))
-        orch = Orchestrator(ledger, engine, settings, owner=ledger.owner, run_id=f"fetch-{uuid.uuid4().hex[:12]}")
+        orch = make_orchestrator(ledger, client, settings, owner=ledger.owner, run_id=f"fetch-{uuid.uuid4().hex[:12]}")
         orch.plan([WorkRecord(work_id, [candidate], origin="cli:fetch")])
         outcome = orch.process([work_id], workers=1)[0]
     if outcome.result is not None:

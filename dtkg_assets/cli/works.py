@@ -172,9 +172,7 @@ def cmd_works_retry(args: argparse.Namespace) -> int:
 def cmd_works_download(args: argparse.Namespace) -> int:
     from dtkg_assets.core.http import make_client
     from dtkg_assets.core.ledger.queries import works_needing_work
-    from dtkg_assets.core.orchestrator import Orchestrator
-    from dtkg_assets.core.store import Store
-    from dtkg_assets.core.streaming import Engine
+    from dtkg_assets.core.orchestrator import make_orchestrator
 
     if args.workers < 1:
         raise UsageError("dtkg works download: --workers must be at least 1")
@@ -184,8 +182,8 @@ def cmd_works_download(args: argparse.Namespace) -> int:
     with writer(settings, "works download") as ledger:
         ids = works_needing_work(ledger)  # what is eligible now; backoffs that have not passed wait
         with make_client(settings) as client:
-            engine = Engine(client, settings, Store(settings))
-            orch = Orchestrator(ledger, engine, settings, owner=ledger.owner, run_id=f"cli-{uuid.uuid4().hex[:12]}")
+            orch = make_orchestrator(ledger, client, settings, owner=ledger.owner,
+                                     run_id=f"cli-{uuid.uuid4().hex[:12]}")
             outcomes = orch.process(ids, workers=args.workers)
     counts: dict[str, int] = {}
     for o in outcomes:

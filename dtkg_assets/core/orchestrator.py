@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import httpx
+
 from dtkg_assets.core import deadline
 from dtkg_assets.core.crashpoints import crash_point
 from dtkg_assets.core.errors import Reason
@@ -27,6 +29,7 @@ from dtkg_assets.core.ledger import IN_FLIGHT, Job, LeaseLost, Ledger, State
 from dtkg_assets.core.ledger.db import Lease
 from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.store import Store, resolve_store_path
+from dtkg_assets.core.streaming import Engine
 from dtkg_assets.core.types import EffectType, FetchHooks, FetchResult, Stage, WorkRecord
 
 OutcomeStatus = Literal["downloaded", "deduped", "skipped_complete", "failed", "deferred"]
@@ -309,6 +312,16 @@ class Orchestrator:
         reason = lease.last_reason or result.reason
         status = "deferred" if klass == "transient" else "failed"
         return WorkOutcome(job.work_id, status, reason, result, job_id=job.job_id, detail=result.detail)
+
+
+def make_orchestrator(
+    ledger: Ledger, client: httpx.Client, settings: Settings, *, owner: str, run_id: str | None = None,
+    store: Store | None = None,
+) -> Orchestrator:
+    """The one wiring of a download run: the streaming engine over the run's HTTP client and the
+    store (the settings' own unless given), driven by the orchestrator with the ledger."""
+    return Orchestrator(ledger, Engine(client, settings, store or Store(settings)), settings, owner=owner,
+                        run_id=run_id)
 
 
 def format_when(epoch: float | None, now: float | None = None) -> str:

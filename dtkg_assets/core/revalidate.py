@@ -17,10 +17,8 @@ from dtkg_assets.core import deadline
 from dtkg_assets.core.errors import DtkgError
 from dtkg_assets.core.http import deadline_timeout
 from dtkg_assets.core.ledger import Ledger
-from dtkg_assets.core.orchestrator import Orchestrator
+from dtkg_assets.core.orchestrator import make_orchestrator
 from dtkg_assets.core.settings import Settings
-from dtkg_assets.core.store import Store
-from dtkg_assets.core.streaming import Engine
 
 FINISHED_JOBS_SQL = """
     SELECT job_id, work_id, coalesce(final_url, url), etag, last_modified, sha256, bytes
@@ -76,8 +74,7 @@ def revalidate(
             changed.append(str(work_id))
     ledger.mark_revalidated(unchanged, now=time.time())
     if changed:
-        engine = Engine(client, settings, Store(settings))
-        orchestrator = Orchestrator(ledger, engine, settings, owner=owner, run_id=run_id)
+        orchestrator = make_orchestrator(ledger, client, settings, owner=owner, run_id=run_id)
         outcomes = orchestrator.process(changed, workers=workers or settings.run.workers, refresh=True)
         counts["new_versions"] = sum(1 for o in outcomes if o.ok)
     return counts
