@@ -275,9 +275,9 @@ def profile_run(jsonl: Path, home: Path, workers: int, dest: Path) -> None:
     env = our_env(home)
     run_measured([*dtkg_cmd(), "works", "import", str(jsonl)], env=env, cwd=ROOT)
     os.environ.update({k: v for k, v in env.items() if k.startswith("DTKG_")})
+    from dtkg_assets.cli.launch import backfill, dagster_instance
     from dtkg_assets.core.ledger import Ledger, LedgerStats
     from dtkg_assets.core.settings import Settings
-    from dtkg_assets.defs.launch import backfill, dagster_instance
 
     totals = LedgerStats()
     original_close = Ledger.close

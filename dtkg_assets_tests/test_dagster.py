@@ -215,7 +215,7 @@ def test_backfill_runs_created_ahead_match_the_ledger_and_none_is_left_pending(
     """Batch runs are created one ahead (planned events written while the previous run downloads):
     every run executes in order with its own range, per-partition status matches the ledger, and a
     backfill stopped after its first batch leaves the run created for the next one canceled."""
-    from dtkg_assets.defs.launch import backfill
+    from dtkg_assets.cli.launch import backfill
 
     keys, _ = five_works
     monkeypatch.setenv("DTKG_RUN_BATCH_SIZE", "2")
@@ -314,7 +314,7 @@ def test_reconcile_sensor_redoes_what_broke_and_leaves_new_works_to_the_user(
 
 
 def test_run_batch_size_splits_evenly_into_fewest_runs() -> None:
-    from dtkg_assets.defs.launch import run_batch_size
+    from dtkg_assets.cli.launch import run_batch_size
 
     assert run_batch_size(2000, 100) == 100
     assert run_batch_size(2001, 1000) == 667  # three runs of 667, not 1000 + 1000 + 1

@@ -11,7 +11,8 @@ arguments and sets ``func`` to a `cmd_<name>(args) -> int` handler:
 - `demo`: ``dtkg demo`` (the sample corpus end to end) and ``dtkg demo --serve``.
 
 Shared plumbing (exit codes, `UsageError`, errors in words, signals, `run`) is in `common`; how
-commands open the ledger (writer lock, snapshot reader, preflight) in `ledger_access`.
+commands open the ledger (writer lock, snapshot reader, preflight) in `ledger_access`; how they run
+the Dagster definitions in this process (`backfill`, `demo`, `works import|query`) in `launch`.
 """
 
 from __future__ import annotations

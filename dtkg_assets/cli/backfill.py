@@ -39,7 +39,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if args.json:
         console.stderr = True  # stdout carries only the JSON object
     preflight(settings, "backfill")
-    from dtkg_assets.defs.launch import dagster_instance, pending_keys, run_checks
+    from dtkg_assets.cli.launch import dagster_instance, pending_keys, run_checks
 
     instance = dagster_instance(settings)
     keys = pending_keys(settings)
@@ -80,7 +80,7 @@ def backfill_with_progress(
     instance: Any, settings: Settings, workers: int | None, keys: list[str], command: str = "backfill"
 ) -> Any:
     """Batch runs over `keys` with a progress bar that advances as each run finishes."""
-    from dtkg_assets.defs.launch import backfill
+    from dtkg_assets.cli.launch import backfill
 
     if not keys:
         console.print("nothing to download: every work is finished or failed permanently")

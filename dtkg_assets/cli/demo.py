@@ -71,8 +71,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         console.stderr = True  # stdout carries only the JSON object
     preflight(settings, "demo")
 
+    from dtkg_assets.cli.launch import dagster_instance, ingest, pending_keys, run_checks, run_reconcile
     from dtkg_assets.core.sources import WorksSource
-    from dtkg_assets.defs.launch import dagster_instance, ingest, pending_keys, run_checks, run_reconcile
     from dtkg_assets.demo.sample import build_sample_corpus, configure_origin, sample_works, write_sample_jsonl
 
     sample_dir = settings.home / "sample"

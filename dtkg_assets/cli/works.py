@@ -90,7 +90,7 @@ def load_source(
 
 def announce_import(settings: Settings, command: str, what: str, summary: dict[str, Any], ids: list[str]) -> None:
     """Make the import visible in Dagster: partitions for the works and one `openalex_works` event."""
-    from dtkg_assets.defs.launch import record_import
+    from dtkg_assets.cli.launch import record_import
 
     try:
         record_import(settings, command, what, summary, ids)
