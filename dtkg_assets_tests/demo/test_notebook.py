@@ -20,9 +20,9 @@ import pytest
 from jupyter_client.kernelspec import find_kernel_specs
 from nbclient import NotebookClient
 
-from dtkg_assets_tests.test_demo import demo_env, run_demo, snapshot
+from dtkg_assets_tests.demo.test_demo import demo_env, run_demo, snapshot
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "ledger.ipynb"
 KERNEL_CHECK = "import sys\nprint('kernel-python:', sys.executable)"
 

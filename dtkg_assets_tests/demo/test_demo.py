@@ -24,7 +24,7 @@ import pytest
 
 from dtkg_assets.demo.sample import SampleCorpus, build_sample_corpus
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DTKG = Path(sys.executable).with_name("dtkg")
 DEMO_TIMEOUT_S = 600  # generous: a loaded 2-core machine; an idle one needs about 20 s
 

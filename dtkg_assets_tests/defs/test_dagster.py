@@ -24,7 +24,7 @@ from dtkg_assets.defs.sensors import reconcile_sensor, release_leases_on_failure
 from dtkg_assets_tests.conftest import loopback_env, pdf_bytes
 from dtkg_assets_tests.support.origin import FaultMode, OriginServer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
 

@@ -33,10 +33,10 @@ from typing import Any
 import pytest
 
 from dtkg_assets_tests.conftest import pdf_bytes
+from dtkg_assets_tests.demo.test_demo import DTKG, demo_env, free_port, run_demo, sha256_file, snapshot
 from dtkg_assets_tests.support.origin import FaultMode, OriginServer
-from dtkg_assets_tests.test_demo import DTKG, demo_env, free_port, run_demo, sha256_file, snapshot
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DAGSTER = Path(sys.executable).with_name("dagster")
 STARTUP_TIMEOUT_S = 180.0  # webserver, daemon and a code server on a loaded 2-core machine
 STOP_GRACE_S = 30.0

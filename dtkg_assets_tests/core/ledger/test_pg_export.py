@@ -18,7 +18,7 @@ import pytest
 
 from dtkg_assets.core.ledger import pg_schema
 from dtkg_assets.core.ledger.schema import TABLES, VIEWS
-from dtkg_assets_tests.test_demo import DTKG, demo_env, run_demo
+from dtkg_assets_tests.demo.test_demo import DTKG, demo_env, run_demo
 
 JSON_COLS = {t: {c for c, typ in cols if typ.split()[0] == "JSON"} for t, cols in TABLES.items()}
 
@@ -101,7 +101,7 @@ def test_notebook_runs_unchanged_on_the_export(demo_home: Path, pg_url: str, tmp
     import nbformat
     from nbclient import NotebookClient
 
-    from dtkg_assets_tests.test_notebook import NOTEBOOK
+    from dtkg_assets_tests.demo.test_notebook import NOTEBOOK
 
     load_into_postgres(demo_home / "ledger.snapshot.duckdb", pg_url)
     analyst = tmp_path / "analyst"
