@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -23,6 +22,7 @@ import duckdb
 import pytest
 
 from dtkg_assets.demo.sample import SampleCorpus, build_sample_corpus
+from dtkg_assets_tests.support.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DTKG = Path(sys.executable).with_name("dtkg")
@@ -57,12 +57,6 @@ def run_demo(home: Path, port: int = 0) -> dict[str, Any]:
     assert len(lines) == 1, f"expected one JSON line on stdout, got:\n{proc.stdout}"
     data: dict[str, Any] = json.loads(lines[0])
     return data
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def sha256_file(path: Path) -> str:

@@ -13,14 +13,10 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from dtkg_assets_tests.support.net import free_port
+
 NGINX_BIN = "/usr/sbin/nginx"
 _INSTALL_HINT = "install nginx: `make system-deps` or `apt-get install nginx-light`"
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def nginx_binary() -> str:
@@ -97,7 +93,7 @@ http {{
         if not self.root.is_dir():
             raise RuntimeError(f"nginx root {self.root} is not a directory")
         if self.port == 0:
-            self.port = _free_port(self.host)
+            self.port = free_port(self.host)
         self._tmp = tempfile.TemporaryDirectory(prefix="dtkg-nginx-")
         tmp = Path(self._tmp.name)
         conf = tmp / "nginx.conf"

@@ -15,21 +15,16 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
 
+from dtkg_assets_tests.support.net import free_port
+
 _INSTALL_HINT = "install PostgreSQL: `make system-deps` (or `apt-get install postgresql`)"
 SUPERUSER = "postgres"
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def pg_bindir() -> Path:
@@ -93,7 +88,7 @@ class PgCluster:
             self._run("initdb", "-D", str(self.data_dir), "-U", SUPERUSER, "-A", "trust", "-E", "UTF8",
                       "--locale=C", "--no-sync", timeout=120)
             if not self.port:
-                self.port = _free_port(self.host)
+                self.port = free_port(self.host)
             options = " ".join([
                 f"-p {self.port}", f"-c listen_addresses={self.host}", f"-k {self.dir}",
                 f"-c max_connections={self.max_connections}", "-c shared_buffers=128MB",
