@@ -111,6 +111,9 @@ AUTOMATION_TAGS = ("dagster/sensor_name", "dagster/schedule_name", "dagster/from
 OUTCOME_TAG = "dtkg/outcome"  # "stored" (every work finished) or "data_failures"; absent after a crash
 STORED_TAG = "dtkg/works_stored"
 FAILED_TAG = "dtkg/works_failed"
+# A work another worker holds on a shared ledger: not this run's outcome (a failure here would fail
+# the run, and Dagster would mark the partition failed while its holder is still working on it).
+LEASED_ELSEWHERE = "leased_elsewhere"
 
 
 def is_automation(tags: Mapping[str, str]) -> bool:
@@ -203,6 +206,8 @@ def artifact_pdfs(
                 )
             )
             return
+        if outcome.reason == LEASED_ELSEWHERE:
+            return  # another worker holds it (shared ledger): its run reports it, this one neither fails nor stores it
         events.log(failure_observation(context.asset_key, outcome))
         with lock:
             failed[outcome.work_id] = outcome.reason or "unknown"
