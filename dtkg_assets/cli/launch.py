@@ -5,12 +5,14 @@ with the same DAGSTER_HOME shows them afterwards. Partitions are batched per run
 keys the ledger marks complete are skipped by the asset itself.
 """
 
+import bisect
 import contextlib
 import functools
 import os
 import random
 import socket
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +21,9 @@ import dagster as dg
 
 from dtkg_assets.core import deadline
 from dtkg_assets.core.ledger import Ledger, LedgerUnavailable
+from dtkg_assets.core.ledger.interface import Job
 from dtkg_assets.core.ledger.queries import works_needing_work
+from dtkg_assets.core.ledger.states import IN_FLIGHT, State
 from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.sources import WorksSource
 from dtkg_assets.defs.assets import openalex_works, restore_stacks
@@ -119,6 +123,11 @@ class BatchResult:
 class BackfillReport:
     pending: int = 0
     batches: list[BatchResult] = field(default_factory=list)
+    # Batches left to other workers on a shared ledger (every work finished or held by them).
+    left_to_others: int = 0
+    # The partition ranges the checks cover: the batches' ranges, joined where no other pending
+    # work lies between them (one range unless other workers took batches in between).
+    check_ranges: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def failed_runs(self) -> int:
@@ -167,13 +176,23 @@ def backfill(
     run_config = {"ops": {"artifact_pdfs": {"config": {"workers": workers or settings.run.workers}}}, **quiet_loggers()}
     pending_set = set(pending)
     windows = list(partition_batches(ordered, pending_set, run_batch_size(len(pending), settings.run.batch_size)))
-    if settings.ledger_is_postgres:
-        windows = fleet_order(windows)
     job = _definitions(settings).resolve_job_def(artifact_pdfs_job.name)
     tags = cli_tags(command, **{CHECKS_INLINE_TAG: "inline"})
-    runner = _PipelinedRuns(instance, job, run_config, tags)
-    try:
-        for start, end, result in runner.run(windows):
+    with contextlib.ExitStack() as stack:
+        batches: Iterable[tuple[str, str]] = windows
+        fleet: _FleetBatches | None = None
+        if settings.ledger_is_postgres:
+            # Other `dtkg backfill` processes may share this ledger: each batch is chosen by what the
+            # fleet has left of it when its run is created, and looked at again before it runs.
+            me = f"{socket.gethostname()}:{os.getpid()}"
+            tags[WORKER_TAG] = me
+            reader = stack.enter_context(Ledger.open_reader(settings))
+            batches = fleet = _FleetBatches(reader, ordered, pending_set, fleet_order(windows),
+                                            others=functools.partial(other_workers_ranges, instance, me))
+        runner = _PipelinedRuns(instance, job, run_config, tags)
+        stack.callback(runner.close)
+        positions = {key: i for i, key in enumerate(ordered)}
+        for start, end, result in runner.run(batches, fleet.worth_running if fleet is not None else None):
             restore_stacks()
             batch = BatchResult(
                 start=start,
@@ -184,13 +203,32 @@ def backfill(
             )
             report.batches.append(batch)
             if on_batch is not None:
-                index = ordered.index(end)
-                on_batch(batch, sum(1 for k in ordered[ordered.index(start) : index + 1] if k in pending_set))
+                on_batch(batch, sum(1 for k in ordered[positions[start] : positions[end] + 1] if k in pending_set))
             if deadline.stop_requested():
                 break  # SIGINT/SIGTERM: the batch stopped its downloads; start no other
-    finally:
-        runner.close()
+        report.left_to_others = runner.not_run + (fleet.left_to_others if fleet is not None else 0)
+    report.check_ranges = joined_ranges([(b.start, b.end) for b in report.batches], ordered, pending_set)
     return report
+
+
+def joined_ranges(
+    ranges: Sequence[tuple[str, str]], ordered: Sequence[str], pending: set[str]
+) -> list[tuple[str, str]]:
+    """`ranges` (disjoint partition ranges) in partition order, joined where no key of `pending` lies
+    between two of them: the keys between are not this backfill's, so a check run may span them."""
+    index = {key: i for i, key in enumerate(ordered)}
+    spans = sorted((index[a], index[b]) for a, b in ranges)
+    pending_at = sorted(index[k] for k in pending if k in index)
+    joined: list[list[int]] = []
+    for a, b in spans:
+        if joined:
+            gap_from, gap_to = joined[-1][1] + 1, a  # keys strictly between the two ranges
+            lo = bisect.bisect_left(pending_at, gap_from)
+            if lo >= len(pending_at) or pending_at[lo] >= gap_to:
+                joined[-1][1] = max(joined[-1][1], b)
+                continue
+        joined.append([a, b])
+    return [(ordered[a], ordered[b]) for a, b in joined]
 
 
 class _PipelinedRuns:
@@ -201,8 +239,11 @@ class _PipelinedRuns:
     partition failed when its run fails), ~5-10 ms each on SQLite storage, before the step can start.
     `dg.materialize` creates and executes in one call, so that time never overlapped a download.
     Here run k+1 is created (its planned events written) on a helper thread while run k downloads;
-    a run created but never executed (the backfill stopped) is reported canceled, never left pending.
-    Execution is what `JobDefinition.execute_in_process` does, with the run created beforehand.
+    the windows are taken from `windows` one at a time, on that thread, just before their run is
+    created (a fleet's batches are chosen then). A created run that `worth_running` then declines, or
+    that never executes (the backfill stopped), is reported canceled, never left pending; a canceled
+    run marks no partition failed. Execution is what `JobDefinition.execute_in_process` does, with the
+    run created beforehand.
     """
 
     def __init__(self, instance: dg.DagsterInstance, job_def: dg.JobDefinition,
@@ -223,15 +264,23 @@ class _PipelinedRuns:
         )
         self._creator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dtkg-run-create")
         self._pending: list[Future[Any]] = []
+        self.not_run = 0  # created runs `worth_running` declined
 
-    def _create(self, start: str, end: str) -> Any:
+    def _create_next(self, windows: Iterator[tuple[str, str]]) -> tuple[str, str, Any] | None:
+        window = next(windows, None)
+        if window is None:
+            return None
+        start, end = window
         tags = {RANGE_START: start, RANGE_END: end, **self.tags}
-        return self.instance.create_run_for_job(
+        dagster_run = self.instance.create_run_for_job(
             job_def=self.job_def, run_config=self.run_config, tags={**self.job_def.run_tags, **tags},
             execution_plan=self.plan,
         )
+        return start, end, dagster_run
 
-    def run(self, windows: Sequence[tuple[str, str]]) -> Iterator[tuple[str, str, Any]]:
+    def run(
+        self, windows: Iterable[tuple[str, str]], worth_running: Callable[[str, str], bool] | None = None
+    ) -> Iterator[tuple[str, str, Any]]:
         from dagster._core.execution.api import ExecuteRunWithPlanIterable, job_execution_iterator
         from dagster._core.execution.context_creation_job import (
             PlanOrchestrationContextManager,
@@ -239,13 +288,19 @@ class _PipelinedRuns:
         )
         from dagster._core.execution.execute_in_process_result import ExecuteInProcessResult
 
-        if not windows:
-            return
-        self._pending.append(self._creator.submit(self._create, *windows[0]))
-        for i, (start, end) in enumerate(windows):
-            dagster_run = self._pending.pop(0).result()
-            if i + 1 < len(windows):
-                self._pending.append(self._creator.submit(self._create, *windows[i + 1]))
+        source = iter(windows)
+        self._pending.append(self._creator.submit(self._create_next, source))
+        while self._pending:
+            created = self._pending.pop(0).result()
+            if created is None:
+                return
+            self._pending.append(self._creator.submit(self._create_next, source))
+            start, end, dagster_run = created
+            if worth_running is not None and not worth_running(start, end):
+                self.not_run += 1
+                self.instance.report_run_canceled(
+                    dagster_run, message="not started: other workers finished or hold every work of this batch")
+                continue
             output_capture: dict[Any, Any] = {}
             events = list(ExecuteRunWithPlanIterable(
                 execution_plan=self.plan,
@@ -271,20 +326,115 @@ class _PipelinedRuns:
         """Cancel runs created for batches that will not execute (the backfill stopped early)."""
         for future in self._pending:
             with contextlib.suppress(Exception):
-                dagster_run = future.result()
-                self.instance.report_run_canceled(dagster_run, message="not started: the backfill stopped")
+                created = future.result()
+                if created is not None:
+                    self.instance.report_run_canceled(created[2], message="not started: the backfill stopped")
         self._pending.clear()
         self._creator.shutdown(wait=True)
 
 
 def fleet_order(windows: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Several `dtkg backfill` processes on one PostgreSQL ledger share the pending works: each takes
-    the batches in an order of its own (shuffled by host and pid), so they rarely work on the same batch
-    at once; where they do, the ledger's leases split it, and a batch another worker finished costs
-    only its run (every key is found complete)."""
+    the batches in an order of its own (shuffled by host and pid), so they rarely reach for the same
+    batch at once."""
     shuffled = list(windows)
     random.Random(f"{socket.gethostname()}:{os.getpid()}").shuffle(shuffled)
     return shuffled
+
+
+WORKER_TAG = "dtkg/worker"  # host:pid of the `dtkg backfill` that created a batch run (shared ledger)
+_LIVE_RUN = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING,
+             dg.DagsterRunStatus.STARTED]
+
+
+def other_workers_ranges(instance: dg.DagsterInstance, me: str) -> list[tuple[str, str]]:
+    """Partition ranges of the batch runs other `dtkg backfill` processes created on this (shared)
+    Dagster instance and have not finished: created ahead of their turn, they hold no lease yet."""
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name=artifact_pdfs_job.name, statuses=_LIVE_RUN))
+    return [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in runs
+            if r.tags.get(WORKER_TAG, me) != me and RANGE_START in r.tags and RANGE_END in r.tags]
+
+
+class _FleetBatches:
+    """The batches of one `dtkg backfill` on a ledger other backfills share, chosen one at a time.
+
+    Each worker walks the batches in an order of its own (`fleet_order`). Just before a batch's run is
+    created, its pending works are read from the ledger: works another worker finished (or failed)
+    since this backfill started, or holds a live lease on, are theirs. A batch with nothing left is
+    passed over without a run; a batch nobody has started (no such work, and no unfinished run of
+    another worker covering it: `others`, from a shared Dagster instance) is taken, narrowed to its
+    open works; a batch another worker is working through is put back, and taken (narrowed) only when
+    no untouched batch is left, so that idle workers then help with what remains instead of waiting.
+    Runs are created one batch ahead (`_PipelinedRuns`), so `worth_running` looks once more before a
+    run starts. A batch costs one ledger query of at most a batch's works each time it is looked at.
+    """
+
+    LOOK_AHEAD = 32  # batches looked at per choice, at most
+
+    def __init__(self, ledger: Ledger, ordered: Sequence[str], pending: set[str],
+                 windows: Sequence[tuple[str, str]],
+                 others: Callable[[], list[tuple[str, str]]] | None = None) -> None:
+        self.ledger = ledger
+        self.ordered = ordered
+        self.index = {key: i for i, key in enumerate(ordered)}
+        self.pending = pending
+        self.remaining = list(windows)
+        self.others = others
+        self.started = time.time()
+        self.left_to_others = 0  # batches passed over: nothing left of them for this worker
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return self
+
+    def __next__(self) -> tuple[str, str]:
+        busy: list[tuple[int, int, list[str]]] = []  # (open works, position, open keys) of started batches
+        claimed = [(self.index[a], self.index[b]) for a, b in (self.others() if self.others else [])
+                   if a in self.index and b in self.index]
+        position = 0
+        while position < len(self.remaining) and position < self.LOOK_AHEAD:
+            start, end = self.remaining[position]
+            open_keys, touched = self._look(start, end)
+            if not touched:
+                first, last = self.index[start], self.index[end]
+                touched = any(a <= last and first <= b for a, b in claimed)
+            if not open_keys:
+                self.remaining.pop(position)
+                self.left_to_others += 1
+                continue
+            if not touched:
+                self.remaining.pop(position)
+                return open_keys[0], open_keys[-1]
+            busy.append((len(open_keys), position, open_keys))
+            position += 1
+        if not busy:
+            raise StopIteration
+        _, position, open_keys = max(busy, key=lambda b: (b[0], -b[1]))
+        self.remaining.pop(position)
+        return open_keys[0], open_keys[-1]
+
+    def worth_running(self, start: str, end: str) -> bool:
+        """False when every work of the batch is finished or held by another worker by now."""
+        return bool(self._look(start, end)[0])
+
+    def _look(self, start: str, end: str) -> tuple[list[str], bool]:
+        """The batch's pending works still open (in partition order) and whether any of its pending
+        works was finished, failed or leased by another worker since this backfill started."""
+        keys = [k for k in self.ordered[self.index[start] : self.index[end] + 1] if k in self.pending]
+        jobs = self.ledger.jobs_for_works(keys)
+        now = time.time()
+        open_keys = [k for k in keys if self._is_open(jobs.get(k, []), now)]
+        return open_keys, len(open_keys) < len(keys)
+
+    def _is_open(self, jobs: Sequence[Job], now: float) -> bool:
+        if not jobs:
+            return True  # the run reports it (no candidates)
+        if any(j.complete for j in jobs):
+            return False
+        if any(j.state in IN_FLIGHT and (j.lease_expires_at or 0) > now for j in jobs):
+            return False  # another worker holds it (this worker holds nothing outside its running batch)
+        # Failed by the fleet since this backfill started (no candidate planned or in flight): theirs.
+        settled = all(j.state != State.PLANNED and j.state not in IN_FLIGHT for j in jobs)
+        return not (settled and max((j.updated_at or 0) for j in jobs) >= self.started)
 
 
 def materialized_in_run(instance: dg.DagsterInstance, run_id: str) -> int:
@@ -305,25 +455,26 @@ def run_checks(
     instance: dg.DagsterInstance, settings: Settings, report: BackfillReport | None = None, *, command: str = "backfill"
 ) -> dict[str, bool]:
     """Per-partition checks over the partitions the backfill's runs covered (all partitions without
-    a report): check name -> every evaluated partition passed."""
+    a report): check name -> every evaluated partition passed. On a shared ledger a backfill's
+    batches may lie between other workers' batches: one check run per stretch of its own
+    (`BackfillReport.check_ranges`), so no worker checks the whole fleet's works again."""
     ordered = instance.get_dynamic_partitions(ARTIFACT_PARTITIONS_NAME)
     if not ordered:
         return {}
     if report is not None and report.batches:
-        index = {key: i for i, key in enumerate(ordered)}
-        start = min((b.start for b in report.batches), key=lambda k: index.get(k, 0))
-        end = max((b.end for b in report.batches), key=lambda k: index.get(k, 0))
+        ranges = report.check_ranges or joined_ranges([(b.start, b.end) for b in report.batches], ordered, set())
     else:
-        start, end = ordered[0], ordered[-1]
+        ranges = [(ordered[0], ordered[-1])]
     job = _definitions(settings).resolve_job_def(artifact_checks_job.name)
-    result = job.execute_in_process(
-        instance=instance,
-        run_config=quiet_loggers(),
-        tags={RANGE_START: start, RANGE_END: end, **cli_tags(command)},
-        raise_on_error=False,
-    )
     passed: dict[str, bool] = {}
-    for evaluation in result.get_asset_check_evaluations():
-        name = evaluation.asset_check_key.name
-        passed[name] = passed.get(name, True) and evaluation.passed
+    for start, end in ranges:
+        result = job.execute_in_process(
+            instance=instance,
+            run_config=quiet_loggers(),
+            tags={RANGE_START: start, RANGE_END: end, **cli_tags(command)},
+            raise_on_error=False,
+        )
+        for evaluation in result.get_asset_check_evaluations():
+            name = evaluation.asset_check_key.name
+            passed[name] = passed.get(name, True) and evaluation.passed
     return passed

@@ -266,6 +266,94 @@ def test_two_workers_backfill_overlapping_works_once_each_and_politely(
     assert min(_gaps(times)) >= interval * 0.5, sorted(_gaps(times))[:3]
 
 
+def test_fleet_batches_leave_what_other_workers_finished_or_hold_to_them(tmp_path: Path, pg_url: str) -> None:
+    """How a backfill on a shared ledger picks its batches (dtkg_assets.cli.launch._FleetBatches): a
+    batch nobody started first, narrowed to its open works; a batch another worker is working through
+    only when nothing untouched is left; a batch the others finished is passed over without a run; and
+    a created run is not started when the others took every work of it meanwhile."""
+    from dtkg_assets.cli.launch import _FleetBatches
+    from dtkg_assets.core.ledger import Ledger
+    from dtkg_assets.core.types import Candidate, WorkRecord
+
+    settings = Settings().with_home(tmp_path).replace(ledger={"url": pg_url})
+    ids = [f"W{i}" for i in range(1, 10)]
+    with Ledger.open_writer(settings, owner="test") as led:
+        led.plan([WorkRecord(w, [Candidate(f"http://127.0.0.1:9/{w}.pdf", "best_oa_location.pdf_url")]) for w in ids])
+        jobs = {w: js[0].job_id for w, js in led.jobs_for_works(ids).items()}
+        with Ledger.open_reader(settings) as reader:
+            # This worker's own order: W1-W3, then W4-W6, then W7-W9.
+            fleet = _FleetBatches(reader, ids, set(ids), [("W1", "W3"), ("W4", "W6"), ("W7", "W9")])
+            # Another worker: working through W1-W3 (holds W1), finished W4-W6 (W6 failed for good).
+            assert led.lease(jobs["W1"], "run:other") is not None
+            ledger_rows(pg_url, "UPDATE artifact_jobs SET state = 'INDEXED' WHERE work_id IN ('W4', 'W5') "
+                                "RETURNING 1")
+            held = led.lease(jobs["W6"], "run:other")
+            assert held is not None
+            held.fail(reason="http_404")
+            assert next(fleet) == ("W7", "W9")  # untouched, though last in this worker's order
+            assert next(fleet) == ("W2", "W3")  # then help with the batch in progress: its open works
+            assert next(fleet, None) is None and fleet.left_to_others == 1  # W4-W6: nothing left
+            # Created ahead of its turn, the run for W2-W3 is not started once the other holds both.
+            assert fleet.worth_running("W2", "W3")
+            for w in ("W2", "W3"):
+                assert led.lease(jobs[w], "run:other") is not None
+            assert not fleet.worth_running("W2", "W3")
+
+
+def test_a_work_another_worker_holds_is_neither_materialized_nor_failed_by_this_run(
+    tmp_path: Path, origin: OriginServer, pg_cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch run whose range covers a work another worker holds (its lease is live) leaves that
+    work to its holder: this run stores the others and succeeds, and Dagster shows the held partition
+    neither materialized nor failed, with no failure reason from this run."""
+    import dagster as dg
+
+    from dtkg_assets.core.ledger import Ledger
+    from dtkg_assets.core.types import Candidate, WorkRecord
+    from dtkg_assets.defs.instance import REPO_DAGSTER_PG_YAML, dagster_pg_url
+    from dtkg_assets.defs.partitions import ARTIFACT_PARTITIONS_NAME, artifact_partitions
+
+    ledger_url, dagster_url = pg_cluster.create_database("held_ledger"), pg_cluster.create_database("held_dagster")
+    ids = ["W301", "W302", "W303", "W304", "W305"]
+    urls = {w: origin.add(f"/{w}.pdf", pdf_bytes(20_000 + i, seed=i)) for i, w in enumerate(ids)}
+    env = fleet_env(tmp_path / "home-b", ledger_url, dagster_url, tmp_path / "shared-store")
+    # The shared Dagster instance, as seen from here; partitions in the order of the works.
+    monkeypatch.setenv("DAGSTER_PG_URL", dagster_pg_url(dagster_url))
+    (tmp_path / "observer").mkdir()
+    (tmp_path / "observer" / "dagster.yaml").write_text(REPO_DAGSTER_PG_YAML.read_text())
+    instance = dg.DagsterInstance.from_config(str(tmp_path / "observer"))
+    instance.add_dynamic_partitions(ARTIFACT_PARTITIONS_NAME, ids)
+    settings = Settings().with_home(tmp_path / "holder").replace(ledger={"url": ledger_url})
+    with Ledger.open_writer(settings, owner="holder") as led:
+        led.plan([WorkRecord(w, [Candidate(urls[w], "best_oa_location.pdf_url")], title=f"Work {w}",
+                             publication_year=2024) for w in ids])
+        # Another worker holds W303 (mid-download) for the whole of this backfill.
+        held = led.lease(led.jobs_for_work("W303")[0].job_id, "run:other-worker", ttl_s=120)
+        assert held is not None
+        proc = dtkg(env, "backfill", "--json")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        out = json.loads(proc.stdout)
+        assert (out["failed_runs"], out["materialized"]) == (0, 4), out
+        assert origin.stats("/W303.pdf").get_requests == 0
+        runs = instance.get_runs(filters=dg.RunsFilter(job_name="artifact_pdfs_job"))
+        assert runs and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+        # Four pending works make batches of four partitions: the first covers the held work.
+        (run,) = [r for r in runs if r.tags["dagster/asset_partition_range_start"] == "W301"]
+        assert run.tags["dagster/asset_partition_range_end"] == "W304"
+        status = instance.get_status_by_partition(dg.AssetKey("artifact_pdfs"), ids, artifact_partitions)
+        assert status is not None
+        assert {k: v for k, v in status.items() if k != "W303"} == dict.fromkeys(
+            ["W301", "W302", "W304", "W305"], dg.AssetPartitionStatus.MATERIALIZED)
+        assert status["W303"] not in (dg.AssetPartitionStatus.MATERIALIZED, dg.AssetPartitionStatus.FAILED)
+        # No event of this run speaks for W303: it is the holder's to report.
+        records = instance.get_records_for_run(run.run_id).records
+        assert not [r for r in records if r.event_log_entry.dagster_event is not None
+                    and r.event_log_entry.dagster_event.partition == "W303"
+                    and r.event_log_entry.dagster_event.event_type_value != "ASSET_MATERIALIZATION_PLANNED"]
+        assert ledger_rows(ledger_url, "SELECT state, lease_owner FROM artifact_jobs WHERE work_id = 'W303'") == [
+            ("LEASED", "run:other-worker")]
+
+
 def _wait_for(predicate, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
