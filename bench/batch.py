@@ -24,12 +24,17 @@ measured) and last ``ratio_vs_aria2=<aria2 wall / our wall>`` (higher is better)
 ``--profile FILE`` also runs one untimed backfill in this process under cProfile (stats to FILE,
 ledger call totals from `Ledger.stats` printed).
 
-Usage: python bench/batch.py [--files 2000] [--runs 1] [--latency-ms 200] [--workers 16]
+``--dagster-pg``: our side's Dagster instance on PostgreSQL storage (DAGSTER_PG_URL, a fresh database
+per run on a throwaway cluster with fsync on; the ledger stays DuckDB), where Dagster's batched event
+writes are real.
+
+Usage: python bench/batch.py [--files 2000] [--runs 1] [--latency-ms 200] [--workers 16] [--dagster-pg]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -234,6 +239,21 @@ def aria2_run(
     return wall, requests
 
 
+def dagster_pg_cluster() -> Any:
+    """A throwaway PostgreSQL cluster, durable like a real deployment, for `--dagster-pg`."""
+    from dtkg_assets_tests.support.pgcluster import PgCluster
+
+    return PgCluster(durable=True)
+
+
+def fresh_dagster_database(cluster: Any, name: str) -> None:
+    """Point our side's Dagster instance (DAGSTER_PG_URL; `our_env` copies os.environ) at a new,
+    empty database, named with the driver dagster-postgres needs (this process reads it too)."""
+    from dtkg_assets.defs.instance import dagster_pg_url
+
+    os.environ["DAGSTER_PG_URL"] = dagster_pg_url(cluster.create_database(name))
+
+
 def floor_run(n: int, workers: int) -> tuple[float, dict[str, Any]]:
     """Dagster's floor for n partitions (bench/dagster_floor.py): process wall and its own figures."""
     wall, _, out = run_measured([sys.executable, str(ROOT / "bench" / "dagster_floor.py"), "--keys", str(n),
@@ -321,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=None, help="DTKG_RUN_BATCH_SIZE for our side (default 100)")
     ap.add_argument("--profile", type=Path, default=None, help="also profile one in-process backfill into FILE")
+    ap.add_argument("--dagster-pg", action="store_true",
+                    help="Dagster on PostgreSQL storage for our side (a fresh database per run, fsync on)")
     args = ap.parse_args(argv)
     if shutil.which("aria2c") is None:
         raise SystemExit("aria2c is required (apt-get install aria2)")
@@ -340,8 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     ours: list[OurRun] = []
     theirs: list[float] = []
     aria2_requests: list[int] = []
+    pg = dagster_pg_cluster() if args.dagster_pg else None
     # One server for both sides: threaded, so 16 connections each wait out their latency in parallel.
-    with OriginServer() as origin:
+    with OriginServer() as origin, pg or contextlib.nullcontext():
         paths = [f"/pdfs/{w}.pdf" for w in corpus.files]
         for path, (file, _, _) in zip(paths, corpus.files.values(), strict=True):
             origin.add_file(path, file, FaultMode(latency_s=latency.latency_s))
@@ -355,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         listing.write_text("".join(origin.url(p) + "\n" for p in paths))
         try:
             for i in range(args.runs):
+                if pg is not None:
+                    fresh_dagster_database(pg, f"batch_run{i}")
                 run = our_run(origin, paths, jsonl, work / "home", corpus, args.workers)
                 ours.append(run)
                 wall, requests = aria2_run(origin, paths, listing, work / "aria2", corpus, args.workers)
@@ -369,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
             book = None if args.no_bookkeeping else bookkeeping_run(
                 origin, paths, jsonl, work / "home", corpus, args.workers)
             if args.profile is not None:
+                if pg is not None:
+                    fresh_dagster_database(pg, "batch_profile")
                 profile_run(jsonl, work / "home", args.workers, args.profile)
         finally:
             shutil.rmtree(work / "home", ignore_errors=True)
@@ -383,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"corpus: {n} PDFs, {mib:.1f} MiB, {args.latency_ms:.0f} ms added per request, {w} workers, "
         f"batch size {os.environ.get('DTKG_RUN_BATCH_SIZE', 'default')}, "
+        f"Dagster storage {'PostgreSQL (fsync on)' if args.dagster_pg else 'SQLite'}, "
         f"{args.runs} alternating runs, all sha256 verified on both sides"
     )
     print(f"median aria2c wall: {med_theirs:.2f} s (latency floor, {n} GETs on {w} connections: {floor_aria2:.2f} s)")
