@@ -105,6 +105,11 @@ def deadline_timeout(settings: Settings) -> float:
     return settings.http.attempt_deadline_s
 
 
+# Bytes asked of the socket per read (see `_DeadlineStream.read`): a large body arrives in chunks
+# of up to this size, a small answer in one read.
+READ_BYTES = 1024 * 1024
+
+
 class _DeadlineStream(httpcore.NetworkStream):
     """A socket stream that honours the thread's attempt deadline and the process's stop request.
 
@@ -118,6 +123,9 @@ class _DeadlineStream(httpcore.NetworkStream):
         self._inner = inner
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        # httpcore asks for 64 KiB at a time; each read costs a pass through h11 and httpx, which on
+        # loopback was most of a large download's CPU. Asking for more returns what the socket holds.
+        max_bytes = max(max_bytes, READ_BYTES)
         give_up = None if timeout is None else time.monotonic() + timeout
         while True:
             if deadline.stop_requested():

@@ -13,6 +13,9 @@ Invariants:
   part; preallocated space beyond the bytes written is cut off before hashing or finalizing.
 - The sidecar never claims more bytes than are durable: it is rewritten (atomically) only after
   the part has been fsynced up to that point, so a crash resumes from bytes that really exist.
+  While streaming, that fsync and sidecar write run on a helper thread (at most one in flight per
+  download) so the body never waits for the disk; the sidecar records the bytes written before the
+  fsync began. A crash then loses at most one checkpoint interval plus one fsync's duration.
 - Only strong ETags and Last-Modified are sent in `If-Range` (nginx compares strongly; a weak
   ETag would make it send the whole body, and a lenient server could splice two versions).
 """
@@ -24,7 +27,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import queue
 import re
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -53,6 +58,8 @@ PROGRESS_EVERY = 1 * MiB
 # Durable checkpoint (fsync part + rewrite sidecar) at least every this many bytes while streaming;
 # `io.checkpoint_interval_s` adds one by time, so a slow download loses at most that much on a crash.
 CHECKPOINT_EVERY = 32 * MiB
+# Bodies at least this large are hashed on a helper thread, beside the socket reads and file writes.
+HASH_THREAD_MIN = 8 * MiB
 # A response that contradicts the request (bad Content-Range, 416 with another total) restarts the
 # download from zero; past this many restarts in one attempt the server is broken.
 MAX_RESTARTS = 2
@@ -312,6 +319,8 @@ class _Download:
     fd: int = -1
     pos: int = 0  # logical bytes written to the part (preallocated space excluded)
     durable: int = 0  # bytes covered by the last fsync + sidecar
+    checkpointing: threading.Thread | None = None  # the background checkpoint in flight, if any
+    checkpoint_error: BaseException | None = None  # what the last background checkpoint raised
     total: int | None = None
     hasher: Any = None
     prefix_sha256: str | None = None
@@ -320,6 +329,34 @@ class _Download:
     reservations: contextlib.ExitStack | None = None
     reserved: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
+
+
+class _HashPipe:
+    """Feeds a hashlib object from a helper thread, so hashing (which releases the GIL) overlaps the
+    socket reads and file writes of the streaming thread. At most `depth` chunks wait (memory stays
+    flat); `close` returns once every chunk handed over is in the hash."""
+
+    def __init__(self, hasher: Any, depth: int = 8) -> None:
+        self._queue: queue.Queue[bytes | None] = queue.Queue(depth)
+        self._thread = threading.Thread(target=self._run, args=(hasher.update,), daemon=True, name="dtkg-sha256")
+        self._error: BaseException | None = None
+        self._thread.start()
+        self.update = self._queue.put
+
+    def _run(self, update: Any) -> None:
+        get = self._queue.get
+        while (chunk := get()) is not None:
+            if self._error is None:
+                try:
+                    update(chunk)
+                except BaseException as exc:  # keeps taking chunks, so `update` never blocks for good
+                    self._error = exc
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 class _Restart(Exception):
@@ -611,6 +648,7 @@ class Engine:
     # ---- one attempt ----------------------------------------------------------------------------
     def _open_part(self, dl: _Download, offset: int) -> int:
         """Open the part, drop anything past `offset`, and seed the hash with the kept bytes."""
+        self._settle(dl)
         if dl.fd < 0:
             dl.fd = os.open(dl.part, os.O_RDWR | os.O_CREAT, 0o644)
         fd = dl.fd
@@ -634,6 +672,7 @@ class Engine:
         return offset
 
     def _close_part(self, dl: _Download) -> None:
+        self._settle(dl)
         if dl.fd >= 0:
             os.close(dl.fd)
             dl.fd = -1
@@ -682,6 +721,7 @@ class Engine:
             self._close_part(dl)
 
     def _restart(self, dl: _Download) -> int:
+        self._settle(dl)
         dl.sidecar.unlink(missing_ok=True)
         dl.total = None
         return self._open_part(dl, 0)
@@ -846,7 +886,8 @@ class Engine:
         """The hot loop: write + hash each chunk, look at the clock and the stop request; everything
         else only every MiB or every checkpoint interval."""
         fd = dl.fd
-        update = dl.hasher.update
+        pipe = _HashPipe(dl.hasher) if dl.total is not None and dl.total - dl.pos >= HASH_THREAD_MIN else None
+        update = pipe.update if pipe is not None else dl.hasher.update
         write = os.write
         clock = time.monotonic
         stopping = deadline.stop_requested
@@ -873,9 +914,8 @@ class Engine:
                     if pos > limit:
                         raise DtkgError(Reason.TOO_LARGE, f"body passed max_bytes {limit}")
                     now = clock()
-                    if pos >= next_checkpoint or now >= next_tick:
-                        self._checkpoint(dl)
-                        crash_point("body_checkpoint")  # dies with the sidecar durable at `pos`
+                    # Due and the previous one done: start the next (else try again on a later chunk).
+                    if (pos >= next_checkpoint or now >= next_tick) and self._checkpoint_behind(dl):
                         next_checkpoint = pos + CHECKPOINT_EVERY
                         if interval > 0:
                             next_tick = now + interval
@@ -884,6 +924,8 @@ class Engine:
                         crash_point("body_mib")  # crash tests: DTKG_CRASH_AT=body_mib:N dies after ~N MiB
                         next_mark = min(pos + PROGRESS_EVERY, limit + 1)
         finally:
+            if pipe is not None:
+                pipe.close()  # the hash covers every byte written, whatever ended the loop
             dl.pos = pos
             dl.result.body_bytes_received += pos - start
 
@@ -893,14 +935,56 @@ class Engine:
         while written < len(chunk):
             written += os.write(fd, view[written:])
 
-    def _checkpoint(self, dl: _Download, sync: bool = True, sha256: str | None = None) -> None:
-        """Make `dl.pos` bytes durable, then record them in the sidecar (never the other way round)."""
-        fsync = self.settings.io.fsync
-        if sync and fsync:
+    def _checkpoint_behind(self, dl: _Download) -> bool:
+        """Start a checkpoint of `dl.pos` bytes on a helper thread, unless one is still in flight
+        (False: the caller tries again later). The stream goes on writing meanwhile: the fsync covers
+        at least the bytes written before it began, and the sidecar claims only those."""
+        running = dl.checkpointing
+        if running is not None:
+            if running.is_alive():
+                return False
+            running.join()
+            self._raise_checkpoint_error(dl)
+        if not self.settings.io.fsync:
+            self._checkpoint(dl)  # no fsync: the sidecar alone is cheap
+            crash_point("body_checkpoint")
+            return True
+        thread = threading.Thread(target=self._checkpoint_thread, args=(dl, dl.pos), daemon=True,
+                                  name=f"dtkg-checkpoint-{dl.part.name[:24]}")
+        dl.checkpointing = thread
+        thread.start()
+        return True
+
+    def _checkpoint_thread(self, dl: _Download, pos: int) -> None:
+        try:
+            self._checkpoint(dl, upto=pos)
+        except BaseException as exc:  # handed to the streaming thread at its next checkpoint
+            dl.checkpoint_error = exc
+            return
+        crash_point("body_checkpoint")  # dies with the sidecar durable at `pos`
+
+    def _settle(self, dl: _Download) -> None:
+        """Wait for the background checkpoint in flight, if any (before the fd or the sidecar change)."""
+        running = dl.checkpointing
+        if running is not None:
+            running.join()
+            dl.checkpointing = None
+
+    @staticmethod
+    def _raise_checkpoint_error(dl: _Download) -> None:
+        dl.checkpointing = None
+        exc, dl.checkpoint_error = dl.checkpoint_error, None
+        if exc is not None:
+            raise exc
+
+    def _checkpoint(self, dl: _Download, sha256: str | None = None, upto: int | None = None) -> None:
+        """Make `upto` (default `dl.pos`) bytes durable, then record them in the sidecar (never the
+        other way round). Runs on the streaming thread or, with `upto`, on the checkpoint thread."""
+        durable = dl.pos if upto is None else upto
+        if self.settings.io.fsync:
             t0 = time.perf_counter()
             os.fdatasync(dl.fd)
             dl.result.fsync_s += time.perf_counter() - t0
-        durable = dl.pos if (sync or not fsync) else dl.durable
         if dl.prefix_sha256 is None or dl.prefix_bytes < min(self.settings.resume.prefix_check_bytes, durable):
             n = min(self.settings.resume.prefix_check_bytes, durable)
             dl.prefix_sha256 = hashlib.sha256(os.pread(dl.fd, n, 0)).hexdigest() if n else None
@@ -915,13 +999,15 @@ class Engine:
             prefix_sha256=dl.prefix_sha256,
             prefix_bytes=dl.prefix_bytes,
             sha256=sha256,
-        ).write(dl.sidecar, fsync=fsync)
+        ).write(dl.sidecar, fsync=self.settings.io.fsync)
         dl.durable = durable
 
     def _save_progress(self, dl: _Download) -> None:
         """After an error: cut preallocated space and record what is durable, for the next attempt."""
         if dl.fd < 0:
             return
+        self._settle(dl)
+        dl.checkpoint_error = None  # a failed background checkpoint is superseded by this one
         try:
             os.ftruncate(dl.fd, dl.pos)
             if dl.pos > 0:
@@ -931,6 +1017,8 @@ class Engine:
 
     def _finish_part(self, dl: _Download) -> None:
         """Body complete: cut any preallocation, sync, and record the final size and hash."""
+        self._settle(dl)
+        self._raise_checkpoint_error(dl)
         os.ftruncate(dl.fd, dl.pos)
         # The checkpoint's fdatasync covers the new size too (needed to read the data back).
         self._checkpoint(dl, sha256=dl.hasher.hexdigest())
