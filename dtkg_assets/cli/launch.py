@@ -30,7 +30,7 @@ from dtkg_assets.defs.assets import openalex_works, restore_stacks
 from dtkg_assets.defs.batching import partition_batches
 from dtkg_assets.defs.instance import instance_yaml, normalize_environment
 from dtkg_assets.defs.jobs import artifact_checks_job, artifact_pdfs_job, openalex_works_job, reconcile_job
-from dtkg_assets.defs.partitions import ARTIFACT_PARTITIONS_NAME
+from dtkg_assets.defs.partitions import ARTIFACT_PARTITIONS_NAME, add_work_partitions
 from dtkg_assets.defs.sensors import CHECKS_INLINE_TAG, RANGE_END, RANGE_START
 
 
@@ -88,12 +88,13 @@ def ingest(
     return {k: v.value for k, v in events[-1].metadata.items()} if events else {}
 
 
-def record_import(settings: Settings, command: str, what: str, summary: dict[str, Any], work_ids: list[str]) -> None:
+def record_import(
+    settings: Settings, command: str, what: str, summary: dict[str, Any], work_ids: Iterable[str]
+) -> None:
     """Works imported outside a run (`dtkg works import|query`) get their partitions and one
     `openalex_works` materialization that says what was imported, so every import shows in Dagster."""
     instance = dagster_instance(settings)
-    if work_ids:
-        instance.add_dynamic_partitions(ARTIFACT_PARTITIONS_NAME, list(dict.fromkeys(work_ids)))
+    add_work_partitions(instance, work_ids)
     instance.report_runless_asset_event(
         dg.AssetMaterialization(
             asset_key=openalex_works.key,
@@ -171,7 +172,7 @@ def backfill(
     if not pending:
         return report
     # Works imported outside Dagster (e.g. `dtkg works import`) get their partitions here.
-    instance.add_dynamic_partitions(ARTIFACT_PARTITIONS_NAME, pending)
+    add_work_partitions(instance, pending)
     ordered = instance.get_dynamic_partitions(ARTIFACT_PARTITIONS_NAME)
     run_config = {"ops": {"artifact_pdfs": {"config": {"workers": workers or settings.run.workers}}}, **quiet_loggers()}
     pending_set = set(pending)

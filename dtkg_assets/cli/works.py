@@ -6,7 +6,7 @@ import argparse
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dtkg_assets.cli.common import (
     EXIT_FAILED,
@@ -21,7 +21,9 @@ from dtkg_assets.cli.ledger_access import writer
 from dtkg_assets.core import deadline
 from dtkg_assets.core.errors import Reason
 from dtkg_assets.core.settings import Settings
-from dtkg_assets.core.types import InputProblem
+
+if TYPE_CHECKING:
+    from dtkg_assets.core.sources import ImportReport
 
 
 def add_works(subparsers: Any) -> None:
@@ -68,40 +70,38 @@ def file_source(file: str) -> Any:
     return WorksSource(jsonl_path=file) if is_jsonl else WorksSource(ids_path=file)
 
 
-def load_source(
-    settings: Settings, source: Any, command: str, work_ids: list[str] | None = None
-) -> tuple[dict[str, Any], list[InputProblem]]:
-    """Read a works source (before taking the writer lock), then record it in the ledger; the works'
-    ids are appended to `work_ids` when given."""
-    from dtkg_assets.core.sources import SourceError, read_source, record_source
+def load_source(settings: Settings, source: Any, command: str) -> ImportReport:
+    """Import a works source into the ledger, a batch at a time (network sources are read before the
+    writer lock is taken). Close the report when done with its work ids."""
+    from dtkg_assets.core.sources import SourceError, import_works
 
     try:
-        batch = read_source(source, settings)
+        report = import_works(source, settings, lambda: writer(settings, command.removeprefix("dtkg ")),
+                              run_id=f"works-{uuid.uuid4().hex[:12]}")
     except (SourceError, ValueError) as exc:
         raise UsageError(f"{command}: {exc}") from None
-    if batch.stopped_early:
-        print(f"{command}: stopped early, {batch.stopped_early} (the works read so far are kept)", file=sys.stderr)
-    with writer(settings, command.removeprefix("dtkg ")) as ledger:
-        summary = record_source(ledger, batch, run_id=f"works-{uuid.uuid4().hex[:12]}", kind=f"works:{source.kind}")
-    if work_ids is not None:
-        work_ids.extend(work.work_id for work in batch.works)
-    return summary, batch.problems
+    if report.stopped_early:
+        print(f"{command}: stopped early, {report.stopped_early} (the works read so far are kept)", file=sys.stderr)
+    return report
 
 
-def announce_import(settings: Settings, command: str, what: str, summary: dict[str, Any], ids: list[str]) -> None:
+def announce_import(settings: Settings, command: str, what: str, report: ImportReport) -> None:
     """Make the import visible in Dagster: partitions for the works and one `openalex_works` event."""
     from dtkg_assets.cli.launch import record_import
 
     try:
-        record_import(settings, command, what, summary, ids)
+        record_import(settings, command, what, report.summary, report.work_ids())
     except Exception as exc:  # the ledger has the works; the work_partitions_sensor registers them later
         print(f"{command}: the works are in the ledger, but Dagster was not told ({type(exc).__name__}: {exc}); "
               "dagster dev's work_partitions_sensor will add their partitions", file=sys.stderr)
 
 
-def _report_import(summary: dict[str, Any], problems: list[InputProblem], as_json: bool) -> None:
-    for p in problems:
+def _report_import(summary: dict[str, Any], report: ImportReport, as_json: bool) -> None:
+    for p in report.problems:
         print(f"{p.origin}:{p.line if p.line is not None else '-'}: {p.reason}: {p.detail}", file=sys.stderr)
+    if summary["problems"] > len(report.problems):
+        print(f"... and {summary['problems'] - len(report.problems)} more input problems "
+              "(all of them are in the ledger's input_problems table)", file=sys.stderr)
     print_result(summary, as_json, f"{summary['works']} works ({summary['new_works']} new, {summary['new_jobs']} new "
                              f"candidate jobs), {summary['problems']} input problems")
 
@@ -115,10 +115,9 @@ def cmd_works_query(args: argparse.Namespace) -> int:
     if not source.is_query:
         raise UsageError("dtkg works query: give --filter, --topic, --from-year/--to-year or --oa-only")
     settings = load_settings()
-    ids: list[str] = []
-    summary, problems = load_source(settings, source, "dtkg works query", ids)
-    announce_import(settings, "dtkg works query", source.filter or source.topic_id or "query", summary, ids)
-    _report_import(summary, problems, args.json)
+    with load_source(settings, source, "dtkg works query") as report:
+        announce_import(settings, "dtkg works query", source.filter or source.topic_id or "query", report)
+    _report_import(report.summary, report, args.json)
     return EXIT_OK
 
 
@@ -126,11 +125,10 @@ def cmd_works_import(args: argparse.Namespace) -> int:
     from dtkg_assets.core.works import why_nothing_usable
 
     settings = load_settings()
-    ids: list[str] = []
-    summary, problems = load_source(settings, file_source(args.file), "dtkg works import", ids)
-    announce_import(settings, "dtkg works import", str(args.file), summary, ids)
-    _report_import({"file": args.file, **summary}, problems, args.json)
-    if summary["works"] == 0:
+    with load_source(settings, file_source(args.file), "dtkg works import") as report:
+        announce_import(settings, "dtkg works import", str(args.file), report)
+    _report_import({"file": args.file, **report.summary}, report, args.json)
+    if report.works == 0:
         print(f"dtkg works import: no usable work in {args.file}: {why_nothing_usable(args.file)}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK
@@ -178,7 +176,7 @@ def cmd_works_download(args: argparse.Namespace) -> int:
         raise UsageError("dtkg works download: --workers must be at least 1")
     settings = load_settings()
     if args.file:
-        load_source(settings, file_source(args.file), "dtkg works download")
+        load_source(settings, file_source(args.file), "dtkg works download").close()
     with writer(settings, "works download") as ledger:
         ids = works_needing_work(ledger)  # what is eligible now; backoffs that have not passed wait
         with make_client(settings) as client:

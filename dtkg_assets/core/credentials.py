@@ -29,6 +29,8 @@ VAULT_FILE = "credentials.json"
 
 def redact_url(url: str) -> str:
     """`url` with its password (or a lone user part) replaced by ``***``; unchanged without userinfo."""
+    if "@" not in url:
+        return url  # no userinfo possible (and nothing for `_redact_unparsable` to hide)
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -77,8 +79,13 @@ def redact_strings(value: Any) -> Any:
     if isinstance(value, str):
         return redact_url(value) if "@" in value and "://" in value else value
     if isinstance(value, dict):
-        items = {k: redact_strings(v) for k, v in value.items()}
-        return value if all(items[k] is v for k, v in value.items()) else items
+        changed: dict[Any, Any] | None = None
+        for k, v in value.items():
+            r = redact_strings(v)
+            if r is not v:
+                changed = changed if changed is not None else dict(value)
+                changed[k] = r
+        return value if changed is None else changed
     if isinstance(value, list):
         redacted = [redact_strings(v) for v in value]
         return value if all(a is b for a, b in zip(redacted, value, strict=True)) else redacted

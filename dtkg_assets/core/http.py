@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 import ssl
 import threading
 import time
@@ -45,10 +46,18 @@ PRODUCT_TOKEN = "dtkg-assets"
 METADATA_CACHE_FILE = "metadata-cache.sqlite"
 
 
+# http(s)://host, then an optional numeric port, then the path, query, fragment or the end: the host
+# is read off without urllib (the import plans a million URLs).
+_PLAIN_HOST = re.compile(r"(?i:https?)://([A-Za-z0-9.-]+)(?::[0-9]*)?(?:[/?#]|$)", re.ASCII)
+
+
 def host_of(url: str | httpx.URL) -> str:
     """Lower-case host name of a URL ("" when it has none); the key for limits, breakers and stats."""
     if isinstance(url, httpx.URL):
         return url.host.lower()
+    plain = _PLAIN_HOST.match(url)
+    if plain is not None:
+        return plain.group(1).lower()
     return (urlsplit(url).hostname or "").lower()
 
 

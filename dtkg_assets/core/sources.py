@@ -6,10 +6,13 @@ works, the same input problems and the same query provenance.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import pickle
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from dtkg_assets.core.errors import DtkgError
 from dtkg_assets.core.ledger import Ledger
@@ -102,50 +105,153 @@ def iter_works(
 
 
 
-@dataclass
-class SourceBatch:
-    """Everything one read of a source produced, ready to record in the ledger."""
+# Works are planned this many at a time, one ledger transaction each: memory stays flat in the size
+# of the input (a million works in one file) and no statement grows with it. A re-import is
+# idempotent (works upsert, jobs insert once), so an import stopped between batches is completed by
+# running it again.
+IMPORT_BATCH = 20_000
+# Input problems kept in memory for reporting (the ledger gets every one of them).
+KEPT_PROBLEMS = 1_000
 
-    works: list[WorkRecord] = field(default_factory=list)
-    problems: list[InputProblem] = field(default_factory=list)
+
+@dataclass
+class ImportReport:
+    """What importing a source did: the summary numbers, the first input problems, and the imported
+    work ids (spooled to a temporary file, one per line, in input order) for Dagster's partitions."""
+
+    summary: dict[str, Any] = field(default_factory=dict)
+    problems: list[InputProblem] = field(default_factory=list)  # the first KEPT_PROBLEMS
     provenance: dict[str, Any] = field(default_factory=dict)
     stopped_early: str | None = None  # why reading stopped before the end (what was read is kept)
+    _ids: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def works(self) -> int:
+        return int(self.summary.get("works", 0))
+
+    def work_ids(self) -> Iterator[str]:
+        """The imported work ids in input order (an id imported twice comes twice)."""
+        if self._ids is None:
+            return
+        self._ids.seek(0)
+        for line in self._ids:
+            yield line.rstrip(b"\n").decode()
+
+    def close(self) -> None:
+        if self._ids is not None:
+            self._ids.close()
+            self._ids = None
+
+    def __enter__(self) -> ImportReport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def read_source(source: WorksSource, settings: Settings) -> SourceBatch:
-    """Read a whole source before touching the ledger, so network time never holds the writer.
+def import_works(
+    source: WorksSource,
+    settings: Settings,
+    writer: Callable[[], AbstractContextManager[Ledger]],
+    *,
+    run_id: str,
+    batch_size: int = IMPORT_BATCH,
+) -> ImportReport:
+    """Read `source` into the ledger in batches of `batch_size` works, holding at most one batch.
 
-    A source that fails midway (OpenAlex unavailable) keeps what arrived; bad configuration raises
-    `SourceError` before anything is read.
-    """
-    batch = SourceBatch()
-    report = SourceReport()
+    A JSONL file is read while the writer (`writer()`) is held: it is local and reading it is the
+    import. Network sources (OpenAlex queries, id lists) are first spooled to a temporary file, so
+    network time never holds the writer. The read is recorded as a run (query, cursors, fetch times)
+    so an analyst can reproduce it. A source that fails midway (OpenAlex unavailable) keeps what
+    arrived; bad configuration raises `SourceError` before anything is read. Close the report (or use
+    it as a context manager) when done."""
+    source.check()
+    # The ids file lives as long as the report (closed by `ImportReport.close`).
+    report = ImportReport(_ids=tempfile.TemporaryFile(prefix="dtkg-import-ids-"))  # noqa: SIM115
+    read = SourceReport()
     try:
-        for item in iter_works(source, settings, report):
+        if source.kind == "jsonl":
+            with writer() as ledger:
+                _record(ledger, iter_works(source, settings, read), report, run_id, source.kind, batch_size, read)
+        else:
+            with _spooled(iter_works(source, settings, read), report) as items, writer() as ledger:
+                _record(ledger, items, report, run_id, source.kind, batch_size, read)
+    except BaseException:
+        report.close()
+        raise
+    return report
+
+
+@contextmanager
+def _spooled(items: Iterator[WorkRecord | InputProblem], report: ImportReport) -> Iterator[Iterator[Any]]:
+    """Everything `items` yields, read to the end (or until the source fails) into a temporary file
+    (mode 0600, unlinked: candidates may carry credentials), then yielded again from there."""
+    with tempfile.TemporaryFile(prefix="dtkg-import-") as spool:
+        pickler = pickle.Pickler(spool, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            for item in items:
+                pickler.dump(item)
+                pickler.clear_memo()
+        except DtkgError as exc:
+            report.stopped_early = str(exc)
+        spool.seek(0)
+
+        def replay() -> Iterator[Any]:
+            unpickler = pickle.Unpickler(spool)
+            while True:
+                try:
+                    yield unpickler.load()
+                except EOFError:
+                    return
+
+        yield replay()
+
+
+def _record(
+    ledger: Ledger,
+    items: Iterator[WorkRecord | InputProblem],
+    report: ImportReport,
+    run_id: str,
+    kind: str,
+    batch_size: int,
+    read: SourceReport,
+) -> None:
+    ledger.start_run(run_id, kind=f"works:{kind}", owner=ledger.owner)
+    works: list[WorkRecord] = []
+    problems: list[InputProblem] = []
+    counts = {"works": 0, "new_works": 0, "new_jobs": 0, "problems": 0}
+    ids = report._ids
+    assert ids is not None
+
+    def flush() -> None:
+        if works:
+            new_works, new_jobs = ledger.plan(works)
+            counts["new_works"] += new_works
+            counts["new_jobs"] += new_jobs
+            ids.write("".join(f"{w.work_id}\n" for w in works).encode())
+            works.clear()
+        if problems:
+            ledger.add_input_problems(problems)
+            problems.clear()
+
+    try:
+        for item in items:
             if isinstance(item, InputProblem):
-                batch.problems.append(item)
+                counts["problems"] += 1
+                problems.append(item)
+                if len(report.problems) < KEPT_PROBLEMS:
+                    report.problems.append(item)
             else:
-                batch.works.append(item)
+                counts["works"] += 1
+                works.append(item)
+            if len(works) >= batch_size or len(problems) >= batch_size:
+                flush()
     except DtkgError as exc:
-        batch.stopped_early = str(exc)
-    batch.provenance = report.provenance
-    return batch
-
-
-def record_source(ledger: Ledger, batch: SourceBatch, *, run_id: str, kind: str) -> dict[str, Any]:
-    """Plan the works, keep the input problems, and record the read (query, cursors, fetch times) as
-    a run so an analyst can reproduce it. Returns the summary numbers."""
-    ledger.start_run(run_id, kind=kind, owner=ledger.owner)
-    new_works, new_jobs = ledger.plan(batch.works)
-    ledger.add_input_problems(batch.problems)
-    summary: dict[str, Any] = {
-        "works": len(batch.works),
-        "new_works": new_works,
-        "new_jobs": new_jobs,
-        "problems": len(batch.problems),
-        "provenance": batch.provenance,
-    }
-    if batch.stopped_early:
-        summary["stopped_early"] = batch.stopped_early
+        report.stopped_early = str(exc)
+    flush()
+    report.provenance = read.provenance
+    summary: dict[str, Any] = {**counts, "provenance": read.provenance}
+    if report.stopped_early:
+        summary["stopped_early"] = report.stopped_early
     ledger.finish_run(run_id, summary)
-    return summary
+    report.summary = summary

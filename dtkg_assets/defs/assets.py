@@ -14,11 +14,11 @@ import dagster as dg
 from dtkg_assets.core.advice import advice
 from dtkg_assets.core.orchestrator import Orchestrator, WorkOutcome
 from dtkg_assets.core.settings import Settings
-from dtkg_assets.core.sources import WorksSource, read_source, record_source
+from dtkg_assets.core.sources import WorksSource, import_works
 from dtkg_assets.core.streaming import Engine
 from dtkg_assets.core.verify import prepare_request
 from dtkg_assets.defs.event_writer import BackgroundEvents
-from dtkg_assets.defs.partitions import ARTIFACT_PARTITIONS_NAME, LEDGER_POOL, artifact_partitions
+from dtkg_assets.defs.partitions import LEDGER_POOL, add_work_partitions, artifact_partitions
 from dtkg_assets.defs.resources import HttpClientResource, LedgerResource, SettingsResource, StoreResource
 
 # Read once at load time: a backfill policy is part of the definition.
@@ -56,10 +56,11 @@ class WorksSourceConfig(dg.Config):
 def openalex_works(
     context: dg.AssetExecutionContext, config: WorksSourceConfig, ledger: LedgerResource
 ) -> dg.MaterializeResult:
-    batch = read_source(config.to_source(), ledger.settings.load())
-    with ledger.writer(owner=f"run:{context.run.run_id}") as led:
-        summary = record_source(led, batch, run_id=context.run.run_id, kind=f"works:{config.to_source().kind}")
-    context.instance.add_dynamic_partitions(ARTIFACT_PARTITIONS_NAME, [work.work_id for work in batch.works])
+    owner = f"run:{context.run.run_id}"
+    with import_works(config.to_source(), ledger.settings.load(), lambda: ledger.writer(owner=owner),
+                      run_id=context.run.run_id) as batch:
+        add_work_partitions(context.instance, batch.work_ids())
+    summary = batch.summary
     for problem in batch.problems[:50]:
         context.log.warning(f"{problem.origin}:{problem.line or '-'} {problem.reason}: {problem.detail}")
     if batch.stopped_early:

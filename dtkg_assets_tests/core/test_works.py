@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
+import dagster as dg
+
+from dtkg_assets.core.errors import DtkgError
+from dtkg_assets.core.http import host_of
+from dtkg_assets.core.ledger import Ledger
+from dtkg_assets.core.ledger.interface import canonical_url, canonical_url_general
+from dtkg_assets.core.settings import Settings
+from dtkg_assets.core.sources import WorksSource, import_works
+from dtkg_assets.core.streaming import check_url, check_url_fully
 from dtkg_assets.core.types import Candidate, InputProblem, WorkRecord
 from dtkg_assets.core.works import (
     candidate_kind,
@@ -15,6 +27,7 @@ from dtkg_assets.core.works import (
     read_jsonl,
     work_id_of,
 )
+from dtkg_assets.defs.partitions import ARTIFACT_PARTITIONS_NAME, add_work_partitions
 from dtkg_assets_tests.support.fake_openalex import W2741809807, make_work
 
 
@@ -154,3 +167,71 @@ def test_id_list_accepts_common_forms(tmp_path):
     ]
     problems = [i for i in items if isinstance(i, InputProblem)]
     assert [(p.line, p.reason) for p in problems] == [(8, "bad_input")]
+
+
+# ---- the import path at scale: shortcuts that must agree with the general code ---------------
+
+TRICKY_URLS = [
+    "http://example.org/a.pdf", "HTTP://Example.ORG:80/A?b=1#frag", "https://x.org:443", "https://x.org:0443/p",
+    "http://x.org:8080?q", "http://x.org:08080/", "http://x.org:0/", "http://x.org:65535/", "http://x.org:65536/",
+    "http://x.org:99999/", "http://127.0.0.1:9/p/W1.pdf", "http://1.2.3/", "http://1a2.3.4/x", "http://-/",
+    "http://a..b/", "http://host./x", "http://x.org/a b", "http://x.org/a\tb", " http://x.org/p ", "http://x.org/?",
+    "http://x.org/#", "http://x.org?#", "http://x.org//double", "http://x.org/p?a?b#c#d", "http://x.org/[x]",
+    "http://x.org/%zz", "http://x.org\\evil/", "http://user:pw@x.org/", "http://[::1]:8080/", "ftp://x.org/",
+    "http://", "http:///p", "https://例え.jp/", "http://x.org:/", "http://x.org:8a/", "mailto:a@b",
+    "http://x_y.org/", "http://x.org/" + "a" * 70_000, "http://x.org/é", "http://10.0.0.255/", "http://256.1.1.1/",
+    "http://01.2.3.4/", "http://1.2.3.4.5/", "http://0.0.0.0:80/", "http://1.2.3.4a/", "http://[1.2.3.4]/",
+    "http://u:1@h.org/", "http://h.org:12@evil.org/", "http://H.Org:/x", "https://h.org#x", "http://h.org?x",
+]
+
+
+def _outcome(fn: Any, url: str) -> tuple[Any, ...]:
+    try:
+        return ("ok", fn(url))
+    except DtkgError as exc:
+        return ("refused", exc.reason)
+    except ValueError as exc:
+        return ("error", type(exc).__name__)
+
+
+def test_url_shortcuts_decide_like_full_parsing() -> None:
+    # The import checks and canonicalizes a million URLs: plain ones skip httpx/urllib, same answers.
+    for url in TRICKY_URLS:
+        assert _outcome(check_url, url) == _outcome(check_url_fully, url), url
+        assert _outcome(canonical_url, url) == _outcome(canonical_url_general, url), url
+        assert _outcome(host_of, url) == _outcome(lambda u: (urlsplit(u).hostname or "").lower(), url), url
+
+
+def test_import_in_small_batches_records_what_one_batch_does(tmp_path: Path) -> None:
+    lines = [json.dumps(make_work(n)) for n in range(1, 15)]
+    lines[5:5] = ["{not json", json.dumps({"id": "W99"})]  # a malformed line, a work without a URL
+    lines.append(json.dumps({**make_work(3), "display_name": "again"}))  # the same work twice: the last record wins
+    source_file = tmp_path / "works.jsonl"
+    source_file.write_text("\n".join(lines) + "\n")
+    tables = {"works": "SELECT work_id, title FROM works ORDER BY work_id",
+              "jobs": "SELECT job_id, work_id, url, candidate_rank FROM artifact_jobs ORDER BY job_id",
+              "problems": "SELECT line, reason FROM input_problems ORDER BY line"}
+    seen = []
+    for batch_size in (3, 1000):
+        settings = Settings().with_home(tmp_path / f"home-{batch_size}")
+        with import_works(WorksSource(jsonl_path=str(source_file)), settings,
+                          lambda s=settings: Ledger.open_writer(s, owner="test"), run_id="r1",
+                          batch_size=batch_size) as report:
+            ids = list(report.work_ids())
+        with Ledger.open_writer(settings, owner="test") as led:
+            rows = {name: led.query(sql) for name, sql in tables.items()}
+        summary = {k: v for k, v in report.summary.items() if k != "provenance"}
+        seen.append((summary, ids, rows, [(p.line, p.reason) for p in report.problems]))
+    assert seen[0] == seen[1]
+    summary, ids, rows, problems = seen[0]
+    assert summary == {"works": 15, "new_works": 14, "new_jobs": len(rows["jobs"]), "problems": 2}
+    assert ids == [f"W{9_000_000_000 + n}" for n in [*range(1, 15), 3]]
+    assert ("W9000000003", "again") in rows["works"]
+    assert problems == rows["problems"] == [(6, "bad_input"), (7, "no_candidates")]
+
+
+def test_partitions_are_added_in_chunks_once_each_in_first_seen_order() -> None:
+    with dg.instance_for_test() as instance:
+        add_work_partitions(instance, ["W5", "W1", "W5", "W2", "W3", "W1", "W4"], chunk=2)
+        add_work_partitions(instance, ["W6", "W2"], chunk=2)
+        assert instance.get_dynamic_partitions(ARTIFACT_PARTITIONS_NAME) == ["W5", "W1", "W2", "W3", "W4", "W6"]

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -55,8 +56,25 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+# http(s)://host[:port] and printable ASCII after it: canonicalized without urllib (same result).
+_PLAIN_URL = re.compile(r"((?i:https?))://([A-Za-z0-9.-]+)(?::([0-9]{1,5}))?([/?#][!-~]*)?", re.ASCII)
+
+
 def canonical_url(url: str) -> str:
     """Scheme and host lower-cased, default port and fragment dropped (path and query kept as is)."""
+    url = url.strip()
+    plain = _PLAIN_URL.fullmatch(url)
+    if plain is not None and int(plain.group(3) or 0) <= 65535:
+        scheme, host, port = plain.group(1).lower(), plain.group(2).lower(), int(plain.group(3) or 0)
+        if port and not ((scheme == "http" and port == 80) or (scheme == "https" and port == 443)):
+            host = f"{host}:{port}"
+        path, _, query = (plain.group(4) or "").partition("#")[0].partition("?")
+        return f"{scheme}://{host}{path or '/'}?{query}" if query else f"{scheme}://{host}{path or '/'}"
+    return canonical_url_general(url)
+
+
+def canonical_url_general(url: str) -> str:
+    """`canonical_url` through urllib, for every URL (the shortcut's reference)."""
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
@@ -68,8 +86,9 @@ def canonical_url(url: str) -> str:
     return urlunsplit((scheme, host, parts.path or "/", parts.query, ""))
 
 
-def job_id_for(work_id: str, url: str, artifact: str = "pdf") -> str:
-    return stable_hash({"work_id": work_id, "artifact": artifact, "url": canonical_url(url)})
+def job_id_for(work_id: str, url: str, artifact: str = "pdf", *, canonical: str | None = None) -> str:
+    """`canonical` is `canonical_url(url)` when the caller has it already."""
+    return stable_hash({"work_id": work_id, "artifact": artifact, "url": canonical or canonical_url(url)})
 
 
 def op_key_for(job_id: str, op_type: str, effect_key: str) -> str:
