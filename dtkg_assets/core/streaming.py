@@ -14,8 +14,9 @@ Invariants:
 - The sidecar never claims more bytes than are durable: it is rewritten (atomically) only after
   the part has been fsynced up to that point, so a crash resumes from bytes that really exist.
   While streaming, that fsync and sidecar write run on a helper thread (at most one in flight per
-  download) so the body never waits for the disk; the sidecar records the bytes written before the
-  fsync began. A crash then loses at most one checkpoint interval plus one fsync's duration.
+  download) so the body does not wait for the disk; the sidecar records the bytes written before the
+  fsync began. A crash loses the bytes since the last finished checkpoint: one interval, two while
+  the disk is slower than the network (the stream then waits for the checkpoint in flight).
 - Only strong ETags and Last-Modified are sent in `If-Range` (nginx compares strongly; a weak
   ETag would make it send the whole body, and a lenient server could splice two versions).
 """
@@ -934,8 +935,8 @@ class Engine:
                     if pos > limit:
                         raise DtkgError(Reason.TOO_LARGE, f"body passed max_bytes {limit}")
                     now = clock()
-                    # Due and the previous one done: start the next (else try again on a later chunk).
-                    if (pos >= next_checkpoint or now >= next_tick) and self._checkpoint_behind(dl):
+                    if pos >= next_checkpoint or now >= next_tick:
+                        self._checkpoint_behind(dl)
                         next_checkpoint = pos + CHECKPOINT_EVERY
                         if interval > 0:
                             next_tick = now + interval
@@ -955,25 +956,22 @@ class Engine:
         while written < len(chunk):
             written += os.write(fd, view[written:])
 
-    def _checkpoint_behind(self, dl: _Download) -> bool:
-        """Start a checkpoint of `dl.pos` bytes on a helper thread, unless one is still in flight
-        (False: the caller tries again later). The stream goes on writing meanwhile: the fsync covers
-        at least the bytes written before it began, and the sidecar claims only those."""
-        running = dl.checkpointing
-        if running is not None:
-            if running.is_alive():
-                return False
-            running.join()
-            self._raise_checkpoint_error(dl)
+    def _checkpoint_behind(self, dl: _Download) -> None:
+        """Start a checkpoint of `dl.pos` bytes on a helper thread; the stream goes on meanwhile (the
+        fsync covers at least the bytes written before it began, and the sidecar claims only those).
+        One is in flight at most: a previous one still running is waited for first, so when the disk
+        is slower than the network the stream slows down instead of the durable mark falling behind
+        (a crash loses the bytes since the last finished checkpoint: at most two intervals)."""
+        self._settle(dl)
+        self._raise_checkpoint_error(dl)
         if not self.settings.io.fsync:
             self._checkpoint(dl)  # no fsync: the sidecar alone is cheap
             crash_point("body_checkpoint")
-            return True
+            return
         thread = threading.Thread(target=self._checkpoint_thread, args=(dl, dl.pos), daemon=True,
                                   name=f"dtkg-checkpoint-{dl.part.name[:24]}")
         dl.checkpointing = thread
         thread.start()
-        return True
 
     def _checkpoint_thread(self, dl: _Download, pos: int) -> None:
         try:
@@ -983,7 +981,8 @@ class Engine:
             return
         crash_point("body_checkpoint")  # dies with the sidecar durable at `pos`
 
-    def _settle(self, dl: _Download) -> None:
+    @staticmethod
+    def _settle(dl: _Download) -> None:
         """Wait for the background checkpoint in flight, if any (before the fd or the sidecar change)."""
         running = dl.checkpointing
         if running is not None:
@@ -992,7 +991,7 @@ class Engine:
 
     @staticmethod
     def _raise_checkpoint_error(dl: _Download) -> None:
-        dl.checkpointing = None
+        """What the last background checkpoint raised (ENOSPC, EIO), now on the streaming thread."""
         exc, dl.checkpoint_error = dl.checkpoint_error, None
         if exc is not None:
             raise exc
