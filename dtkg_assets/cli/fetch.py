@@ -36,7 +36,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     from dtkg_assets.core.credentials import redact_url
     from dtkg_assets.core.errors import DtkgError
     from dtkg_assets.core.store import check_work_id
-    from dtkg_assets.core.streaming import check_url
+    from dtkg_assets.core.urls import check_url
 
     url: str = args.url
     shown = redact_url(url)  # credentials in the URL are used for the request only, never shown or kept

@@ -25,7 +25,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from dtkg_assets.core.errors import DtkgError, Reason, reason_for_status
-from dtkg_assets.core.retrying import error_from_httpx, parse_retry_after
+from dtkg_assets.core.http_errors import recorded_attempt
+from dtkg_assets.core.retrying import parse_retry_after
 from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.types import FetchHooks, FetchResult, HttpAttempt
 from dtkg_assets.core.works import OPENALEX_CONTENT
@@ -139,19 +140,12 @@ class ContentApi:
             raise DtkgError(Reason.OFFLINE, "no HTTP client for the OpenAlex content API")
         self._reserve()
         api = self.api_url(url)
-        record = HttpAttempt(method="GET", url=api, host=self.host, status=None, bytes=0, elapsed_s=0.0,
-                             started_at=time.time())
-        attempts.append(record)
-        t0 = time.perf_counter()
-        try:
-            response = self.client.get(api, params={"api_key": key}, follow_redirects=False)
-        except (httpx.HTTPError, DtkgError) as exc:
-            self._refund()
-            err = exc if isinstance(exc, DtkgError) else error_from_httpx(exc)
-            record.error = err.reason.value
-            raise err from exc
-        finally:
-            record.elapsed_s = time.perf_counter() - t0
+        with recorded_attempt(attempts, "GET", api, host=self.host) as record:
+            try:
+                response = self.client.get(api, params={"api_key": key}, follow_redirects=False)
+            except (httpx.HTTPError, DtkgError):
+                self._refund()
+                raise
         record.status = response.status_code
         self._read_credits(response.headers)
         status = response.status_code

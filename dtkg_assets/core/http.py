@@ -13,7 +13,7 @@ and so every redirect hop, passes through `PoliteTransport`, which in order:
 7. sends, and feeds the outcome to the host's breaker.
 
 Policy failures are raised as `DtkgError` from inside the transport; network failures stay httpx
-exceptions (translate them with `request_error`). Metadata clients (`for_metadata=True`) add an HTTP
+exceptions (translate them with `http_errors.request_error`). Metadata clients (`for_metadata=True`) add an HTTP
 cache (hishel) in front of the stack, so a cache hit costs no request, no wait and no network;
 PDF clients never cache bodies.
 """
@@ -36,8 +36,9 @@ import httpx
 from pyrate_limiter import AbstractBucket, BucketFactory, InMemoryBucket, Limiter, MonotonicClock, Rate, RateItem
 
 from dtkg_assets.core import credentials, deadline, fleet, netguard
-from dtkg_assets.core.errors import DtkgError, Reason, reason_for_status
-from dtkg_assets.core.retrying import error_from_httpx, parse_retry_after, retrying
+from dtkg_assets.core.errors import DtkgError, Reason
+from dtkg_assets.core.http_errors import error_for_status, request_error
+from dtkg_assets.core.retrying import retrying
 from dtkg_assets.core.robots import RobotsCache
 from dtkg_assets.core.settings import HttpSettings, Settings
 from dtkg_assets.core.walls import ChallengeTracker
@@ -71,15 +72,6 @@ def user_agent(http: HttpSettings) -> str:
     return f"{base} (mailto:{http.mailto})"
 
 
-def request_error(exc: BaseException) -> DtkgError:
-    """Any failure of ``client.send``/``client.get`` as a reasoned `DtkgError`."""
-    if isinstance(exc, DtkgError):
-        return exc
-    if isinstance(exc, httpx.HTTPError):
-        return error_from_httpx(exc)
-    return DtkgError(Reason.CONNECTION_RESET, f"{type(exc).__name__}: {exc}")
-
-
 def get_with_retries(
     client: httpx.Client,
     url: str,
@@ -98,12 +90,7 @@ def get_with_retries(
             except (httpx.HTTPError, DtkgError) as exc:
                 raise request_error(exc) from exc
             if response.status_code == 429 or response.status_code >= 500:
-                raise DtkgError(
-                    reason_for_status(response.status_code),
-                    f"{url} answered HTTP {response.status_code}",
-                    status=response.status_code,
-                    retry_after=parse_retry_after(response.headers.get("retry-after")),
-                )
+                raise error_for_status(response)
             return response
     raise AssertionError("unreachable: retrying re-raises the last error")
 

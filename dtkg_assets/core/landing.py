@@ -34,9 +34,10 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import httpx
 from selectolax.lexbor import LexborHTMLParser
 
-from dtkg_assets.core.errors import DtkgError, Reason, reason_for_status
+from dtkg_assets.core.errors import DtkgError, Reason
+from dtkg_assets.core.http_errors import error_for_status, recorded_attempt
 from dtkg_assets.core.ledger.states import TRANSITIONS, State
-from dtkg_assets.core.retrying import error_from_httpx, parse_retry_after, retrying
+from dtkg_assets.core.retrying import retrying
 from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.types import EffectType, FetchHooks, FetchResult, HttpAttempt, NullHooks, Stage
 from dtkg_assets.core.walls import challenge_marker, record_challenge, refusal_error
@@ -185,44 +186,26 @@ class Page:
         return "pdf" in self.content_type.lower() or self.body[:1024].lstrip().startswith(b"%PDF-")
 
 
-def _attempt(url: str) -> HttpAttempt:
-    return HttpAttempt(method="GET", url=url, host=httpx.URL(url).host, status=None, bytes=0, elapsed_s=0.0,
-                       started_at=time.time())
-
-
 def fetch_page(client: httpx.Client, url: str, settings: Settings, attempts: list[HttpAttempt]) -> Page:
     """GET one HTML page (retrying network errors, 5xx and 429 as the engine does); raise a reasoned
     `DtkgError` for refusals (bot challenge, forbidden, rate limited) and other failures."""
     cap = settings.landing.max_html_bytes
     for attempt in retrying(settings.http):
-        with attempt:
-            record = _attempt(url)
-            attempts.append(record)
-            t0 = time.perf_counter()
-            try:
-                with client.stream("GET", url, headers={"Accept": HTML_ACCEPT}) as response:
-                    record.status = response.status_code
-                    body = bytearray()
-                    truncated = False
-                    for chunk in response.iter_bytes():
-                        body += chunk
-                        if len(body) > cap:
-                            truncated = True
-                            break
-                    record.bytes = len(body)
-                    page = Page(url, str(response.url), response.status_code,
-                                response.headers.get("content-type", ""), bytes(body[:cap]), truncated)
-                    _raise_for_page(page, response)
-                    return page
-            except httpx.HTTPError as exc:
-                err = error_from_httpx(exc)
-                record.error = err.reason.value
-                raise err from exc
-            except DtkgError as exc:
-                record.error = exc.reason.value
-                raise
-            finally:
-                record.elapsed_s = time.perf_counter() - t0
+        with attempt, recorded_attempt(attempts, "GET", url) as record, \
+                client.stream("GET", url, headers={"Accept": HTML_ACCEPT}) as response:
+            record.status = response.status_code
+            body = bytearray()
+            truncated = False
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > cap:
+                    truncated = True
+                    break
+            record.bytes = len(body)
+            page = Page(url, str(response.url), response.status_code,
+                        response.headers.get("content-type", ""), bytes(body[:cap]), truncated)
+            _raise_for_page(page, response)
+            return page
     raise AssertionError("unreachable: retrying re-raises the last error")
 
 
@@ -235,10 +218,7 @@ def _raise_for_page(page: Page, response: httpx.Response) -> None:
         if refusal.reason is Reason.BOT_CHALLENGE:
             record_challenge(response.request.extensions.get("dtkg_walls"), response.url.host)
         raise refusal
-    if 300 <= status < 400:
-        raise DtkgError(Reason.TOO_MANY_REDIRECTS, f"GET {page.final_url} answered HTTP {status}", status=status)
-    raise DtkgError(reason_for_status(status), f"GET {page.final_url} answered HTTP {status}", status=status,
-                    retry_after=parse_retry_after(response.headers.get("retry-after")))
+    raise error_for_status(response)
 
 
 # ---- hooks for the second and later engine fetches of one job -----------------------------------

@@ -13,11 +13,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import tenacity
 
 from dtkg_assets.core import deadline
-from dtkg_assets.core.errors import RETRY_IN_PLACE, DtkgError, Reason
+from dtkg_assets.core.errors import RETRY_IN_PLACE, DtkgError
 from dtkg_assets.core.settings import HttpSettings
 
 
@@ -38,24 +37,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         when = when.replace(tzinfo=UTC)
     current = datetime.fromtimestamp(time.time() if now is None else now, tz=UTC)
     return max(0.0, (when - current).total_seconds())
-
-
-def error_from_httpx(exc: httpx.HTTPError) -> DtkgError:
-    """Translate a transport-level httpx error into a reasoned failure."""
-    if isinstance(exc, httpx.TimeoutException):
-        return DtkgError(Reason.TIMEOUT, str(exc) or type(exc).__name__)
-    if isinstance(exc, httpx.ConnectError):
-        return DtkgError(Reason.CONNECT_ERROR, str(exc))
-    if isinstance(exc, httpx.RemoteProtocolError):
-        # httpx raises this for a body shorter than Content-Length and for peers that hang up.
-        return DtkgError(Reason.TRUNCATED, str(exc))
-    if isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.NetworkError):
-        return DtkgError(Reason.CONNECTION_RESET, str(exc))
-    if isinstance(exc, httpx.UnsupportedProtocol):
-        return DtkgError(Reason.UNSUPPORTED_SCHEME, str(exc))
-    if isinstance(exc, httpx.TooManyRedirects):
-        return DtkgError(Reason.TOO_MANY_REDIRECTS, str(exc))
-    return DtkgError(Reason.CONNECTION_RESET, f"{type(exc).__name__}: {exc}")
 
 
 def _retry_in_place(exc: BaseException) -> bool:

@@ -16,8 +16,8 @@ from dtkg_assets.core.credentials import redact_strings, redact_url
 from dtkg_assets.core.errors import DtkgError, Reason
 from dtkg_assets.core.settings import LandingSettings
 from dtkg_assets.core.store import check_work_id
-from dtkg_assets.core.streaming import check_url
 from dtkg_assets.core.types import Candidate, InputProblem, WorkRecord
+from dtkg_assets.core.urls import check_url
 
 _WORK_ID = re.compile(r"^(?:https?://(?:api\.)?openalex\.org/(?:works/)?)?(W\d+)$", re.IGNORECASE)
 _DOI = re.compile(r"^(?:doi:\s*|https?://(?:dx\.)?doi\.org/)?(10\.\d{4,9}/\S+)$", re.IGNORECASE)

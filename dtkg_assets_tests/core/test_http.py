@@ -17,9 +17,9 @@ from dtkg_assets.core.http import (
     make_client,
     polite_transport,
     rate_for,
-    request_error,
     user_agent,
 )
+from dtkg_assets.core.http_errors import request_error
 from dtkg_assets.core.settings import Settings
 from dtkg_assets_tests.support.origin import FaultMode
 

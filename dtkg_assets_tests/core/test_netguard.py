@@ -8,7 +8,8 @@ import httpx
 import pytest
 
 from dtkg_assets.core.errors import DtkgError, Reason
-from dtkg_assets.core.http import make_client, request_error
+from dtkg_assets.core.http import make_client
+from dtkg_assets.core.http_errors import request_error
 from dtkg_assets.core.netguard import AllowList, check_host, is_private_address
 from dtkg_assets.core.settings import Settings
 from dtkg_assets_tests.support.origin import FaultMode

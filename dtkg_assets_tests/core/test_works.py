@@ -16,8 +16,8 @@ from dtkg_assets.core.ledger import Ledger
 from dtkg_assets.core.ledger.interface import canonical_url, canonical_url_general
 from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.sources import WorksSource, import_works
-from dtkg_assets.core.streaming import check_url, check_url_fully
 from dtkg_assets.core.types import Candidate, InputProblem, WorkRecord
+from dtkg_assets.core.urls import check_url, check_url_fully
 from dtkg_assets.core.works import (
     candidate_kind,
     candidate_urls,

@@ -1,12 +1,12 @@
 """The streaming engine: one candidate URL -> a verified PDF in the content-addressed store.
 
-Pipeline: resume decision (from the `.part` and its sidecar) -> GET (ranged with `If-Range` on a
-resume), whose status and headers are the precheck (validators, size, type, quota) before the first
-body byte -> raw bytes appended to the `.part` with a rolling SHA-256 -> PDF validation ->
-atomic finalize into the store -> per-work link. One request per fresh artifact: a HEAD is sent only
-where it saves bytes (see `Engine._wants_head`) or `http.head_precheck` asks for it. Every step
-reports through `FetchHooks` so the orchestrator can record it in the ledger; on its own the engine
-uses `NullHooks`.
+Pipeline: resume decision (`resume`, from the `.part` and its `sidecar`) -> GET (ranged with `If-Range`
+on a resume, see `ranges`), whose status and headers are the precheck (`validators`, size, type, quota)
+before the first body byte -> raw bytes appended to the `.part` with a rolling SHA-256 (`hashing`) ->
+PDF validation -> atomic finalize into the store -> per-work link. One request per fresh artifact: a
+HEAD is sent only where it saves bytes (see `Engine._wants_head`) or `http.head_precheck` asks for it.
+Every step reports through `FetchHooks` so the orchestrator can record it in the ledger; on its own the
+engine uses `NullHooks`. Every exchange is recorded and its failure mapped by `core.http_errors`.
 
 Invariants:
 - The rolling hash covers exactly the bytes on disk. On resume it is seeded by re-reading the
@@ -26,284 +26,41 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import os
-import queue
-import re
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Any
 
 import httpx
 
 from dtkg_assets.core import deadline
 from dtkg_assets.core.crashpoints import crash_point
-from dtkg_assets.core.errors import DtkgError, Reason, reason_for_status
+from dtkg_assets.core.errors import DtkgError, Reason
 from dtkg_assets.core.http import deadline_timeout, polite_transport
+from dtkg_assets.core.http_errors import error_for_status, error_from_httpx, recorded_attempt
 from dtkg_assets.core.pdf import validate_pdf
-from dtkg_assets.core.retrying import error_from_httpx, parse_retry_after, retrying
-from dtkg_assets.core.settings import Settings
+from dtkg_assets.core.retrying import retrying
+from dtkg_assets.core.settings import MiB, Settings
 from dtkg_assets.core.store import Store, check_work_id, sha256_file
-from dtkg_assets.core.types import FetchHooks, FetchResult, HttpAttempt, NullHooks
+from dtkg_assets.core.streaming.hashing import HASH_THREAD_MIN, HashPipe
+from dtkg_assets.core.streaming.ranges import artifact_headers, parse_content_range, unsatisfied_range_total
+from dtkg_assets.core.streaming.resume import ResumeDecision, decide_resume
+from dtkg_assets.core.streaming.sidecar import PartState
+from dtkg_assets.core.streaming.validators import ServerValidators, head_precheck, int_or_none
+from dtkg_assets.core.types import FetchHooks, FetchResult, NullHooks
+from dtkg_assets.core.urls import check_url
 from dtkg_assets.core.walls import response_refusal
 
-MiB = 1024 * 1024
-# Artifacts ask for a PDF first; whatever comes back is judged by its bytes (validation), not its type.
-ARTIFACT_ACCEPT = "application/pdf,*/*;q=0.8"
 PROGRESS_EVERY = 1 * MiB
 # Durable checkpoint (fsync part + rewrite sidecar) at least every this many bytes while streaming;
 # `io.checkpoint_interval_s` adds one by time, so a slow download loses at most that much on a crash.
 CHECKPOINT_EVERY = 32 * MiB
-# Bodies at least this large are hashed on a helper thread, beside the socket reads and file writes.
-HASH_THREAD_MIN = 8 * MiB
 # A response that contradicts the request (bad Content-Range, 416 with another total) restarts the
 # download from zero; past this many restarts in one attempt the server is broken.
 MAX_RESTARTS = 2
-
-ResumeMode = Literal["fresh", "resume", "discard_part"]
-
-_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
-_UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.IGNORECASE)
-
-
-# ---- server validators ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ServerValidators:
-    """What the server says about the object (from HEAD, or from a GET's headers)."""
-
-    status: int | None = None
-    etag: str | None = None
-    last_modified: str | None = None
-    content_length: int | None = None  # size of the whole object when known
-    accept_ranges: str | None = None
-    content_type: str | None = None
-    final_url: str | None = None
-
-    @property
-    def strong_etag(self) -> str | None:
-        if self.etag and not self.etag.startswith("W/"):
-            return self.etag
-        return None
-
-    def if_range_value(self) -> str | None:
-        """Strong ETag, else Last-Modified, else None. Never a weak ETag."""
-        return self.strong_etag or self.last_modified or None
-
-    @classmethod
-    def from_response(cls, response: httpx.Response, total: int | None = None) -> ServerValidators:
-        if total is None:
-            total = _int_or_none(response.headers.get("content-length"))
-        return cls(
-            status=response.status_code,
-            etag=response.headers.get("etag"),
-            last_modified=response.headers.get("last-modified"),
-            content_length=total,
-            accept_ranges=response.headers.get("accept-ranges"),
-            content_type=response.headers.get("content-type"),
-            final_url=str(response.url),
-        )
-
-
-def _int_or_none(value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        number = int(value.strip())
-    except ValueError:
-        return None
-    return number if number >= 0 else None
-
-
-def _error_for_status(response: httpx.Response, what: str) -> DtkgError:
-    status = response.status_code
-    return DtkgError(
-        reason_for_status(status),
-        f"{what} {response.url} answered HTTP {status}",
-        status=status,
-        retry_after=parse_retry_after(response.headers.get("retry-after")),
-    )
-
-
-def _attempt_record(method: str, url: str) -> HttpAttempt:
-    return HttpAttempt(
-        method=method,
-        url=url,
-        host=httpx.URL(url).host,
-        status=None,
-        bytes=0,
-        elapsed_s=0.0,
-        started_at=time.time(),
-    )
-
-
-def head_precheck(
-    client: httpx.Client, url: str, attempts: list[HttpAttempt] | None = None
-) -> ServerValidators | None:
-    """HEAD the URL. None when the server does not do HEAD (405/501) or gives no usable answer.
-
-    404/410 raise a permanent DtkgError; 429/5xx a transient one carrying Retry-After.
-    """
-    t0 = time.perf_counter()
-    record = _attempt_record("HEAD", url)
-    if attempts is not None:
-        attempts.append(record)
-    try:
-        response = client.head(url, headers={"Accept-Encoding": "identity", "Accept": ARTIFACT_ACCEPT})
-    except httpx.HTTPError as exc:
-        err = error_from_httpx(exc)
-        record.error, record.elapsed_s = err.reason.value, time.perf_counter() - t0
-        raise err from exc
-    except DtkgError as exc:
-        record.error, record.elapsed_s = exc.reason.value, time.perf_counter() - t0
-        raise
-    record.status, record.elapsed_s = response.status_code, time.perf_counter() - t0
-    status = response.status_code
-    if 200 <= status < 300:
-        return ServerValidators.from_response(response)
-    if status in (404, 410, 429) or (status >= 500 and status != 501):
-        err = _error_for_status(response, "HEAD")
-        record.error = err.reason.value
-        raise err
-    # 405/501 and other refusals of HEAD (some CDNs answer 403/400): the GET decides.
-    return None
-
-
-# ---- the sidecar ----------------------------------------------------------------------------
-
-
-@dataclass
-class PartState:
-    """The `.part` sidecar: what the partial bytes are and how many of them are durable."""
-
-    url: str
-    etag: str | None = None
-    last_modified: str | None = None
-    expected_size: int | None = None
-    bytes_on_disk: int = 0
-    prefix_sha256: str | None = None
-    prefix_bytes: int = 0
-    updated_at: float = 0.0
-    # Set once the part is complete, before it is renamed into the store: after a crash between that
-    # rename and the ledger commit, the sidecar names the blob the part became (no refetch).
-    sha256: str | None = None
-
-    @property
-    def strong_etag(self) -> str | None:
-        return self.etag if self.etag and not self.etag.startswith("W/") else None
-
-    @classmethod
-    def read(cls, path: Path) -> PartState | None:
-        """The sidecar at `path`, or None when missing or unreadable (then the part is untrusted)."""
-        try:
-            data = json.loads(path.read_text())
-            names = {f.name for f in dataclasses.fields(cls)}
-            return cls(**{k: v for k, v in data.items() if k in names})
-        except (OSError, ValueError, TypeError):
-            return None
-
-    def write(self, path: Path, fsync: bool = True) -> None:
-        """Atomically replace the sidecar: tmp file, fsync, rename."""
-        self.updated_at = time.time()
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        data = json.dumps(dataclasses.asdict(self)).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, data)
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-
-
-# ---- resume decision ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ResumeDecision:
-    mode: ResumeMode
-    reason: str
-    offset: int = 0
-    if_range: str | None = None
-
-    @property
-    def needs_prefix_check(self) -> bool:
-        return self.mode == "resume" and self.if_range is None
-
-
-def decide_resume(
-    validators: ServerValidators | None,
-    part_state: PartState | None,
-    part_size_on_disk: int,
-    settings: Settings,
-    *,
-    url: str | None = None,
-) -> ResumeDecision:
-    """Decide what to do with an existing `.part`, with a reason an analyst can group by.
-
-    `validators` is the server's current view (None when HEAD was refused). Resumes without
-    `If-Range` (no strong validator) are allowed only with `resume.allow_without_validators`; the
-    engine then checks the server's first bytes against the sidecar's prefix hash.
-    """
-    if part_size_on_disk <= 0:
-        return ResumeDecision("fresh", "no_part")
-    if part_state is None:
-        return ResumeDecision("discard_part", "sidecar_missing")
-    if url is not None and part_state.url != url:
-        return ResumeDecision("discard_part", "url_changed")
-    if part_size_on_disk < part_state.bytes_on_disk:
-        return ResumeDecision("discard_part", "part_shorter_than_sidecar")
-    offset = part_state.bytes_on_disk
-    if offset <= 0:
-        return ResumeDecision("discard_part", "no_durable_bytes")
-    total = validators.content_length if validators else None
-    if total is not None and offset > total:
-        return ResumeDecision("discard_part", "part_larger_than_object")
-    if total is not None and part_state.expected_size is not None and total != part_state.expected_size:
-        return ResumeDecision("discard_part", "size_changed")
-
-    if part_state.strong_etag:
-        if validators is None:
-            # No HEAD: let the server judge with If-Range (200 if it changed).
-            return ResumeDecision("resume", "head_unavailable_if_range", offset, part_state.strong_etag)
-        if validators.strong_etag == part_state.strong_etag:
-            return ResumeDecision("resume", "validators_match", offset, part_state.strong_etag)
-        return ResumeDecision("discard_part", "etag_changed")
-    # The server has a strong ETag now but did not when the part was written: something changed.
-    if (
-        validators is not None
-        and validators.strong_etag
-        and not part_state.etag
-        and (not part_state.last_modified or validators.last_modified != part_state.last_modified)
-    ):
-        return ResumeDecision("discard_part", "etag_changed")
-    if part_state.last_modified:
-        if validators is None:
-            return ResumeDecision("resume", "head_unavailable_if_range", offset, part_state.last_modified)
-        if validators.last_modified == part_state.last_modified:
-            if part_state.etag and validators.etag and validators.etag != part_state.etag:
-                return ResumeDecision("discard_part", "etag_changed")
-            return ResumeDecision("resume", "validators_match", offset, part_state.last_modified)
-        return ResumeDecision("discard_part", "last_modified_changed")
-
-    weak = part_state.etag is not None  # only a weak ETag remains possible here
-    if weak and validators is not None and validators.etag and validators.etag != part_state.etag:
-        return ResumeDecision("discard_part", "etag_changed")
-    if not settings.resume.allow_without_validators:
-        return ResumeDecision("discard_part", "weak_etag_only" if weak else "no_validators_disallowed")
-    if not part_state.prefix_sha256 or part_state.prefix_bytes <= 0:
-        return ResumeDecision("discard_part", "no_prefix_hash")
-    return ResumeDecision("resume", "weak_etag_prefix_ok" if weak else "no_validators_prefix_ok", offset, None)
-
-
-# ---- the engine -----------------------------------------------------------------------------
 
 
 @dataclass
@@ -332,98 +89,12 @@ class _Download:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-class _HashPipe:
-    """Feeds a hashlib object from a helper thread, so hashing (which releases the GIL) overlaps the
-    socket reads and file writes of the streaming thread. At most `depth` chunks wait (memory stays
-    flat); `close` returns once every chunk handed over is in the hash."""
-
-    def __init__(self, hasher: Any, depth: int = 8) -> None:
-        self._queue: queue.Queue[bytes | None] = queue.Queue(depth)
-        self._thread = threading.Thread(target=self._run, args=(hasher.update,), daemon=True, name="dtkg-sha256")
-        self._error: BaseException | None = None
-        self._thread.start()
-        self.update = self._queue.put
-
-    def _run(self, update: Any) -> None:
-        get = self._queue.get
-        while (chunk := get()) is not None:
-            if self._error is None:
-                try:
-                    update(chunk)
-                except BaseException as exc:  # keeps taking chunks, so `update` never blocks for good
-                    self._error = exc
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-
 class _Restart(Exception):
     """The response contradicts what is on disk: truncate the part and ask again from zero."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class _ContentRange:
-    start: int
-    end: int
-    total: int | None
-
-
-def parse_content_range(value: str | None) -> _ContentRange | None:
-    if not value:
-        return None
-    m = _CONTENT_RANGE.match(value)
-    if not m:
-        return None
-    start, end = int(m.group(1)), int(m.group(2))
-    total = None if m.group(3) == "*" else int(m.group(3))
-    if end < start:
-        return None
-    return _ContentRange(start, end, total)
-
-
-# The common shape of a candidate URL: http(s), a host name (letters, digits, '-', '.', with at least
-# one letter or '-') or an IPv4 address as `ipaddress` accepts it (httpx checks an all-digit host as
-# one), an optional port, then printable ASCII. httpx and urllib accept every URL of this shape whose
-# port is below 65536, so `check_url` passes it without parsing (a million works import much faster).
-_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_PLAIN_URL = re.compile(
-    rf"(?i:https?)://(?:(?=[0-9.]*[A-Za-z-])[A-Za-z0-9.-]+|{_OCTET}(?:\.{_OCTET}){{3}})"
-    r"(?::([0-9]{1,5}))?(?:[/?#][!-~]*)?",
-    re.ASCII,
-)
-_MAX_URL_LENGTH = 65536  # httpx's limit
-
-
-def check_url(url: str) -> None:
-    """Refuse what cannot be fetched before touching the network or the disk."""
-    plain = _PLAIN_URL.fullmatch(url)
-    if plain is not None and len(url) <= _MAX_URL_LENGTH and int(plain.group(1) or 0) <= 65535:
-        return
-    check_url_fully(url)
-
-
-def check_url_fully(url: str) -> None:
-    """`check_url` without its shortcut for plain URLs: parsed by httpx and urllib."""
-    try:
-        parsed = httpx.URL(url)
-        # httpx accepts ports past 65535 that the standard library (and the socket) refuse.
-        urlsplit(url).port  # noqa: B018 - evaluated for its ValueError
-    except (httpx.InvalidURL, TypeError, ValueError) as exc:
-        raise DtkgError(Reason.BAD_INPUT, f"malformed URL {url!r}: {exc}") from exc
-    if parsed.scheme not in ("http", "https"):
-        raise DtkgError(
-            Reason.UNSUPPORTED_SCHEME,
-            f"URL {url!r} has scheme {parsed.scheme or '(none)'!r}; only http:// and https:// are fetched",
-        )
-    if not parsed.host:
-        raise DtkgError(Reason.BAD_INPUT, f"URL {url!r} has no host")
 
 
 class Engine:
@@ -755,110 +426,96 @@ class Engine:
         state = PartState.read(dl.sidecar)
         if state is None or state.prefix_sha256 != dl.prefix_sha256 or state.prefix_bytes != want:
             return False  # the part on disk no longer matches its own sidecar
-        headers = {"Accept-Encoding": "identity", "Accept": ARTIFACT_ACCEPT, "Range": f"bytes=0-{want - 1}"}
-        t0 = time.perf_counter()
-        record = _attempt_record("GET", dl.url)
-        dl.result.http_attempts.append(record)
-        try:
-            with self.client.stream("GET", dl.url, headers=headers) as response:
-                record.status = response.status_code
-                if response.status_code not in (200, 206):
-                    if response.status_code == 429 or response.status_code >= 500:
-                        raise _error_for_status(response, "GET")
-                    return False
-                h = hashlib.sha256()
-                got = 0
-                for chunk in response.iter_raw():
-                    take = chunk[: want - got]
-                    h.update(take)
-                    got += len(take)
-                    if got >= want:
-                        break
-                record.bytes = got
-                dl.result.body_bytes_received += got
-        except httpx.HTTPError as exc:
-            raise error_from_httpx(exc) from exc
-        finally:
-            record.elapsed_s = time.perf_counter() - t0
+        with recorded_attempt(dl.result.http_attempts, "GET", dl.url) as record, \
+                self.client.stream("GET", dl.url, headers=artifact_headers(0, upto=want - 1)) as response:
+            record.status = response.status_code
+            if response.status_code not in (200, 206):
+                if response.status_code == 429 or response.status_code >= 500:
+                    raise error_for_status(response)
+                return False
+            h = hashlib.sha256()
+            got = 0
+            for chunk in response.iter_raw():
+                take = chunk[: want - got]
+                h.update(take)
+                got += len(take)
+                if got >= want:
+                    break
+            record.bytes = got
+            dl.result.body_bytes_received += got
         return got == want and h.hexdigest() == dl.prefix_sha256
 
     def _get(self, dl: _Download, offset: int, if_range: str | None) -> None:
-        headers = {"Accept-Encoding": "identity", "Accept": ARTIFACT_ACCEPT}
-        if offset > 0:
-            headers["Range"] = f"bytes={offset}-"
-            if if_range:
-                headers["If-Range"] = if_range
         result = dl.result
-        t0 = time.perf_counter()
-        record = _attempt_record("GET", dl.url)
-        result.http_attempts.append(record)
         received_before = result.body_bytes_received
-        try:
-            with self.client.stream("GET", dl.url, headers=headers) as response:
-                status = response.status_code
-                record.status = result.http_status = status
-                result.final_url = str(response.url)
-                self._check_status(dl, response, offset)
-                if status == 416:
-                    self._complete_from_416(dl, response, offset)
-                    return
-                encoding = response.headers.get("content-encoding", "identity").strip().lower()
-                if status == 206:
-                    cr = parse_content_range(response.headers.get("content-range"))
-                    if cr is None:
-                        raise _Restart("bad_range")
-                    if cr.start != offset:
-                        raise _Restart("content_range_mismatch")
-                    if cr.total is not None and cr.end + 1 != cr.total:
-                        raise _Restart("bad_range")
-                    length = _int_or_none(response.headers.get("content-length"))
-                    if length is not None and length != cr.end - cr.start + 1:
-                        raise _Restart("bad_range")
-                    if dl.total is not None and cr.total is not None and cr.total != dl.total:
-                        raise _Restart("size_changed")
-                    if encoding not in ("identity", ""):
-                        raise _Restart("encoded_range")
-                    total = cr.total
-                else:  # 200: the whole object
-                    if offset > 0:
-                        sent = if_range
-                        new_tag = response.headers.get("etag")
-                        changed = sent is not None and sent != new_tag and sent != response.headers.get("last-modified")
-                        result.decision = "discard_part"
-                        result.decision_reason = "validator_changed" if changed else "range_ignored"
-                        offset = self._restart(dl)
-                        result.resumed_from = 0
-                    identity = encoding in ("identity", "")
-                    total = _int_or_none(response.headers.get("content-length")) if identity else None
-                max_bytes = self.settings.quota.max_bytes
-                if total is not None and total > max_bytes:
-                    raise DtkgError(Reason.TOO_LARGE, f"object of {total} bytes > max_bytes {max_bytes}")
-                self._reserve(dl, None if total is None else max(0, total - offset))
-                dl.total = total
-                dl.validators = ServerValidators.from_response(response, total=total)
-                result.etag, result.last_modified = dl.validators.etag, dl.validators.last_modified
-                result.content_type = dl.validators.content_type
-                # No sidecar yet: one naming zero durable bytes could not resume anything. The first
-                # checkpoint (every 32 MiB, on an error, at the end) writes it with these validators.
-                self._preallocate(dl)
-                dl.hooks.stage("STREAMING", {"offset": offset, "total": total, "status": status})
-                chunks = response.iter_raw() if encoding in ("identity", "") else response.iter_bytes()
-                self._stream(dl, chunks)
-        except httpx.HTTPError as exc:
-            err = error_from_httpx(exc)
-            record.error = err.reason.value
-            raise err from exc
-        except DtkgError as exc:
-            record.error = exc.reason.value
-            raise
-        finally:
-            record.elapsed_s = time.perf_counter() - t0
-            record.bytes = result.body_bytes_received - received_before
+        with recorded_attempt(result.http_attempts, "GET", dl.url) as record:
+            try:
+                with self.client.stream("GET", dl.url, headers=artifact_headers(offset, if_range)) as response:
+                    record.status = result.http_status = response.status_code
+                    result.final_url = str(response.url)
+                    if self._read_response(dl, response, offset, if_range):
+                        return
+            finally:
+                record.bytes = result.body_bytes_received - received_before
         if dl.total is not None and dl.pos != dl.total:
             if dl.pos < dl.total:
                 raise DtkgError(Reason.TRUNCATED, f"body ended at {dl.pos} of {dl.total} bytes")
             raise _Restart("longer_than_announced")
         self._finish_part(dl)
+
+    def _read_response(self, dl: _Download, response: httpx.Response, offset: int, if_range: str | None) -> bool:
+        """Judge the answer's status and headers (before any body byte), then stream its body into the
+        part. True when the part was already complete (a 416 that confirms it)."""
+        result = dl.result
+        status = response.status_code
+        self._check_status(dl, response, offset)
+        if status == 416:
+            self._complete_from_416(dl, response, offset)
+            return True
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if status == 206:
+            cr = parse_content_range(response.headers.get("content-range"))
+            if cr is None:
+                raise _Restart("bad_range")
+            if cr.start != offset:
+                raise _Restart("content_range_mismatch")
+            if cr.total is not None and cr.end + 1 != cr.total:
+                raise _Restart("bad_range")
+            length = int_or_none(response.headers.get("content-length"))
+            if length is not None and length != cr.end - cr.start + 1:
+                raise _Restart("bad_range")
+            if dl.total is not None and cr.total is not None and cr.total != dl.total:
+                raise _Restart("size_changed")
+            if encoding not in ("identity", ""):
+                raise _Restart("encoded_range")
+            total = cr.total
+        else:  # 200: the whole object
+            if offset > 0:
+                sent = if_range
+                new_tag = response.headers.get("etag")
+                new_date = response.headers.get("last-modified")
+                changed = sent is not None and sent != new_tag and sent != new_date
+                result.decision = "discard_part"
+                result.decision_reason = "validator_changed" if changed else "range_ignored"
+                offset = self._restart(dl)
+                result.resumed_from = 0
+            identity = encoding in ("identity", "")
+            total = int_or_none(response.headers.get("content-length")) if identity else None
+        max_bytes = self.settings.quota.max_bytes
+        if total is not None and total > max_bytes:
+            raise DtkgError(Reason.TOO_LARGE, f"object of {total} bytes > max_bytes {max_bytes}")
+        self._reserve(dl, None if total is None else max(0, total - offset))
+        dl.total = total
+        dl.validators = ServerValidators.from_response(response, total=total)
+        result.etag, result.last_modified = dl.validators.etag, dl.validators.last_modified
+        result.content_type = dl.validators.content_type
+        # No sidecar yet: one naming zero durable bytes could not resume anything. The first
+        # checkpoint (every 32 MiB, on an error, at the end) writes it with these validators.
+        self._preallocate(dl)
+        dl.hooks.stage("STREAMING", {"offset": offset, "total": total, "status": status})
+        chunks = response.iter_raw() if encoding in ("identity", "") else response.iter_bytes()
+        self._stream(dl, chunks)
+        return False
 
     def _check_status(self, dl: _Download, response: httpx.Response, offset: int) -> None:
         status = response.status_code
@@ -867,18 +524,13 @@ class Engine:
         refusal = response_refusal(response)  # bot challenge, forbidden, rate limited: told apart
         if refusal is not None:
             raise refusal
-        if status == 429 or status >= 500:
-            raise _error_for_status(response, "GET")
-        if 300 <= status < 400:
-            raise DtkgError(Reason.TOO_MANY_REDIRECTS, f"GET {response.url} answered HTTP {status}", status=status)
         if 200 <= status < 300:
             raise DtkgError(Reason.NOT_PDF, f"GET {response.url} answered HTTP {status} without a body", status=status)
-        raise _error_for_status(response, "GET")
+        raise error_for_status(response)
 
     def _complete_from_416(self, dl: _Download, response: httpx.Response, offset: int) -> None:
         """416 to `bytes=N-`: the part is complete only if the server's total is N and it verifies."""
-        m = _UNSATISFIED_RANGE.match(response.headers.get("content-range", ""))
-        total = int(m.group(1)) if m else None
+        total = unsatisfied_range_total(response.headers.get("content-range"))
         if total != offset:
             raise _Restart("range_not_satisfiable")
         dl.total = total
@@ -907,7 +559,7 @@ class Engine:
         """The hot loop: write + hash each chunk, look at the clock and the stop request; everything
         else only every MiB or every checkpoint interval."""
         fd = dl.fd
-        pipe = _HashPipe(dl.hasher) if dl.total is not None and dl.total - dl.pos >= HASH_THREAD_MIN else None
+        pipe = HashPipe(dl.hasher) if dl.total is not None and dl.total - dl.pos >= HASH_THREAD_MIN else None
         update = pipe.update if pipe is not None else dl.hasher.update
         write = os.write
         clock = time.monotonic
