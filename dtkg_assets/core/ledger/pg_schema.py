@@ -3,9 +3,9 @@ ledger (`schema.TABLES`), types mapped, with forward-only migrations of their ow
 
 Each PostgreSQL migration brings the tables up to `schema.TABLES` with ``CREATE TABLE IF NOT EXISTS``
 and ``ADD COLUMN IF NOT EXISTS`` (idempotent, never dropping anything); a DuckDB migration that adds a
-table or a column gets a PostgreSQL entry here that runs the same sync. Analyst views are not kept in
-PostgreSQL in the DuckDB dialect; migration 2 creates PostgreSQL versions of them (same names and
-columns), and `dtkg ledger export --duckdb` builds the DuckDB ones in the exported file.
+table or a column gets a PostgreSQL entry here that runs the same sync. The analyst views are the
+DuckDB ledger's, written once in `views` in SQL both understand (migrations 2 and 3 create them here);
+`dtkg ledger export --duckdb` builds the DuckDB ones in the exported file.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 import zlib
 from typing import Any
 
+from dtkg_assets.core.ledger import views
 from dtkg_assets.core.ledger.schema import SEQUENCES, TABLES
 
 SCHEMA = "dtkg"
@@ -53,75 +54,8 @@ def _sync_tables(con: Any) -> None:
         con.execute(sql)
 
 
-_COMPLETE = "('INDEXED', 'DEDUPED')"
-
-# The analyst views in PostgreSQL terms (same names and columns as the DuckDB ones), so commands and
-# ad-hoc queries that read them work on either backend. The DuckDB export builds its own.
-VIEWS: dict[str, str] = {
-    "v_artifacts": f"""
-        CREATE OR REPLACE VIEW {SCHEMA}.v_artifacts AS
-        WITH ranked AS (
-            SELECT j.*, row_number() OVER (
-                PARTITION BY work_id ORDER BY
-                  CASE WHEN state IN {_COMPLETE} THEN 0
-                       WHEN state IN ('LEASED','HEAD_DONE','RESUME_OK','STREAMING','FINALIZED') THEN 1
-                       WHEN state = 'PLANNED' THEN 2 WHEN state = 'FAILED' THEN 3 ELSE 4 END,
-                  candidate_rank) AS rn,
-              sum(attempts) OVER (PARTITION BY work_id) AS total_attempts,
-              count(*) OVER (PARTITION BY work_id) AS candidates
-            FROM {SCHEMA}.artifact_jobs j)
-        SELECT w.work_id, w.doi, w.title, w.publication_year,
-               coalesce(r.state, 'NO_JOB') AS state, r.state IN {_COMPLETE} AS complete,
-               r.job_id, r.url, r.final_url, r.host, r.candidate_rank, r.candidates,
-               r.sha256, r.path, r.bytes, r.total_attempts AS attempts, r.failure_class,
-               r.last_reason AS reason, r.last_error, r.http_status, r.decision, r.resumed_from,
-               r.elapsed_s,
-               CASE WHEN r.elapsed_s > 0 THEN r.bytes / 1048576.0 / r.elapsed_s END AS mib_s,
-               r.etag, r.last_modified, r.run_id,
-               to_timestamp(r.finished_at) AS finished_at, to_timestamp(r.updated_at) AS updated_at
-        FROM {SCHEMA}.works w LEFT JOIN ranked r ON r.work_id = w.work_id AND r.rn = 1
-    """,
-    "v_failures": f"""
-        CREATE OR REPLACE VIEW {SCHEMA}.v_failures AS
-        SELECT last_reason AS reason, failure_class, host, count(*) AS jobs,
-               count(DISTINCT work_id) AS works, sum(attempts) AS attempts,
-               to_timestamp(max(updated_at)) AS last_seen
-        FROM {SCHEMA}.artifact_jobs WHERE state = 'FAILED'
-        GROUP BY 1, 2, 3 ORDER BY jobs DESC, reason, host
-    """,
-    "v_hosts": f"""
-        CREATE OR REPLACE VIEW {SCHEMA}.v_hosts AS
-        SELECT host, count(*) AS requests, count(DISTINCT job_id) AS jobs,
-               coalesce(sum(bytes), 0) AS bytes,
-               count(*) FILTER (WHERE error IS NOT NULL OR status >= 400 OR status IS NULL) AS errors,
-               round(count(*) FILTER (WHERE error IS NOT NULL OR status >= 400 OR status IS NULL)::numeric
-                     / count(*), 4) AS error_rate,
-               percentile_cont(0.5) WITHIN GROUP (ORDER BY elapsed_s) AS p50_s,
-               percentile_cont(0.95) WITHIN GROUP (ORDER BY elapsed_s) AS p95_s,
-               percentile_cont(0.99) WITHIN GROUP (ORDER BY elapsed_s) AS p99_s
-        FROM {SCHEMA}.http_attempts GROUP BY host ORDER BY requests DESC
-    """,
-    "v_runs": f"""
-        CREATE OR REPLACE VIEW {SCHEMA}.v_runs AS
-        WITH per_run AS (
-            SELECT run_id,
-                   count(*) FILTER (WHERE state IN {_COMPLETE}) AS artifacts,
-                   count(*) FILTER (WHERE state = 'DEDUPED') AS deduped,
-                   count(*) FILTER (WHERE state = 'FAILED') AS failed,
-                   coalesce(sum(bytes) FILTER (WHERE state = 'INDEXED'), 0) AS bytes
-            FROM {SCHEMA}.artifact_jobs GROUP BY run_id)
-        SELECT r.run_id, r.kind, r.owner, r.host, r.pid,
-               to_timestamp(r.started_at) AS started_at, to_timestamp(r.finished_at) AS finished_at,
-               r.finished_at - r.started_at AS elapsed_s,
-               coalesce(p.artifacts, 0) AS artifacts, coalesce(p.deduped, 0) AS deduped,
-               coalesce(p.failed, 0) AS failed, coalesce(p.bytes, 0) AS bytes,
-               CASE WHEN r.finished_at > r.started_at
-                    THEN coalesce(p.bytes, 0) / 1048576.0 / (r.finished_at - r.started_at) END AS mib_s,
-               r.counts
-        FROM {SCHEMA}.runs r LEFT JOIN per_run p USING (run_id)
-        ORDER BY r.started_at
-    """,
-}
+# The analyst views (core/ledger/views.py, the same SQL as the DuckDB ones), tables in schema dtkg.
+VIEWS: dict[str, str] = views.create_statements(f"{SCHEMA}.")
 
 # DuckDB's json_valid, so the same ad-hoc checks run on both backends.
 _JSON_VALID = f"""
@@ -141,10 +75,25 @@ def _views(con: Any) -> None:
     con.execute(_JSON_VALID)
 
 
+_V2_VIEWS = ("v_artifacts", "v_failures", "v_hosts", "v_runs")
+
+
+def _v2(con: Any) -> None:
+    for name in _V2_VIEWS:
+        con.execute(VIEWS[name])
+    con.execute(_JSON_VALID)
+
+
+def _v3(con: Any) -> None:
+    for name in views.YIELD_NAMES:
+        con.execute(VIEWS[name])
+
+
 # Forward-only: append (version, description, function); never edit applied ones.
 MIGRATIONS: list[tuple[int, str, Any]] = [
     (1, "ledger tables as in the DuckDB ledger (works, jobs, ops, blobs, attempts, runs, versions)", _sync_tables),
-    (2, "analyst views (v_artifacts, v_failures, v_hosts, v_runs) and json_valid, as in DuckDB", _views),
+    (2, "analyst views (v_artifacts, v_failures, v_hosts, v_runs) and json_valid, as in DuckDB", _v2),
+    (3, "yield views (v_yield_hosts, v_yield_sources, v_yield_via, v_yield_failures), as in DuckDB", _v3),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import duckdb
 
+from dtkg_assets.core.ledger import views
+
 Column = tuple[str, str]  # (name, type with constraints)
 
 TABLES: dict[str, list[Column]] = {
@@ -152,117 +154,9 @@ _V1_INDEXES: tuple[str, ...] = (
 
 _COMPLETE = "('INDEXED', 'DEDUPED')"
 
-VIEWS: dict[str, str] = {
-    # One row per work: the job that decides the work's state (complete first, then in flight,
-    # then failed; lower candidate rank first), with totals over all its candidates.
-    "v_artifacts": f"""
-        CREATE OR REPLACE VIEW v_artifacts AS
-        WITH ranked AS (
-            SELECT j.*, row_number() OVER (
-                PARTITION BY work_id ORDER BY
-                  CASE WHEN state IN {_COMPLETE} THEN 0
-                       WHEN state IN ('LEASED','HEAD_DONE','RESUME_OK','STREAMING','FINALIZED') THEN 1
-                       WHEN state = 'PLANNED' THEN 2 WHEN state = 'FAILED' THEN 3 ELSE 4 END,
-                  candidate_rank) AS rn,
-              sum(attempts) OVER (PARTITION BY work_id) AS total_attempts,
-              count(*) OVER (PARTITION BY work_id) AS candidates
-            FROM artifact_jobs j)
-        SELECT w.work_id, w.doi, w.title, w.publication_year,
-               coalesce(r.state, 'NO_JOB') AS state, r.state IN {_COMPLETE} AS complete,
-               r.job_id, r.url, r.final_url, r.host, r.candidate_rank, r.candidates,
-               r.sha256, r.path, r.bytes, r.total_attempts AS attempts, r.failure_class,
-               r.last_reason AS reason, r.last_error, r.http_status, r.decision, r.resumed_from,
-               r.elapsed_s,
-               CASE WHEN r.elapsed_s > 0 THEN r.bytes / 1048576.0 / r.elapsed_s END AS mib_s,
-               r.etag, r.last_modified, r.run_id,
-               to_timestamp(r.finished_at) AS finished_at, to_timestamp(r.updated_at) AS updated_at
-        FROM works w LEFT JOIN ranked r ON r.work_id = w.work_id AND r.rn = 1
-    """,
-    "v_failures": """
-        CREATE OR REPLACE VIEW v_failures AS
-        SELECT last_reason AS reason, failure_class, host, count(*) AS jobs,
-               count(DISTINCT work_id) AS works, sum(attempts) AS attempts,
-               to_timestamp(max(updated_at)) AS last_seen
-        FROM artifact_jobs WHERE state = 'FAILED'
-        GROUP BY ALL ORDER BY jobs DESC, reason, host
-    """,
-    "v_hosts": """
-        CREATE OR REPLACE VIEW v_hosts AS
-        SELECT host, count(*) AS requests, count(DISTINCT job_id) AS jobs,
-               coalesce(sum(bytes), 0) AS bytes,
-               count(*) FILTER (WHERE error IS NOT NULL OR status >= 400 OR status IS NULL) AS errors,
-               round(count(*) FILTER (WHERE error IS NOT NULL OR status >= 400 OR status IS NULL)
-                     / count(*), 4) AS error_rate,
-               quantile_cont(elapsed_s, 0.5) AS p50_s, quantile_cont(elapsed_s, 0.95) AS p95_s,
-               quantile_cont(elapsed_s, 0.99) AS p99_s
-        FROM http_attempts GROUP BY host ORDER BY requests DESC
-    """,
-    "v_runs": f"""
-        CREATE OR REPLACE VIEW v_runs AS
-        WITH per_run AS (
-            SELECT run_id,
-                   count(*) FILTER (WHERE state IN {_COMPLETE}) AS artifacts,
-                   count(*) FILTER (WHERE state = 'DEDUPED') AS deduped,
-                   count(*) FILTER (WHERE state = 'FAILED') AS failed,
-                   coalesce(sum(bytes) FILTER (WHERE state = 'INDEXED'), 0) AS bytes
-            FROM artifact_jobs GROUP BY run_id)
-        SELECT r.run_id, r.kind, r.owner, r.host, r.pid,
-               to_timestamp(r.started_at) AS started_at, to_timestamp(r.finished_at) AS finished_at,
-               r.finished_at - r.started_at AS elapsed_s,
-               coalesce(p.artifacts, 0) AS artifacts, coalesce(p.deduped, 0) AS deduped,
-               coalesce(p.failed, 0) AS failed, coalesce(p.bytes, 0) AS bytes,
-               CASE WHEN r.finished_at > r.started_at
-                    THEN coalesce(p.bytes, 0) / 1048576.0 / (r.finished_at - r.started_at) END AS mib_s,
-               r.counts
-        FROM runs r LEFT JOIN per_run p USING (run_id)
-        ORDER BY r.started_at
-    """,
-}
-
-
-# Yield in the open (issue 11): success rates by host, by candidate source field and by how the PDF
-# was found, and failures by reason. A job counts once it was tried (finished or failed).
-_TRIED = "state IN ('INDEXED', 'DEDUPED', 'FAILED')"
-_YIELD_COLS = f"""
-        count(*) FILTER (WHERE {_TRIED}) AS tried,
-        count(*) FILTER (WHERE state IN {_COMPLETE}) AS stored,
-        count(*) FILTER (WHERE state = 'FAILED') AS failed,
-        round(count(*) FILTER (WHERE state IN {_COMPLETE}) / nullif(count(*) FILTER (WHERE {_TRIED}), 0), 4)
-            AS success_rate,
-        count(DISTINCT work_id) FILTER (WHERE state IN {_COMPLETE}) AS works_stored"""
-YIELD_VIEWS: dict[str, str] = {
-    "v_yield_hosts": f"""
-        CREATE OR REPLACE VIEW v_yield_hosts AS
-        SELECT host, {_YIELD_COLS}
-        FROM artifact_jobs GROUP BY host HAVING count(*) FILTER (WHERE {_TRIED}) > 0
-        ORDER BY tried DESC, host
-    """,
-    "v_yield_sources": rf"""
-        CREATE OR REPLACE VIEW v_yield_sources AS
-        SELECT regexp_replace(coalesce(candidate_source, '(unknown)'), '\[\d+\]', '[]', 'g') AS source,
-               {_YIELD_COLS}
-        FROM artifact_jobs GROUP BY ALL HAVING count(*) FILTER (WHERE {_TRIED}) > 0
-        ORDER BY tried DESC, source
-    """,
-    "v_yield_via": f"""
-        CREATE OR REPLACE VIEW v_yield_via AS
-        SELECT coalesce(json_extract_string(result, '$.via'), 'direct') AS via, count(*) AS stored,
-               count(DISTINCT work_id) AS works,
-               round(count(*) / sum(count(*)) OVER (), 4) AS share,
-               coalesce(sum(bytes), 0) AS bytes
-        FROM artifact_jobs WHERE state IN {_COMPLETE}
-        GROUP BY ALL ORDER BY stored DESC, via
-    """,
-    "v_yield_failures": r"""
-        CREATE OR REPLACE VIEW v_yield_failures AS
-        SELECT last_reason AS reason, failure_class,
-               regexp_replace(coalesce(candidate_source, '(unknown)'), '\[\d+\]', '[]', 'g') AS source,
-               count(*) AS jobs, count(DISTINCT work_id) AS works, count(DISTINCT host) AS hosts
-        FROM artifact_jobs WHERE state = 'FAILED'
-        GROUP BY ALL ORDER BY jobs DESC, reason, source
-    """,
-}
-VIEWS.update(YIELD_VIEWS)
+# The analyst views (core/ledger/views.py, shared with the PostgreSQL ledger), tables named bare.
+VIEWS: dict[str, str] = views.create_statements()
+YIELD_VIEWS: dict[str, str] = {name: VIEWS[name] for name in views.YIELD_NAMES}
 
 
 def _create_table_sql(name: str) -> str:

@@ -8,7 +8,10 @@ with PostgreSQL's COPY, so the comparison is exact.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
+from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +96,54 @@ def test_export_from_postgres_has_the_same_tables_rows_and_views(demo_home: Path
     lines = (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()
     assert metrics["works"] == loaded["works"] == metrics["manifest_lines"] == len(lines)
     assert metrics["blobs"] == loaded["blobs"] and metrics["http_requests"] == loaded["http_attempts"]
+
+
+def view_rows(cur: Any, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """A view's column names and rows, values compared as data: numbers as floats (PostgreSQL answers
+    numeric where DuckDB answers DOUBLE), timestamps as epoch seconds, JSON parsed."""
+    def norm(v: Any) -> Any:
+        if isinstance(v, bool) or v is None:
+            return v
+        if isinstance(v, (int, float, Decimal)):
+            return round(float(v), 6)
+        if isinstance(v, datetime):
+            return round(v.timestamp(), 6)
+        if isinstance(v, str) and v.startswith("{"):
+            return json.loads(v)
+        return v
+
+    cur.execute(sql)
+    names = [d[0] for d in cur.description]
+    return names, sorted((tuple(norm(v) for v in row) for row in cur.fetchall()), key=repr)
+
+
+def same(a: Any, b: Any) -> bool:
+    # to_timestamp rounds the last microsecond differently in the two databases.
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=0, abs_tol=1e-5)
+    return bool(a == b)
+
+
+def test_postgres_ledger_has_the_duckdb_views_answering_the_same(demo_home: Path, pg_url: str) -> None:
+    """The analyst views are written once (core/ledger/views.py): on the PostgreSQL ledger they exist
+    under the same names and give the same columns and rows as the DuckDB ledger's on the same data."""
+    original = demo_home / "ledger.snapshot.duckdb"
+    load_into_postgres(original, pg_url)
+    with psycopg.connect(pg_url) as pg, duckdb.connect(str(original), read_only=True) as duck:
+        pg_views = {r[0] for r in pg.execute("SELECT table_name FROM information_schema.views "
+                                             "WHERE table_schema = %s", [pg_schema.SCHEMA]).fetchall()}
+        duck_views = {r[0] for r in duck.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+        assert pg_views == duck_views == set(VIEWS)
+        assert {"v_yield_hosts", "v_yield_sources", "v_yield_via", "v_yield_failures"} <= pg_views
+        for view in sorted(VIEWS):
+            names, rows = view_rows(pg.cursor(), f"SELECT * FROM {pg_schema.SCHEMA}.{view}")
+            duck_names, duck_rows = view_rows(duck.cursor(), f"SELECT * FROM {view}")
+            assert names == duck_names and len(rows) == len(duck_rows) > 0, view
+            differ = [(view, n, a, b) for row, duck_row in zip(rows, duck_rows, strict=True)
+                      for n, a, b in zip(names, row, duck_row, strict=True) if not same(a, b)]
+            assert not differ, differ[:5]
+        via = dict(pg.execute(f"SELECT via, stored FROM {pg_schema.SCHEMA}.v_yield_via").fetchall())
+        assert via["direct"] >= 30 and sum(v for k, v in via.items() if k != "direct") == 3, via
 
 
 def test_notebook_runs_unchanged_on_the_export(demo_home: Path, pg_url: str, tmp_path: Path) -> None:
