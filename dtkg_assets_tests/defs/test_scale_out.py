@@ -434,5 +434,90 @@ def test_killed_worker_is_taken_over_after_its_lease_and_a_stopped_workers_late_
     assert (store / "works" / "W202.pdf").read_bytes() == body2
 
 
+# ---- automation on the PostgreSQL ledger ---------------------------------------------------------
+
+
+def test_sensors_checks_and_lease_release_read_and_write_the_postgresql_ledger(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With DTKG_LEDGER_URL set, the reconcile sensor reads the PostgreSQL ledger (files it calls finished,
+    expired leases), the lease release the failure sensor requests writes it, the next tick sees that
+    write, and the asset checks judge files against it; no DuckDB ledger appears in the home."""
+    import dagster as dg
+
+    from dtkg_assets.core.ledger import Ledger
+    from dtkg_assets.core.store import Store
+    from dtkg_assets.core.types import Candidate, WorkRecord
+    from dtkg_assets.definitions import build_definitions
+    from dtkg_assets.defs.jobs import release_leases_job
+    from dtkg_assets.defs.partitions import ARTIFACT_PARTITIONS_NAME
+    from dtkg_assets.defs.resources import default_resources
+    from dtkg_assets.defs.sensors import RANGE_END, RANGE_START, _release_request, reconcile_sensor
+
+    home = tmp_path / "home"
+    for name, value in loopback_env(home, DTKG_LEDGER_URL=pg_url).items():
+        if name.startswith("DTKG_"):
+            monkeypatch.setenv(name, value)
+    settings = Settings.from_env()
+    assert settings.ledger_is_postgres
+    ids = ["W1", "W2", "W3", "W4", "W5"]
+    body = pdf_bytes(20_000, seed=3)
+    sha = hashlib.sha256(body).hexdigest()
+    with Ledger.open_writer(settings, owner="test") as led:
+        led.plan([WorkRecord(w, [Candidate(f"http://127.0.0.1:9/{w}.pdf", "best_oa_location.pdf_url")],
+                             title=f"Work {w}") for w in ids])
+        jobs = {w: js[0].job_id for w, js in led.jobs_for_works(ids).items()}
+        # W3: the lease of a worker long gone, expired.
+        assert led.lease(jobs["W3"], "run:gone", ttl_s=60, now=time.time() - 3600) is not None
+    # W1 and W2 finished; W2's file is gone since. W5 was never tried.
+    ledger_rows(pg_url, "UPDATE artifact_jobs SET state = 'INDEXED', sha256 = %s, bytes = %s, path = %s "
+                        "WHERE work_id IN ('W1', 'W2') RETURNING 1", [sha, len(body), f"works/{sha}.pdf"])
+    Store(settings).work_path("W1").parent.mkdir(parents=True, exist_ok=True)
+    Store(settings).work_path("W1").write_bytes(body)
+
+    defs = build_definitions(str(home))
+    resources = default_resources(str(home))
+
+    def tick(cursor: str | None) -> dg.SensorResult:
+        with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as ctx:
+            return reconcile_sensor.evaluate_tick(ctx)
+
+    def ranges(data: dg.SensorResult) -> list[tuple[str, str]]:
+        return [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in data.run_requests or [] if RANGE_START in r.tags]
+
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(ARTIFACT_PARTITIONS_NAME, ids)
+        # W4: a live lease of a download run that died.
+        dead = instance.create_run_for_job(defs.resolve_job_def("artifact_pdfs_job"),
+                                           tags={RANGE_START: "W4", RANGE_END: "W4"},
+                                           status=dg.DagsterRunStatus.FAILURE)
+        with Ledger.open_writer(settings, owner="test") as led:
+            assert led.lease(jobs["W4"], f"run:{dead.run_id}", run_id=dead.run_id, ttl_s=3600) is not None
+        first = tick(None)
+        # Redo W2 (file gone) and W3 (lease expired); W4 is in flight, W5 is the user's: one window.
+        assert ranges(first) == [("W2", "W3")]
+        # The failure sensor's request for the dead run releases its lease.
+        request = _release_request(dead)
+        assert isinstance(request, dg.RunRequest)
+        released = release_leases_job.execute_in_process(
+            instance=instance, resources=resources, run_config=request.run_config)
+        assert released.success and released.output_for_node("release_run_leases") == 1
+        assert ledger_rows(pg_url, "SELECT state, lease_owner, last_reason FROM artifact_jobs WHERE work_id = 'W4'"
+                           ) == [("PLANNED", None, "lease_lost")]
+        # The next tick reads that write: W4 is now to redo as well.
+        assert ranges(tick(first.cursor)) == [("W2", "W4")]
+        # The asset checks over W1-W2 judge the files against the PostgreSQL ledger's sha256.
+        checked = defs.resolve_job_def("artifact_checks_job").execute_in_process(
+            instance=instance, tags={RANGE_START: "W1", RANGE_END: "W2"})
+        assert checked.success
+        verdicts = {
+            (e.event_specific_data.partition, e.event_specific_data.check_name): e.event_specific_data.passed
+            for e in checked.all_events if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION}
+        assert verdicts[("W1", "artifact_file_matches_ledger")] is True
+        assert verdicts[("W2", "artifact_file_matches_ledger")] is False
+        assert {p for p, _ in verdicts} == {"W1", "W2"}
+    assert not list(home.rglob("*.duckdb"))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))

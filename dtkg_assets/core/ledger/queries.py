@@ -131,10 +131,11 @@ def automation_view(ledger: Ledger, *, now: float | None = None) -> dict[str, st
 
 
 def finished_files(ledger: Ledger) -> list[tuple[str, str, int]]:
-    """(work_id, sha256, bytes) of every finished work (one row per work)."""
+    """(work_id, sha256, bytes) of every finished work (one row per work: its first finished candidate)."""
+    # (array_agg … ORDER BY)[1], not any_value: PostgreSQL has any_value only from version 16.
     rows = ledger.query(
-        "SELECT work_id, any_value(sha256), any_value(bytes) FROM artifact_jobs "
-        "WHERE state IN ('INDEXED', 'DEDUPED') GROUP BY work_id ORDER BY work_id"
+        "SELECT work_id, (array_agg(sha256 ORDER BY candidate_rank))[1], (array_agg(bytes ORDER BY candidate_rank))[1] "
+        "FROM artifact_jobs WHERE state IN ('INDEXED', 'DEDUPED') GROUP BY work_id ORDER BY work_id"
     )
     return [(str(r[0]), str(r[1]), int(r[2] or 0)) for r in rows]
 
