@@ -161,18 +161,18 @@ def works_by_outcome(ledger: Ledger) -> dict[str, int]:
 
 def failed_jobs(ledger: Ledger) -> list[tuple[str, str, str, str, str]]:
     """Failed jobs of works with nothing finished or left to try: (work_id, job_id, the job's reason,
-    its URL's host, the work's reported reason: its last candidate's)."""
+    its URL's host as planned, the work's reported reason: its last candidate's)."""
     rows = ledger.query(
         """
         WITH failed_works AS (
-            SELECT work_id, arg_max(last_reason, candidate_rank) AS work_reason FROM artifact_jobs
+            -- (array_agg … ORDER BY)[1]: arg_max in SQL both backends (DuckDB, PostgreSQL) speak.
+            SELECT work_id, (array_agg(last_reason ORDER BY candidate_rank DESC))[1] AS work_reason
+            FROM artifact_jobs
             GROUP BY work_id
             HAVING bool_or(state = 'FAILED')
                AND NOT bool_or(state IN ('INDEXED', 'DEDUPED', 'PLANNED', 'LEASED', 'HEAD_DONE', 'RESUME_OK',
                                          'STREAMING', 'FINALIZED')))
-        SELECT j.work_id, j.job_id, coalesce(j.last_reason, ''),
-               lower(regexp_extract(j.url, '^[a-zA-Z][a-zA-Z0-9+.-]*://(?:[^@/]*@)?([^:/?#]+)', 1)),
-               coalesce(f.work_reason, '')
+        SELECT j.work_id, j.job_id, coalesce(j.last_reason, ''), coalesce(j.host, ''), coalesce(f.work_reason, '')
         FROM artifact_jobs j JOIN failed_works f USING (work_id)
         WHERE j.state = 'FAILED' ORDER BY j.work_id, j.candidate_rank
         """
