@@ -100,7 +100,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         healed = {k: v for k, v in counts.items() if v}
         console.print("reconcile: " + (", ".join(f"{k}={v}" for k, v in healed.items()) or "nothing to heal"))
         checks = run_checks(instance, settings, report, command="demo")
-        console.print("asset checks: " + ", ".join(f"{k} {'passed' if v else 'FAILED'}" for k, v in checks.items()))
+        console.print(f"asset checks: {checks.describe()}")
     finally:
         origin.stop()
     downloaded_bytes = origin.total_body_bytes()

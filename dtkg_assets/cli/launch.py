@@ -135,6 +135,48 @@ class BackfillReport:
         return sum(1 for b in self.batches if not b.success)
 
 
+@dataclass
+class CheckReport:
+    """What check runs found: per check, whether every evaluation passed; how many works were
+    evaluated; per question (file, pdf, paper), how many works failed it; check runs that failed."""
+
+    passed: dict[str, bool] = field(default_factory=dict)
+    evaluated: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    failed_runs: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.failed_runs == 0 and all(self.passed.values())
+
+    def add(self, result: Any) -> None:
+        if not result.success:
+            self.failed_runs += 1
+        for evaluation in result.get_asset_check_evaluations():
+            name = evaluation.asset_check_key.name
+            self.passed[name] = self.passed.get(name, True) and evaluation.passed
+            self.evaluated += 1
+            failed = evaluation.metadata.get("failed")
+            for question in str(getattr(failed, "value", failed) or "").split(","):
+                if question:
+                    self.failures[question] = self.failures.get(question, 0) + 1
+
+    def describe(self) -> str:
+        """One line per check: "artifact_pdf_verified: passed (12 works)" or FAILED with the counts."""
+        if not self.passed:
+            return "no finished work to check" + (f"; {self.failed_runs} check runs failed" if self.failed_runs else "")
+        problems = ", ".join(f"{q} {n}" for q, n in sorted(self.failures.items()) if n)
+        runs = f"; {self.failed_runs} check runs failed" if self.failed_runs else ""
+        return "; ".join(
+            f"{name}: {'passed' if ok else 'FAILED'} ({self.evaluated} works"
+            + (f"; failed: {problems}" if problems and not ok else "") + ")"
+            for name, ok in sorted(self.passed.items())
+        ) + runs
+
+    def as_json(self) -> dict[str, Any]:
+        return {name: ok and self.failed_runs == 0 for name, ok in self.passed.items()}
+
+
 def pending_keys(settings: Settings) -> list[str]:
     try:
         with Ledger.open_reader(settings) as led:
@@ -454,28 +496,25 @@ def run_reconcile(instance: dg.DagsterInstance, settings: Settings, *, command: 
 
 def run_checks(
     instance: dg.DagsterInstance, settings: Settings, report: BackfillReport | None = None, *, command: str = "backfill"
-) -> dict[str, bool]:
+) -> CheckReport:
     """Per-partition checks over the partitions the backfill's runs covered (all partitions without
-    a report): check name -> every evaluated partition passed. On a shared ledger a backfill's
-    batches may lie between other workers' batches: one check run per stretch of its own
-    (`BackfillReport.check_ranges`), so no worker checks the whole fleet's works again."""
+    a report). On a shared ledger a backfill's batches may lie between other workers' batches: one
+    check run per stretch of its own (`BackfillReport.check_ranges`), so no worker checks the whole
+    fleet's works again."""
+    checked = CheckReport()
     ordered = instance.get_dynamic_partitions(ARTIFACT_PARTITIONS_NAME)
     if not ordered:
-        return {}
+        return checked
     if report is not None and report.batches:
         ranges = report.check_ranges or joined_ranges([(b.start, b.end) for b in report.batches], ordered, set())
     else:
         ranges = [(ordered[0], ordered[-1])]
     job = _definitions(settings).resolve_job_def(artifact_checks_job.name)
-    passed: dict[str, bool] = {}
     for start, end in ranges:
-        result = job.execute_in_process(
+        checked.add(job.execute_in_process(
             instance=instance,
             run_config=quiet_loggers(),
             tags={RANGE_START: start, RANGE_END: end, **cli_tags(command)},
             raise_on_error=False,
-        )
-        for evaluation in result.get_asset_check_evaluations():
-            name = evaluation.asset_check_key.name
-            passed[name] = passed.get(name, True) and evaluation.passed
-    return passed
+        ))
+    return checked

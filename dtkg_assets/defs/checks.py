@@ -1,17 +1,24 @@
-"""Per-partition asset checks on `artifact_pdfs`: the work's file is present and hashes to the
-ledger's sha256; its content is a PDF; it is the right paper (mentions the work's DOI or title: a
-mismatch is flagged `wrong_paper` with WARN severity for analysts, never deleted).
+"""One per-partition asset check on `artifact_pdfs`, `artifact_pdf_verified`, asking three questions
+of each finished work's file: is it present and does it hash to the ledger's sha256; is it a PDF;
+is it the right paper (mentions the work's DOI or title)?
+
+One evaluation per work carries all three verdicts in its metadata (`file`, `pdf`, `paper`,
+`failed`). It passes only when all three hold; it fails with ERROR severity when the file or the PDF
+is wrong, and with WARN severity when only the paper looks wrong (`wrong_paper` is flagged for
+analysts, never deleted). One evaluation, not one per question: on Dagster's SQLite event storage
+each evaluation costs three write transactions (run shard, index shard, check executions row), and
+three checks per work made the checks cost more than the downloads they checked.
 
 They run off the download path, in a check run over the partitions a download run covered
 (`artifact_checks_sensor` requests one after every download run; `dtkg backfill` runs them at the
-end). Each finished work in the run's partitions gets one evaluation per check with its partition
-(Dagster 1.13 partitioned asset checks); works without a finished artifact are not evaluated.
+end). Works without a finished artifact are not evaluated.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import dagster as dg
 
+from dtkg_assets.core import deadline
 from dtkg_assets.core.ledger.queries import finished_artifacts, work_references
 from dtkg_assets.core.pdf import is_valid_pdf
 from dtkg_assets.core.rightpaper import check_pdf
@@ -20,28 +27,18 @@ from dtkg_assets.core.verify import file_problem
 from dtkg_assets.defs.partitions import artifact_partitions
 from dtkg_assets.defs.resources import LedgerResource
 
-FILE_CHECK = "artifact_file_matches_ledger"
-PDF_CHECK = "artifact_is_pdf"
-PAPER_CHECK = "artifact_is_right_paper"
+CHECK = "artifact_pdf_verified"
+# The questions, in the order `failed` lists them.
+ASPECTS = ("file", "pdf", "paper")
 CHECK_SPECS = [
     dg.AssetCheckSpec(
-        FILE_CHECK,
+        CHECK,
         asset="artifact_pdfs",
         partitions_def=artifact_partitions,
-        description="The work's file exists and hashes to the sha256 the ledger recorded.",
-    ),
-    dg.AssetCheckSpec(
-        PDF_CHECK,
-        asset="artifact_pdfs",
-        partitions_def=artifact_partitions,
-        description="The work's file is a PDF (%PDF- header, %%EOF trailer, structure).",
-    ),
-    dg.AssetCheckSpec(
-        PAPER_CHECK,
-        asset="artifact_pdfs",
-        partitions_def=artifact_partitions,
-        description="The PDF's first pages or metadata mention the work's DOI or title (wrong_paper is "
-        "flagged, never deleted).",
+        description="The work's file exists and hashes to the sha256 the ledger recorded (metadata `file`), "
+        "is a PDF: %PDF- header, %%EOF trailer, structure (`pdf`), and its first pages or metadata "
+        "mention the work's DOI or title (`paper`). Fails with ERROR severity for a wrong file or "
+        "a non-PDF, with WARN severity when only the paper looks wrong (flagged, never deleted).",
     ),
 ]
 
@@ -53,6 +50,35 @@ def _keys(context: dg.AssetCheckExecutionContext) -> list[str]:
     return []
 
 
+def verdict_metadata(
+    problem: str | None, is_pdf: bool | None, paper: str | None, paper_detail: str, sha256: str, size: int
+) -> dict[str, str | int]:
+    """The evaluation's metadata: each question's answer ("ok", the problem, or "not_checked" when the
+    file is missing) and `failed`, the questions that failed, comma-separated ("" when it passed)."""
+    pdf = "not_checked" if is_pdf is None else ("ok" if is_pdf else "not_pdf")
+    failed = [
+        name
+        for name, bad in (("file", problem is not None), ("pdf", is_pdf is False), ("paper", paper == "wrong_paper"))
+        if bad
+    ]
+    return {
+        "failed": ",".join(failed),
+        "file": problem or "ok",
+        "pdf": pdf,
+        "paper": paper or "not_checked",
+        "paper_detail": paper_detail,
+        "sha256": sha256,
+        "bytes": size,
+    }
+
+
+def verdict_passed(metadata: Mapping[str, object]) -> tuple[bool, dg.AssetCheckSeverity]:
+    """Passed when no question failed; ERROR when the file or the PDF failed, else WARN."""
+    failed = set(str(metadata.get("failed") or "").split(",")) - {""}
+    severity = dg.AssetCheckSeverity.ERROR if failed & {"file", "pdf"} else dg.AssetCheckSeverity.WARN
+    return not failed, severity
+
+
 @dg.multi_asset_check(
     specs=CHECK_SPECS,
     can_subset=True,
@@ -60,40 +86,49 @@ def _keys(context: dg.AssetCheckExecutionContext) -> list[str]:
 )
 def artifact_checks(context: dg.AssetCheckExecutionContext, ledger: LedgerResource) -> Iterator[dg.AssetCheckResult]:
     keys = _keys(context)
-    selected = {key.name for key in context.selected_asset_check_keys}
+    if CHECK not in {key.name for key in context.selected_asset_check_keys}:
+        yield from ()
+        return
     settings = ledger.settings.load()
     store = Store(settings)
     with ledger.reader() as led:
         rows = finished_artifacts(led, work_ids=keys or None)
-        refs = work_references(led, [r[0] for r in rows]) if PAPER_CHECK in selected else {}
+        refs = work_references(led, [r[0] for r in rows])
     ctx = context.op_execution_context
     asset_key = dg.AssetKey("artifact_pdfs")
-    passed = {FILE_CHECK: 0, PDF_CHECK: 0, PAPER_CHECK: 0}
-    failed = {FILE_CHECK: 0, PDF_CHECK: 0, PAPER_CHECK: 0}
+    passed = 0
+    failures = dict.fromkeys(ASPECTS, 0)
+    checked = 0
     for work_id, sha256, _path, size in rows:
+        if deadline.stop_requested():
+            break  # `dtkg backfill` stopped: the works not reached stay unevaluated
+        checked += 1
         path = store.work_path(work_id)
         problem = file_problem(path, sha256, size or None, "sha256")
-        results: dict[str, tuple[bool, dict[str, str | int]]] = {
-            FILE_CHECK: (problem is None, {"problem": problem or "", "sha256": sha256, "bytes": size}),
-            PDF_CHECK: (problem != "file_missing" and is_valid_pdf(path, settings.validation), {"bytes": size}),
-        }
-        if PAPER_CHECK in selected and problem != "file_missing":
+        is_pdf: bool | None = None
+        paper: str | None = None
+        paper_detail = ""
+        if problem != "file_missing":
+            is_pdf = is_valid_pdf(path, settings.validation)
             doi, title = refs.get(work_id, (None, None))
             verdict = check_pdf(path, doi=doi, title=title)
-            results[PAPER_CHECK] = (not verdict.flagged, {"verdict": verdict.verdict, "detail": verdict.detail})
-        for name, (ok, metadata) in results.items():
-            if name not in selected:
-                continue
-            (passed if ok else failed)[name] += 1
-            # log_event accepts check evaluations (Dagster 1.13), its annotation does not say so.
-            ctx.log_event(
-                dg.AssetCheckEvaluation(  # type: ignore[arg-type]
-                    asset_key=asset_key, check_name=name, passed=ok, partition=work_id, metadata=metadata,
-                    severity=dg.AssetCheckSeverity.WARN if name == PAPER_CHECK else dg.AssetCheckSeverity.ERROR,
-                )
+            paper, paper_detail = verdict.verdict, verdict.detail
+        metadata = verdict_metadata(problem, is_pdf, paper, paper_detail, sha256, size)
+        ok, severity = verdict_passed(metadata)
+        passed += ok
+        for name in str(metadata["failed"]).split(","):
+            if name:
+                failures[name] += 1
+        # log_event accepts check evaluations (Dagster 1.13), its annotation does not say so.
+        ctx.log_event(
+            dg.AssetCheckEvaluation(  # type: ignore[arg-type]
+                asset_key=asset_key, check_name=CHECK, passed=ok, partition=work_id, metadata=metadata,
+                severity=severity,
             )
+        )
     context.log.info(
-        f"checked {len(rows)} finished works of {len(keys) or 'all'} partitions: "
-        + ", ".join(f"{n} {passed[n]} passed, {failed[n]} failed" for n in sorted(selected))
+        f"checked {checked} of {len(rows)} finished works of {len(keys) or 'all'} partitions: {passed} passed; "
+        "failed: "
+        + ", ".join(f"{name} {failures[name]}" for name in ASPECTS)
     )
     yield from ()

@@ -479,8 +479,7 @@ def test_cli_backfill_honours_limit_and_checks_what_it_finished(
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["pending"] == 2 and data["materialized"] == 2
-    assert data["checks"] == {"artifact_file_matches_ledger": True, "artifact_is_pdf": True,
-                              "artifact_is_right_paper": True}
+    assert data["checks"] == {"artifact_pdf_verified": True}
     # Only the first two works were fetched; the others were not touched.
     assert [origin.stats(f"/W{i}.pdf").get_requests for i in range(1, 6)] == [1, 1, 0, 0, 0]
     assert sorted(p.name for p in (tmp_path / "cli-home" / "store" / "works").iterdir()) == ["W1.pdf", "W2.pdf"]

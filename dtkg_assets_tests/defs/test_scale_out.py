@@ -513,8 +513,8 @@ def test_sensors_checks_and_lease_release_read_and_write_the_postgresql_ledger(
         verdicts = {
             (e.event_specific_data.partition, e.event_specific_data.check_name): e.event_specific_data.passed
             for e in checked.all_events if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION}
-        assert verdicts[("W1", "artifact_file_matches_ledger")] is True
-        assert verdicts[("W2", "artifact_file_matches_ledger")] is False
+        assert verdicts[("W1", "artifact_pdf_verified")] is True
+        assert verdicts[("W2", "artifact_pdf_verified")] is False
         assert {p for p, _ in verdicts} == {"W1", "W2"}
     assert not list(home.rglob("*.duckdb"))
 
