@@ -174,20 +174,38 @@ def breakdown(home: Path) -> dict[str, float]:
     instance = dg.DagsterInstance.from_config(str(settings.dagster_home))
     try:
         runs = instance.get_runs()
-        run_s = step_s = 0.0
-        n_runs = 0
+        run_s = step_s = check_s = 0.0
+        n_runs = n_check_runs = 0
+        events = check_events = check_evaluations = materializations = 0
+        last_download_end = last_check_end = 0.0
         for run in runs:
             stats = instance.get_run_stats(run.run_id)
             if stats.start_time is None or stats.end_time is None:
                 continue
             steps = instance.get_run_step_stats(run.run_id)
+            records = instance.get_records_for_run(run.run_id).records
+            if run.job_name == "artifact_checks_job":
+                n_check_runs += 1
+                check_s += stats.end_time - stats.start_time
+                check_events += len(records)
+                evaluation = dg.DagsterEventType.ASSET_CHECK_EVALUATION
+                check_evaluations += sum(1 for r in records if r.event_log_entry.dagster_event_type == evaluation)
+                last_check_end = max(last_check_end, stats.end_time)
+                continue
             pdf_steps = [s for s in steps if s.step_key and "artifact_pdfs" in s.step_key]
             if not pdf_steps:
                 continue  # the import run
             n_runs += 1
             run_s += stats.end_time - stats.start_time
             step_s += sum((s.end_time or 0) - (s.start_time or 0) for s in pdf_steps)
-        out.update(dagster_runs=n_runs, run_s=run_s, step_s=step_s)
+            events += len(records)
+            materializations += sum(
+                1 for r in records if r.event_log_entry.dagster_event_type == dg.DagsterEventType.ASSET_MATERIALIZATION)
+            last_download_end = max(last_download_end, stats.end_time)
+        out.update(dagster_runs=n_runs, run_s=run_s, step_s=step_s, download_events=events,
+                   materializations=materializations, check_runs=n_check_runs, check_run_s=check_s,
+                   check_events=check_events, check_evaluations=check_evaluations,
+                   checks_after_downloads_s=max(0.0, last_check_end - last_download_end))
     finally:
         instance.dispose()
     led = Ledger.open_reader(settings, live=True)
@@ -430,6 +448,17 @@ def main(argv: list[str] | None = None) -> int:
         f"runs outside the artifact step {med.get('run_s', 0) - med.get('step_s', 0):.2f} s; "
         f"step outside orchestrator {med.get('step_s', 0) - med.get('orchestrator_s', 0):.2f} s; "
         f"orchestrator {med.get('orchestrator_s', 0):.2f} s"
+    )
+    print(
+        f"Dagster events (all event log records, medians): download runs {med.get('download_events', 0):.0f} = "
+        f"{med.get('download_events', 0) / n:.2f} per partition ({med.get('materializations', 0):.0f} "
+        f"materializations); check runs {med.get('check_events', 0):.0f} = {med.get('check_events', 0) / n:.2f} per "
+        f"partition ({med.get('check_evaluations', 0):.0f} check evaluations); total "
+        f"{(med.get('download_events', 0) + med.get('check_events', 0)) / n:.2f} per partition"
+    )
+    print(
+        f"check runs: {med.get('check_runs', 0):.0f}, {med.get('check_run_s', 0):.2f} s summed; the last ended "
+        f"{med.get('checks_after_downloads_s', 0):.2f} s after the last download run"
     )
     print(
         f"engine: GET {med.get('get_mean_ms', 0):.0f} ms mean; engine time summed over jobs "
