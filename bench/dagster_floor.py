@@ -3,9 +3,11 @@
 
 Nothing of ours runs: this is what per-partition truth costs in Dagster alone. Also measures the
 parts separately: adding the partitions, run creation (the planned event per partition), and the
-step logging one materialization per key from 16 threads (as `artifact_pdfs` does).
+step logging one materialization per key from 16 threads (as `artifact_pdfs` does). The console
+logger runs at WARNING, as in `dtkg backfill` (`--console-log-level DEBUG` is `materialize`'s
+default: every event also printed, which slows the floor down).
 
-Usage: python bench/dagster_floor.py [--keys 2000] [--threads 16] [--home DIR]
+Usage: python bench/dagster_floor.py [--keys 2000] [--threads 16] [--home DIR] [--console-log-level L]
 Prints one JSON object (seconds) on stdout. (No `from __future__ import annotations`: Dagster
 resolves the asset's annotations at definition time.)
 """
@@ -28,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keys", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=16)
     ap.add_argument("--home", type=Path, default=None)
+    ap.add_argument("--console-log-level", default="WARNING")
     args = ap.parse_args(argv)
     home = args.home or Path(tempfile.mkdtemp(prefix="dagster-floor-"))
     shutil.rmtree(home, ignore_errors=True)
@@ -62,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         t1 = time.perf_counter()
         result = dg.materialize(
             [floor_asset], instance=instance,
+            run_config={"loggers": {"console": {"config": {"log_level": args.console_log_level}}}},
             tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},
         )
         t2 = time.perf_counter()
@@ -69,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         mats = len(result.asset_materializations_for_node("floor_asset"))
     out = {
         "keys": args.keys,
+        "console_log_level": args.console_log_level,
         "materializations": mats,
         "import_dagster_s": round(import_s, 3),
         "add_partitions_s": round(t1 - t0, 3),
