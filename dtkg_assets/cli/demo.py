@@ -15,7 +15,7 @@ from rich.table import Table
 
 from dtkg_assets.cli.backfill import backfill_with_progress
 from dtkg_assets.cli.common import EXIT_FAILED, EXIT_OK, UsageError, console, load_settings
-from dtkg_assets.cli.ledger_access import ledger_summary, preflight, reader
+from dtkg_assets.cli.ledger_access import ledger_summary, preflight, reader, summary_rows
 from dtkg_assets.core.settings import Settings
 
 DEMO_PORT = 8787
@@ -158,23 +158,12 @@ def _start_origin(port: int) -> Any:
 
 
 def _print_summary(summary: dict[str, Any], attempted: int, wall: float, body_bytes: int) -> None:
-    outcomes = summary["by_outcome"]
     table = Table(title="dtkg demo summary", show_header=True)
     table.add_column("what")
     table.add_column("value", justify="right")
-    table.add_row("works in ledger", str(summary["works"]))
+    for what, value in summary_rows(summary):
+        table.add_row(what, value)
     table.add_row("works attempted this run", str(attempted))
-    table.add_row("downloaded (stored)", str(outcomes.get("downloaded", 0)))
-    table.add_row("deduplicated", str(outcomes.get("deduplicated", 0)))
-    for reason, n in summary["failed_by_reason"].items():
-        table.add_row(f"failed: {reason}", str(n))
-    for reason, n in summary["input_problems"].items():
-        table.add_row(f"input problem: {reason}", str(n))
-    for name in ("retrying", "pending"):
-        if outcomes.get(name):
-            table.add_row(name, str(outcomes[name]))
-    table.add_row("distinct PDFs in store", str(summary["blobs"]))
-    table.add_row("bytes in store", f"{summary['blob_bytes']:,}")
     table.add_row("body bytes fetched this run", f"{body_bytes:,}")
     rate = body_bytes / (1024 * 1024) / wall if wall > 0 and body_bytes else 0.0
     table.add_row("MiB/s this run", f"{rate:.2f}")
@@ -189,7 +178,8 @@ def _demo_json(
     return {
         **summary,
         "attempted": attempted,
-        "downloaded": outcomes.get("downloaded", 0),
+        # "downloaded" is the demo's name for the works stored (kept: scripts and tests read it).
+        "downloaded": outcomes.get("stored", 0),
         "deduplicated": outcomes.get("deduplicated", 0),
         "body_bytes_this_run": body_bytes,
         "wall_s": round(wall, 3),
@@ -201,14 +191,11 @@ def _demo_json(
 
 def _compare_expected(settings: Settings, corpus: Any) -> list[str]:
     """The sample corpus knows what should happen to each work; say where the ledger differs."""
+    from dtkg_assets.core.ledger.queries import input_problem_reasons, work_results
+
     with reader(settings, "demo") as led:
-        rows = led.query(
-            "SELECT work_id, bool_or(state IN ('INDEXED', 'DEDUPED')), "
-            # (array_agg … ORDER BY)[1] is arg_max in SQL both ledger backends (DuckDB, PostgreSQL) speak.
-            "(array_agg(last_reason ORDER BY candidate_rank DESC))[1] FROM artifact_jobs GROUP BY work_id"
-        )
-        problems = {str(r[0]): str(r[1]) for r in led.query("SELECT work_id, reason FROM input_problems")}
-    state = {str(r[0]): (bool(r[1]), r[2]) for r in rows}
+        state = work_results(led)
+        problems = input_problem_reasons(led)
     out = []
     for work_id, expected in corpus.expected.items():
         if expected.input_problem:

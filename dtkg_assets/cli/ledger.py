@@ -110,7 +110,7 @@ def cmd_ledger_repair(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger_export(args: argparse.Namespace) -> int:
-    from dtkg_assets.core.export import export
+    from dtkg_assets.core.ledger.export import export
 
     if not args.out and not args.duckdb:
         raise UsageError("dtkg ledger export: give --out DIR (manifest and metrics) and/or --duckdb FILE")
@@ -150,7 +150,7 @@ def _export_postgres(settings: Settings, out: Path) -> dict[str, Any] | None:
     import dataclasses
     import tempfile
 
-    from dtkg_assets.core.export import export
+    from dtkg_assets.core.ledger.export import export
     from dtkg_assets.core.ledger.pg_export import ExportError, export_duckdb
 
     with tempfile.TemporaryDirectory(prefix="dtkg-export-") as tmp:

@@ -90,3 +90,17 @@ def ledger_summary(settings: Settings) -> dict[str, Any]:
 
     with reader(settings, "summary") as led:
         return summary(led)
+
+
+def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """The ledger summary (`queries.summary`) as (what, value) rows, in the words every command prints."""
+    from dtkg_assets.core.ledger.queries import OUTCOMES
+
+    outcomes = summary["by_outcome"]
+    rows = [("works in ledger", str(summary["works"]))]
+    rows += [(name, str(outcomes.get(name, 0))) for name in OUTCOMES if name in ("stored", "deduplicated")
+             or outcomes.get(name)]
+    rows += [(f"failed: {reason}", str(n)) for reason, n in summary["failed_by_reason"].items()]
+    rows += [(f"input problem: {reason}", str(n)) for reason, n in summary["input_problems"].items()]
+    rows += [("distinct PDFs in store", str(summary["blobs"])), ("bytes in store", f"{summary['blob_bytes']:,}")]
+    return rows

@@ -63,18 +63,16 @@ def status_report(settings: Settings) -> dict[str, Any]:
     else:
         import duckdb
 
-        from dtkg_assets.core.ledger.queries import works_by_outcome
+        from dtkg_assets.core.ledger.queries import summary
         from dtkg_assets.core.ledger.storage import storage_error
 
         try:
             with led:
                 report["ledger"] = led.health()
                 # Works by outcome (what the UI's partitions show); jobs (one per candidate URL) by state are detail.
-                report["works"] = works_by_outcome(led)
-                report["states"] = {
-                    str(k): int(v)
-                    for k, v in led.query("SELECT state, count(*) FROM artifact_jobs GROUP BY state ORDER BY state")
-                }
+                totals = summary(led)
+                report["works"] = totals["by_outcome"]
+                report["states"] = totals["jobs_by_state"]
                 report["yield"] = _yield(led)
         except duckdb.Error as exc:  # a snapshot damaged past its header
             detail = storage_error(exc, settings.snapshot_path, snapshot=True)

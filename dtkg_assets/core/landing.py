@@ -36,6 +36,7 @@ from selectolax.lexbor import LexborHTMLParser
 
 from dtkg_assets.core.errors import DtkgError, Reason
 from dtkg_assets.core.http_errors import error_for_status, recorded_attempt
+from dtkg_assets.core.ledger.queries import redirects_from_host_since
 from dtkg_assets.core.ledger.states import TRANSITIONS, State
 from dtkg_assets.core.retrying import retrying
 from dtkg_assets.core.settings import Settings
@@ -433,12 +434,7 @@ def make_resolver(engine: Any, settings: Settings, ledger: Any | None = None) ->
         api = ContentApi(engine, settings)
         if ledger is not None:
             try:
-                rows = ledger.query(
-                    "SELECT count(*) FROM http_attempts WHERE host = ? AND started_at >= ? "
-                    "AND status BETWEEN 300 AND 399",
-                    [api.host, utc_day_start(time.time())],
-                )
-                api.spent = int(rows[0][0]) if rows else 0
+                api.spent = redirects_from_host_since(ledger, api.host, utc_day_start(time.time()))
             except Exception:  # a reader without the table: start from zero
                 api.spent = 0
         content = api

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from dtkg_assets.core.ledger import Ledger
+from dtkg_assets.core.ledger.queries import blob_references, finished_jobs_by_blob, known_blobs, leased_downloads
 from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.store import Store, resolve_store_path, sha256_file
 
@@ -62,10 +63,7 @@ def quarantine(store: Store, path: Path) -> Path:
 
 
 def _check_finished(ledger: Ledger, store: Store, counts: dict[str, int], now: float) -> None:
-    rows = ledger.query(
-        "SELECT job_id, work_id, sha256, path, bytes FROM artifact_jobs WHERE state IN ('INDEXED', 'DEDUPED') "
-        "ORDER BY sha256"
-    )
+    rows = finished_jobs_by_blob(ledger)
     blob_ok: dict[str, bool] = {}  # hash each distinct blob once
     blob_bad: set[str] = set()
     for job_id, work_id, sha, path, size in rows:
@@ -102,7 +100,7 @@ def _hash_ok(path: Path, sha: str) -> bool:
 
 
 def _adopt_blobs(ledger: Ledger, store: Store, counts: dict[str, int], now: float) -> None:
-    known = {r[0] for r in ledger.query("SELECT sha256 FROM blobs")}
+    known = known_blobs(ledger)
     width = store.settings.store.shard_width
     for shard in sorted(store.root.iterdir()):
         if not shard.is_dir() or shard.name in ("works", "quarantine") or len(shard.name) != width:
@@ -115,10 +113,8 @@ def _adopt_blobs(ledger: Ledger, store: Store, counts: dict[str, int], now: floa
                 continue
             if m and m.group(1).startswith(shard.name) and sha256_file(f) == m.group(1):
                 sha = m.group(1)
-                refs = ledger.query(
-                    "SELECT count(*) FROM artifact_jobs WHERE sha256 = ? AND state IN ('INDEXED', 'DEDUPED')", [sha]
-                )[0][0]
-                if ledger.upsert_blob(sha, str(f), f.stat().st_size, ref_count=int(refs), now=now):
+                refs = blob_references(ledger, sha)
+                if ledger.upsert_blob(sha, str(f), f.stat().st_size, ref_count=refs, now=now):
                     counts["adopted_blobs"] += 1
             elif f.name.startswith(".") and f.name.endswith(".tmp"):
                 continue  # an in-progress atomic write of another process
@@ -129,12 +125,7 @@ def _adopt_blobs(ledger: Ledger, store: Store, counts: dict[str, int], now: floa
 
 def _remove_orphan_parts(ledger: Ledger, store: Store, settings: Settings, now: float) -> int:
     live: set[str] = set()
-    rows = ledger.query(
-        "SELECT work_id, url FROM artifact_jobs WHERE state IN ('LEASED','HEAD_DONE','RESUME_OK','STREAMING',"
-        "'FINALIZED') AND lease_expires_at > ?",
-        [now],
-    )
-    for work_id, url in rows:
+    for work_id, url in leased_downloads(ledger, now):
         part, sidecar = store.part_paths(work_id, url)
         live.update((part.name, sidecar.name))
     removed = 0

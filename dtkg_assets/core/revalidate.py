@@ -17,13 +17,9 @@ from dtkg_assets.core import deadline
 from dtkg_assets.core.errors import DtkgError
 from dtkg_assets.core.http import deadline_timeout
 from dtkg_assets.core.ledger import Ledger
+from dtkg_assets.core.ledger.queries import finished_jobs_with_validators
 from dtkg_assets.core.orchestrator import make_orchestrator
 from dtkg_assets.core.settings import Settings
-
-FINISHED_JOBS_SQL = """
-    SELECT job_id, work_id, coalesce(final_url, url), etag, last_modified, sha256, bytes
-    FROM artifact_jobs WHERE state IN ('INDEXED', 'DEDUPED') ORDER BY work_id
-"""
 
 
 def conditional_status(
@@ -51,7 +47,7 @@ def revalidate(
     counts = {"checked": 0, "unchanged": 0, "changed": 0, "new_versions": 0, "no_validators": 0, "errors": 0}
     changed: list[str] = []
     unchanged: list[str] = []
-    for job_id, work_id, url, etag, last_modified, _sha, _size in ledger.query(FINISHED_JOBS_SQL):
+    for job_id, work_id, url, etag, last_modified, _sha, _size in finished_jobs_with_validators(ledger):
         if not etag and not last_modified:
             counts["no_validators"] += 1
             continue

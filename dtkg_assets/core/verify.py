@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dtkg_assets.core.ledger import Ledger
+from dtkg_assets.core.ledger import COMPLETE, Ledger, State
+from dtkg_assets.core.ledger.queries import jobs_of_works
 from dtkg_assets.core.store import Store, sha256_file
 
 
@@ -56,18 +57,11 @@ def prepare_request(
     out = PreparedRequest()
     if not work_ids:
         return out
-    rows = ledger.query(
-        """
-        SELECT job_id, work_id, state, sha256, bytes, last_reason FROM artifact_jobs
-        WHERE work_id IN (SELECT unnest($1)) ORDER BY work_id, candidate_rank, job_id
-        """,
-        [list(dict.fromkeys(work_ids))],
-    )
     by_work: dict[str, list[tuple[str, str, str | None, int | None, str | None]]] = {}
-    for job_id, work_id, state, sha, size, reason in rows:
-        by_work.setdefault(str(work_id), []).append((str(job_id), str(state), sha, size, reason))
+    for job_id, work_id, state, sha, size, reason in jobs_of_works(ledger, work_ids):
+        by_work.setdefault(work_id, []).append((job_id, state, sha, size, reason))
     for work_id, jobs in by_work.items():
-        complete = [j for j in jobs if j[1] in ("INDEXED", "DEDUPED")]
+        complete = [j for j in jobs if j[1] in COMPLETE]
         if complete:
             job_id, _state, sha, size, _reason = complete[0]
             problem = file_problem(store.work_path(work_id), str(sha), size, depth) if sha else "file_missing"
@@ -80,9 +74,9 @@ def prepare_request(
             continue
         if not retry_failed:
             continue
-        if any(j[1] == "PLANNED" for j in jobs) or not any(j[1] == "FAILED" for j in jobs):
+        if any(j[1] == State.PLANNED for j in jobs) or not any(j[1] == State.FAILED for j in jobs):
             continue  # something left to try, or in flight elsewhere: nothing to reopen
-        failed = [j for j in jobs if j[1] == "FAILED"]
+        failed = [j for j in jobs if j[1] == State.FAILED]
         reopened = False
         for job_id, _state, _sha, _size, _reason in failed:
             reopened = ledger.requeue(job_id, reason="retry_requested", detail="the user requested the work again") \

@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dtkg_assets.core.export import export
 from dtkg_assets.core.http import make_client
 from dtkg_assets.core.ledger import SCHEMA_VERSION, Ledger
+from dtkg_assets.core.ledger.export import export
 from dtkg_assets.core.orchestrator import Orchestrator
 from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.store import Store

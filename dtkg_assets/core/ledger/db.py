@@ -51,7 +51,14 @@ from dtkg_assets.core.ledger.lease import (
     reason_is_transient,
 )
 from dtkg_assets.core.ledger.schema import first_row
-from dtkg_assets.core.ledger.states import COMPLETE, IN_FLIGHT, State, check_transition
+from dtkg_assets.core.ledger.states import (
+    COMPLETE,
+    COMPLETE_SQL,
+    IN_FLIGHT,
+    IN_FLIGHT_SQL,
+    State,
+    check_transition,
+)
 from dtkg_assets.core.ledger.storage import (
     FileLock,
     LedgerBusy,
@@ -637,7 +644,7 @@ class Ledger:
             return set()
         rows = self.query(
             "SELECT DISTINCT work_id FROM artifact_jobs WHERE work_id IN (SELECT unnest($1)) "
-            "AND state IN ('INDEXED', 'DEDUPED')",
+            f"AND state IN {COMPLETE_SQL}",
             [list(work_ids)],
         )
         return {r[0] for r in rows}
@@ -812,8 +819,7 @@ class Ledger:
         """Give back every in-flight job matching `where` (see `_expire`) in one transaction."""
         def _body(cur: duckdb.DuckDBPyConnection) -> Any:
             rows = cur.execute(
-                f"SELECT {_JOB_COLS} FROM artifact_jobs WHERE state IN ('LEASED','HEAD_DONE','RESUME_OK',"
-                f"'STREAMING','FINALIZED') AND ({where})",
+                f"SELECT {_JOB_COLS} FROM artifact_jobs WHERE state IN {IN_FLIGHT_SQL} AND ({where})",
                 params,
             ).fetchall()
             for r in rows:

@@ -1,11 +1,16 @@
-"""Read-only questions the automation asks of the ledger (sensors read them from the snapshot)."""
+"""Read-only questions asked of the ledger: by the automation (sensors read them from the snapshot), the
+commands (`summary`, which every command that reports on the ledger prints), verification,
+reconciliation and revalidation. The SQL lives here and in the rest of `core/ledger/`, nowhere else;
+state sets come from `states` (`COMPLETE_SQL` …), not spelled out."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from dtkg_assets.core.ledger.db import Ledger
+from dtkg_assets.core.ledger.states import COMPLETE, COMPLETE_SQL, IN_FLIGHT_SQL, NOT_FAILED_SQL, State, sql_list
 from dtkg_assets.core.store import resolve_store_path
 
 
@@ -23,15 +28,14 @@ def works_needing_work(ledger: Ledger, *, now: float | None = None, limit: int =
     transient failure whose backoff has passed, or an in-flight job whose lease has expired."""
     now = time.time() if now is None else now
     rows = ledger.query(
-        """
+        f"""
         SELECT work_id FROM artifact_jobs
         GROUP BY work_id
-        HAVING count(*) FILTER (WHERE state IN ('INDEXED', 'DEDUPED')) = 0
+        HAVING count(*) FILTER (WHERE state IN {COMPLETE_SQL}) = 0
            AND count(*) FILTER (
                 WHERE state = 'PLANNED'
                    OR (state = 'FAILED' AND failure_class = 'transient' AND coalesce(next_eligible_at, 0) <= ?)
-                   OR (state IN ('LEASED', 'HEAD_DONE', 'RESUME_OK', 'STREAMING', 'FINALIZED')
-                       AND coalesce(lease_expires_at, 0) <= ?)
+                   OR (state IN {IN_FLIGHT_SQL} AND coalesce(lease_expires_at, 0) <= ?)
                ) > 0
         ORDER BY min(created_at), work_id
         LIMIT ?
@@ -47,7 +51,7 @@ def finished_artifacts(
     """(work_id, sha256, file, bytes) of every finished artifact, or only those a run finished, or
     only those of the given works; the ledger's store-relative path is resolved under this home's store."""
     root = ledger.settings.store_dir
-    sql = "SELECT work_id, sha256, path, bytes FROM artifact_jobs WHERE state IN ('INDEXED', 'DEDUPED')"
+    sql = f"SELECT work_id, sha256, path, bytes FROM artifact_jobs WHERE state IN {COMPLETE_SQL}"
     params: list[object] = []
     if run_id:
         sql += " AND run_id = ?"
@@ -60,48 +64,41 @@ def finished_artifacts(
 
 
 def summary(ledger: Ledger) -> dict[str, object]:
-    """Totals per work for reports: finished, deduplicated, failed by reason, bytes, input problems."""
-    states = dict(
-        ledger.query(
-            """
-            WITH per_work AS (
-                SELECT work_id,
-                       CASE WHEN bool_or(state = 'INDEXED') THEN 'downloaded'
-                            WHEN bool_or(state = 'DEDUPED') THEN 'deduplicated'
-                            WHEN bool_and(state = 'FAILED' AND failure_class = 'permanent') THEN 'failed'
-                            WHEN bool_or(state = 'FAILED') AND NOT bool_or(state = 'PLANNED') THEN 'retrying'
-                            ELSE 'pending' END AS outcome
-                FROM artifact_jobs GROUP BY work_id)
-            SELECT outcome, count(*) FROM per_work GROUP BY outcome
-            """
-        )
-    )
+    """The ledger's one summary, in the words every command prints: works counted once each by outcome
+    (`works_by_outcome`: stored, deduplicated, in_flight, pending, retrying, failed), the reasons of
+    works that failed (their last candidate's), input problems by reason, candidate jobs by state,
+    the store's blobs and bytes, and the bytes of finished artifacts."""
     failed_by_reason = ledger.query(
-        """
+        f"""
         WITH last_fail AS (
             -- (array_agg … ORDER BY)[1]: arg_max in SQL both backends (DuckDB, PostgreSQL) speak.
             SELECT work_id, (array_agg(last_reason ORDER BY candidate_rank DESC))[1] AS reason FROM artifact_jobs
             GROUP BY work_id
-            HAVING NOT bool_or(state IN ('INDEXED', 'DEDUPED', 'PLANNED')) AND bool_or(state = 'FAILED'))
+            HAVING NOT bool_or(state IN {sql_list(COMPLETE | {State.PLANNED})}) AND bool_or(state = 'FAILED'))
         SELECT reason, count(*) FROM last_fail GROUP BY reason ORDER BY count(*) DESC, reason
         """
     )
     problems = ledger.query("SELECT reason, count(*) FROM input_problems GROUP BY reason ORDER BY reason")
-    stored = ledger.query(
-        "SELECT count(*), coalesce(sum(size), 0) FROM blobs"
-    )[0]
+    stored = ledger.query("SELECT count(*), coalesce(sum(size), 0) FROM blobs")[0]
     finished_bytes = ledger.query(
-        "SELECT coalesce(sum(bytes), 0) FROM artifact_jobs WHERE state IN ('INDEXED', 'DEDUPED')"
+        f"SELECT coalesce(sum(bytes), 0) FROM artifact_jobs WHERE state IN {COMPLETE_SQL}"
     )[0][0]
     return {
         "works": int(ledger.query("SELECT count(*) FROM works")[0][0]),
-        "by_outcome": {str(k): int(v) for k, v in states.items()},
+        "by_outcome": works_by_outcome(ledger),
         "failed_by_reason": {str(k): int(v) for k, v in failed_by_reason},
         "input_problems": {str(k): int(v) for k, v in problems},
+        "jobs_by_state": jobs_by_state(ledger),
         "blobs": int(stored[0]),
         "blob_bytes": int(stored[1]),
         "artifact_bytes": int(finished_bytes),
     }
+
+
+def jobs_by_state(ledger: Ledger) -> dict[str, int]:
+    """Candidate jobs (one per candidate URL) counted by state."""
+    rows = ledger.query("SELECT state, count(*) FROM artifact_jobs GROUP BY state ORDER BY state")
+    return {str(k): int(v) for k, v in rows}
 
 
 def automation_view(ledger: Ledger, *, now: float | None = None) -> dict[str, str]:
@@ -111,13 +108,12 @@ def automation_view(ledger: Ledger, *, now: float | None = None) -> dict[str, st
     failure, backoff not passed, or in flight)."""
     now = time.time() if now is None else now
     rows = ledger.query(
-        """
+        f"""
         SELECT work_id,
           CASE
-            WHEN bool_or(state IN ('INDEXED', 'DEDUPED')) THEN 'complete'
+            WHEN bool_or(state IN {COMPLETE_SQL}) THEN 'complete'
             WHEN bool_or((state = 'FAILED' AND failure_class = 'transient' AND coalesce(next_eligible_at, 0) <= ?)
-                 OR (state IN ('LEASED', 'HEAD_DONE', 'RESUME_OK', 'STREAMING', 'FINALIZED')
-                     AND coalesce(lease_expires_at, 0) <= ?)
+                 OR (state IN {IN_FLIGHT_SQL} AND coalesce(lease_expires_at, 0) <= ?)
                  OR (state = 'PLANNED' AND (attempts > 0 OR reopened_at IS NOT NULL))) THEN 'redo'
             WHEN bool_and(state IN ('PLANNED', 'SKIPPED_DUPLICATE') AND attempts = 0 AND reopened_at IS NULL)
                  THEN 'new'
@@ -135,20 +131,23 @@ def finished_files(ledger: Ledger) -> list[tuple[str, str, int]]:
     # (array_agg … ORDER BY)[1], not any_value: PostgreSQL has any_value only from version 16.
     rows = ledger.query(
         "SELECT work_id, (array_agg(sha256 ORDER BY candidate_rank))[1], (array_agg(bytes ORDER BY candidate_rank))[1] "
-        "FROM artifact_jobs WHERE state IN ('INDEXED', 'DEDUPED') GROUP BY work_id ORDER BY work_id"
+        f"FROM artifact_jobs WHERE state IN {COMPLETE_SQL} GROUP BY work_id ORDER BY work_id"
     )
     return [(str(r[0]), str(r[1]), int(r[2] or 0)) for r in rows]
+
+
+# The outcomes a work is counted under, in the order reports list them.
+OUTCOMES = ("stored", "deduplicated", "in_flight", "pending", "retrying", "failed")
 
 
 def works_by_outcome(ledger: Ledger) -> dict[str, int]:
     """Works counted once each by outcome: stored, deduplicated, failed, retrying, pending."""
     rows = ledger.query(
-        """
+        f"""
         WITH per_work AS (
             SELECT CASE WHEN bool_or(state = 'INDEXED') THEN 'stored'
                         WHEN bool_or(state = 'DEDUPED') THEN 'deduplicated'
-                        WHEN bool_or(state IN ('LEASED','HEAD_DONE','RESUME_OK','STREAMING','FINALIZED'))
-                             THEN 'in_flight'
+                        WHEN bool_or(state IN {IN_FLIGHT_SQL}) THEN 'in_flight'
                         WHEN bool_or(state = 'PLANNED') THEN 'pending'
                         WHEN bool_or(state = 'FAILED' AND failure_class = 'transient') THEN 'retrying'
                         ELSE 'failed' END AS outcome
@@ -163,21 +162,22 @@ def failed_jobs(ledger: Ledger) -> list[tuple[str, str, str, str, str]]:
     """Failed jobs of works with nothing finished or left to try: (work_id, job_id, the job's reason,
     its URL's host as planned, the work's reported reason: its last candidate's)."""
     rows = ledger.query(
-        """
+        f"""
         WITH failed_works AS (
             -- (array_agg … ORDER BY)[1]: arg_max in SQL both backends (DuckDB, PostgreSQL) speak.
             SELECT work_id, (array_agg(last_reason ORDER BY candidate_rank DESC))[1] AS work_reason
             FROM artifact_jobs
             GROUP BY work_id
             HAVING bool_or(state = 'FAILED')
-               AND NOT bool_or(state IN ('INDEXED', 'DEDUPED', 'PLANNED', 'LEASED', 'HEAD_DONE', 'RESUME_OK',
-                                         'STREAMING', 'FINALIZED')))
+               AND NOT bool_or(state IN {NOT_FAILED_SQL}))
         SELECT j.work_id, j.job_id, coalesce(j.last_reason, ''), coalesce(j.host, ''), coalesce(f.work_reason, '')
         FROM artifact_jobs j JOIN failed_works f USING (work_id)
         WHERE j.state = 'FAILED' ORDER BY j.work_id, j.candidate_rank
         """
     )
     return [(str(a), str(b), str(c), str(d), str(e)) for a, b, c, d, e in rows]
+
+
 def finished_with_reference(
     ledger: Ledger, *, run_id: str | None = None
 ) -> list[tuple[str, str, str | None, str | None]]:
@@ -186,7 +186,7 @@ def finished_with_reference(
     root = ledger.settings.store_dir
     sql = (
         "SELECT j.work_id, j.path, w.doi, w.title FROM artifact_jobs j JOIN works w USING (work_id) "
-        "WHERE j.state IN ('INDEXED', 'DEDUPED')" + (" AND j.run_id = ?" if run_id else "") + " ORDER BY j.work_id"
+        f"WHERE j.state IN {COMPLETE_SQL}" + (" AND j.run_id = ?" if run_id else "") + " ORDER BY j.work_id"
     )
     return [(str(r[0]), str(resolve_store_path(str(r[1]), root)), r[2], r[3])
             for r in ledger.query(sql, [run_id] if run_id else [])]
@@ -206,3 +206,77 @@ def yield_tables(ledger: Ledger) -> dict[str, list[dict[str, object]]]:
     return {name: ledger.query_dicts(f"SELECT * FROM {view}") for name, view in (
         ("by_host", "v_yield_hosts"), ("by_source", "v_yield_sources"), ("by_via", "v_yield_via"),
         ("failures", "v_yield_failures"))}
+
+
+def work_results(ledger: Ledger) -> dict[str, tuple[bool, str | None]]:
+    """work id -> (finished?, the reason its last candidate gave), for comparing with expectations."""
+    rows = ledger.query(
+        f"SELECT work_id, bool_or(state IN {COMPLETE_SQL}), "
+        # (array_agg … ORDER BY)[1] is arg_max in SQL both ledger backends (DuckDB, PostgreSQL) speak.
+        "(array_agg(last_reason ORDER BY candidate_rank DESC))[1] FROM artifact_jobs GROUP BY work_id"
+    )
+    return {str(r[0]): (bool(r[1]), r[2]) for r in rows}
+
+
+def input_problem_reasons(ledger: Ledger) -> dict[str, str]:
+    """work id (or input line) -> the reason it was not imported."""
+    return {str(r[0]): str(r[1]) for r in ledger.query("SELECT work_id, reason FROM input_problems")}
+
+
+def jobs_of_works(ledger: Ledger, work_ids: Sequence[str]) -> list[tuple[str, str, str, str | None, int | None,
+                                                                       str | None]]:
+    """(job_id, work_id, state, sha256, bytes, last_reason) of the works' jobs, by work and candidate rank."""
+    rows = ledger.query(
+        """
+        SELECT job_id, work_id, state, sha256, bytes, last_reason FROM artifact_jobs
+        WHERE work_id IN (SELECT unnest($1)) ORDER BY work_id, candidate_rank, job_id
+        """,
+        [list(dict.fromkeys(work_ids))],
+    )
+    return [(str(r[0]), str(r[1]), str(r[2]), r[3], r[4], r[5]) for r in rows]
+
+
+def finished_jobs_with_validators(ledger: Ledger) -> list[tuple[Any, ...]]:
+    """(job_id, work_id, url, etag, last_modified, sha256, bytes) of finished jobs, by work, for
+    revalidation: the URL is where the bytes came from (after redirects)."""
+    return ledger.query(
+        "SELECT job_id, work_id, coalesce(final_url, url), etag, last_modified, sha256, bytes "
+        f"FROM artifact_jobs WHERE state IN {COMPLETE_SQL} ORDER BY work_id"
+    )
+
+
+def finished_jobs_by_blob(ledger: Ledger) -> list[tuple[Any, ...]]:
+    """(job_id, work_id, sha256, path, bytes) of finished jobs, by blob, for reconciliation."""
+    return ledger.query(
+        f"SELECT job_id, work_id, sha256, path, bytes FROM artifact_jobs WHERE state IN {COMPLETE_SQL} "
+        "ORDER BY sha256"
+    )
+
+
+def known_blobs(ledger: Ledger) -> set[str]:
+    """The sha256 of every blob the ledger records."""
+    return {str(r[0]) for r in ledger.query("SELECT sha256 FROM blobs")}
+
+
+def blob_references(ledger: Ledger, sha256: str) -> int:
+    """How many finished jobs name this blob."""
+    rows = ledger.query(f"SELECT count(*) FROM artifact_jobs WHERE sha256 = ? AND state IN {COMPLETE_SQL}",
+                        [sha256])
+    return int(rows[0][0])
+
+
+def leased_downloads(ledger: Ledger, now: float) -> list[tuple[str, str]]:
+    """(work_id, url) of in-flight jobs whose lease has not expired: their parts are in use."""
+    rows = ledger.query(
+        f"SELECT work_id, url FROM artifact_jobs WHERE state IN {IN_FLIGHT_SQL} AND lease_expires_at > ?", [now]
+    )
+    return [(str(r[0]), str(r[1])) for r in rows]
+
+
+def redirects_from_host_since(ledger: Ledger, host: str, since: float) -> int:
+    """Redirects a host answered since `since` (epoch seconds): the content API's signed-URL grants."""
+    rows = ledger.query(
+        "SELECT count(*) FROM http_attempts WHERE host = ? AND started_at >= ? AND status BETWEEN 300 AND 399",
+        [host, since],
+    )
+    return int(rows[0][0]) if rows else 0

@@ -19,6 +19,7 @@ import duckdb
 
 from dtkg_assets.core.ledger import schema, storage
 from dtkg_assets.core.ledger.db import Ledger, default_owner, job_id_for
+from dtkg_assets.core.ledger.states import COMPLETE_SQL
 from dtkg_assets.core.ledger.storage import LedgerCorrupt, LedgerError
 from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.store import Store, sha256_file, store_relative
@@ -163,10 +164,10 @@ def _rebuild_from_store(ledger: Ledger, store: Store, report: RepairReport) -> N
                     st = f.stat()
                     blobs[(st.st_dev, st.st_ino)] = f.name[:64]
     complete = {r[0]: r[1] for r in ledger.query(
-        "SELECT work_id, sha256 FROM artifact_jobs WHERE state IN ('INDEXED', 'DEDUPED')")}
+        f"SELECT work_id, sha256 FROM artifact_jobs WHERE state IN {COMPLETE_SQL}")}
     known_works = {r[0] for r in ledger.query("SELECT work_id FROM works")}
     referenced = {r[0] for r in ledger.query(
-        "SELECT DISTINCT sha256 FROM artifact_jobs WHERE state IN ('INDEXED', 'DEDUPED')")}
+        f"SELECT DISTINCT sha256 FROM artifact_jobs WHERE state IN {COMPLETE_SQL}")}
     works_dir = store.works_dir
     files = sorted(works_dir.glob("*.pdf")) if works_dir.exists() else []
     for f in files:

@@ -15,6 +15,7 @@ from typing import Any
 import duckdb
 
 from dtkg_assets.core.ledger import views
+from dtkg_assets.core.ledger.states import COMPLETE_SQL
 
 Column = tuple[str, str]  # (name, type with constraints)
 
@@ -152,7 +153,7 @@ _V1_INDEXES: tuple[str, ...] = (
     INDEXES["idx_ops_job"],
 )
 
-_COMPLETE = "('INDEXED', 'DEDUPED')"
+_COMPLETE = COMPLETE_SQL  # the views (views.py) take the same set
 
 # The analyst views (core/ledger/views.py, shared with the PostgreSQL ledger), tables named bare.
 VIEWS: dict[str, str] = views.create_statements()

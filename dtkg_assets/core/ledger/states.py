@@ -22,6 +22,7 @@ Decisions (documented in docs/ledger-concurrency.md):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 
 
@@ -41,6 +42,20 @@ class State(StrEnum):
 S = State
 IN_FLIGHT: frozenset[State] = frozenset({S.LEASED, S.HEAD_DONE, S.RESUME_OK, S.STREAMING, S.FINALIZED})
 COMPLETE: frozenset[State] = frozenset({S.INDEXED, S.DEDUPED})
+
+
+def sql_list(states: Iterable[State]) -> str:
+    """A state set as an SQL list for `state IN …`, e.g. `('INDEXED', 'DEDUPED')`: queries and views take
+    their sets from the constants here instead of spelling states out. In the order `State` declares
+    them, so the SQL text is stable (a view's text stays what earlier schema versions wrote)."""
+    order = list(State)
+    return "(" + ", ".join(f"'{s.value}'" for s in sorted(states, key=order.index)) + ")"
+
+
+COMPLETE_SQL = sql_list(COMPLETE)
+IN_FLIGHT_SQL = sql_list(IN_FLIGHT)
+# A work with a job in one of these has something finished or left to try: it has not failed (yet).
+NOT_FAILED_SQL = sql_list(COMPLETE | IN_FLIGHT | {S.PLANNED})
 
 _forward = {
     (S.PLANNED, S.LEASED),

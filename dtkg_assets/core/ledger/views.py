@@ -8,7 +8,7 @@ and PostgreSQL as ``numeric``). `create_statements(prefix)` names the ledger's t
 
 from __future__ import annotations
 
-_COMPLETE = "('INDEXED', 'DEDUPED')"
+from dtkg_assets.core.ledger.states import COMPLETE_SQL as _COMPLETE
 
 # {t} is the table prefix.
 _VIEWS: dict[str, str] = {

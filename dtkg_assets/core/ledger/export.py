@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dtkg_assets.core.ledger import SCHEMA_VERSION, Ledger
+from dtkg_assets.core.ledger.queries import jobs_by_state
 from dtkg_assets.core.store import resolve_store_path
 
 _STATUS = """CASE WHEN a.state = 'INDEXED' THEN 'stored' WHEN a.state = 'DEDUPED' THEN 'deduped'
@@ -53,7 +54,7 @@ def metrics(ledger: Ledger) -> dict[str, Any]:
         "deduped": by_status.get("deduped", 0),
         "failed": by_status.get("failed", 0),
         "pending": by_status.get("pending", 0),
-        "jobs_by_state": dict(ledger.query("SELECT state, count(*) FROM artifact_jobs GROUP BY state ORDER BY state")),
+        "jobs_by_state": jobs_by_state(ledger),
         "bytes_stored": one("SELECT coalesce(sum(bytes), 0) FROM v_artifacts WHERE state = 'INDEXED'"),
         "bytes_linked": one("SELECT coalesce(sum(bytes), 0) FROM v_artifacts WHERE complete"),
         "blobs": one("SELECT count(*) FROM blobs"),
