@@ -77,10 +77,8 @@ def orchestrator_run(env: dict[str, str], ids: list[str], workers: int) -> dict[
     """The works `ids` through the orchestrator in this process (the writer is opened first)."""
     from dtkg_assets.core.http import make_client
     from dtkg_assets.core.ledger import Ledger
-    from dtkg_assets.core.orchestrator import Orchestrator
+    from dtkg_assets.core.orchestrator import make_orchestrator
     from dtkg_assets.core.settings import Settings
-    from dtkg_assets.core.store import Store
-    from dtkg_assets.core.streaming import Engine
 
     settings = Settings.from_env(env)
     t_open = time.perf_counter()
@@ -88,7 +86,7 @@ def orchestrator_run(env: dict[str, str], ids: list[str], workers: int) -> dict[
     open_s = time.perf_counter() - t_open
     client = make_client(settings)
     try:
-        orch = Orchestrator(led, Engine(client, settings, Store(settings)), settings, owner="bench-scale")
+        orch = make_orchestrator(led, client, settings, owner="bench-scale")
         c0, w0 = time.process_time(), time.perf_counter()
         outcomes = orch.process(ids, workers=workers)
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0

@@ -5,20 +5,21 @@ import dagster as dg
 from dtkg_assets.defs.assets import artifact_pdfs, openalex_works
 from dtkg_assets.defs.checks import artifact_checks
 from dtkg_assets.defs.jobs import MAINTENANCE_JOBS, artifact_checks_job, artifact_pdfs_job, openalex_works_job
-from dtkg_assets.defs.resources import default_resources
+from dtkg_assets.defs.resources import resources_for
 from dtkg_assets.defs.schedules import SCHEDULES
 from dtkg_assets.defs.sensors import SENSORS
 
 
-def build_definitions(home: str | None = None) -> dg.Definitions:
-    """Definitions with resources rooted at `home` (default: $DTKG_HOME)."""
+def build_definitions(home: str | None = None, deployment: str | None = None) -> dg.Definitions:
+    """Definitions with the deployment's resources (`resources.resources_for`); a `home` (tests, `dtkg`
+    launching runs in its own process) roots the local set there."""
     return dg.Definitions(
         assets=[openalex_works, artifact_pdfs],
         asset_checks=[artifact_checks],
         jobs=[artifact_pdfs_job, artifact_checks_job, openalex_works_job, *MAINTENANCE_JOBS],
         sensors=list(SENSORS),
         schedules=list(SCHEDULES),
-        resources=default_resources(home),
+        resources=resources_for(deployment, home),
         # Batches of partitions run threads inside one step: no per-step subprocess cost.
         executor=dg.in_process_executor,
     )

@@ -4,18 +4,20 @@ Both only call the core (sources, ledger, orchestrator); the download logic live
 """
 
 import contextlib
+import dataclasses
 import sys
 import threading
+import typing
 from collections.abc import Iterator, Mapping
 from typing import Any, Optional
 
 import dagster as dg
+import pydantic
 
 from dtkg_assets.core.advice import advice
-from dtkg_assets.core.orchestrator import Orchestrator, WorkOutcome
+from dtkg_assets.core.orchestrator import WorkOutcome, make_orchestrator
 from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.sources import WorksSource, import_works
-from dtkg_assets.core.streaming import Engine
 from dtkg_assets.core.verify import prepare_request
 from dtkg_assets.defs.event_writer import BackgroundEvents
 from dtkg_assets.defs.partitions import LEDGER_POOL, add_work_partitions, artifact_partitions
@@ -36,28 +38,44 @@ AUTOMATION_CONDITION = (
 )
 
 
-class WorksSourceConfig(dg.Config):
-    """Where works come from: exactly one of a JSONL file, an id/DOI list, or an OpenAlex query."""
+def config_of(fields_of: type, base: type[dg.Config]) -> type[dg.Config]:
+    """A Dagster config class with the fields of a core dataclass, so the two cannot drift: the core
+    type is the one definition, the Launchpad shows its fields. `X | None` becomes `Optional[X]`
+    (Dagster config fields need `Optional[...]`)."""
+    hints = typing.get_type_hints(fields_of)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(fields_of):
+        annotation = hints[f.name]
+        args = typing.get_args(annotation)
+        if type(None) in args and len(args) == 2:
+            annotation = Optional[next(a for a in args if a is not type(None))]  # noqa: UP045
+        fields[f.name] = (annotation, f.default)
+    model: type[dg.Config] = pydantic.create_model(
+        base.__name__.removesuffix("Base"), __base__=base, __module__=__name__, **fields
+    )
+    return model
 
-    jsonl_path: Optional[str] = None  # noqa: UP045 - Dagster config fields need Optional[...]
-    ids_path: Optional[str] = None  # noqa: UP045
-    filter: Optional[str] = None  # noqa: UP045
-    topic_id: Optional[str] = None  # noqa: UP045
-    year_from: Optional[int] = None  # noqa: UP045
-    year_to: Optional[int] = None  # noqa: UP045
-    oa_only: bool = False
-    max_results: Optional[int] = None  # noqa: UP045
+
+class WorksSourceConfigBase(dg.Config):
+    """Where works come from: exactly one of a JSONL file, an id/DOI list, or an OpenAlex query
+    (the fields are `core.sources.WorksSource`'s)."""
 
     def to_source(self) -> WorksSource:
         return WorksSource(**self.model_dump())
 
 
+WorksSourceConfig = config_of(WorksSource, WorksSourceConfigBase)
+
+
 @dg.asset(pool=LEDGER_POOL, description="Works from the configured source, recorded in the ledger.")
 def openalex_works(
-    context: dg.AssetExecutionContext, config: WorksSourceConfig, ledger: LedgerResource
+    context: dg.AssetExecutionContext,
+    config: WorksSourceConfig,  # type: ignore[valid-type]  # a class built from WorksSource above
+    ledger: LedgerResource,
 ) -> dg.MaterializeResult:
     owner = f"run:{context.run.run_id}"
-    with import_works(config.to_source(), ledger.settings.load(), lambda: ledger.writer(owner=owner),
+    with import_works(config.to_source(),  # type: ignore[attr-defined]
+                      ledger.settings.load(), lambda: ledger.writer(owner=owner),
                       run_id=context.run.run_id) as batch:
         add_work_partitions(context.instance, batch.work_ids())
     summary = batch.summary
@@ -220,8 +238,8 @@ def artifact_pdfs(
     with BackgroundEvents(context.log_event) as events, ledger.writer(owner=owner) as led:
         store_ = store.store()
         prepared = prepare_request(led, store_, keys, depth=loaded.run.verify_depth, retry_failed=not automated)
-        engine = Engine(http.client, loaded, store_)
-        orchestrator = Orchestrator(led, engine, loaded, owner=owner, run_id=context.run.run_id)
+        orchestrator = make_orchestrator(led, http.client, loaded, owner=owner, run_id=context.run.run_id,
+                                         store=store_)
         outcomes = orchestrator.process(keys, workers=workers, on_done=on_done)
     counts: dict[str, int] = {}
     for outcome in outcomes:

@@ -1,10 +1,16 @@
 """Resources: settings, ledger, store and the per-run HTTP client, configured in one place.
 
-Paths and secrets come from the environment (DTKG_HOME, DTKG_MAILTO, OPENALEX_API_KEY, …) through
-`Settings.from_env`; `home` may override DTKG_HOME (tests point it at a temporary directory).
-No `from __future__ import annotations` here: Dagster reads these annotations at load time.
+Paths and secrets are fields of `SettingsResource`: the production resource set fills them from
+`dg.EnvVar` (DTKG_HOME, DTKG_MAILTO, OPENALEX_API_KEY), so the Launchpad shows which variable each
+comes from and a missing one fails the run before any work; the local set (tests, `dagster dev`,
+`dtkg`) leaves them to the environment, with `home` as an override (tests point it at a temporary
+directory). Every other setting comes from DTKG_* variables and $DTKG_HOME/settings.env through
+`Settings.from_env`, read when a run or tick loads it. `DAGSTER_DEPLOYMENT` picks the set, as in
+Dagster's `project_fully_featured` example. No `from __future__ import annotations` here: Dagster
+reads these annotations at load time.
 """
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Optional
@@ -18,14 +24,24 @@ from dtkg_assets.core.ledger import Ledger
 from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.store import Store
 
+DEPLOYMENTS = ("local", "production")
+
 
 class SettingsResource(dg.ConfigurableResource):
-    """The one typed settings object; `home` overrides DTKG_HOME when set."""
+    """The one typed settings object. Set fields override the environment: `home` (DTKG_HOME),
+    `mailto` (DTKG_MAILTO, the contact in the User-Agent), `openalex_api_key` (OPENALEX_API_KEY)."""
 
     home: Optional[str] = None  # noqa: UP045 - Dagster config fields need Optional[...]
+    mailto: Optional[str] = None  # noqa: UP045
+    openalex_api_key: Optional[str] = None  # noqa: UP045
 
     def load(self) -> Settings:
-        settings = Settings.from_env()
+        env = dict(os.environ)
+        if self.mailto:
+            env["DTKG_MAILTO"] = self.mailto
+        if self.openalex_api_key:
+            env["OPENALEX_API_KEY"] = self.openalex_api_key
+        settings = Settings.from_env(env)
         return settings.with_home(self.home) if self.home else settings
 
 
@@ -76,11 +92,35 @@ class HttpClientResource(dg.ConfigurableResource):
         return self._client
 
 
-def default_resources(home: str | None = None) -> dict[str, dg.ConfigurableResource]:
-    settings = SettingsResource(home=home)
+def _resources(settings: SettingsResource) -> dict[str, dg.ConfigurableResource]:
     return {
         "settings": settings,
         "ledger": LedgerResource(settings=settings),
         "store": StoreResource(settings=settings),
         "http": HttpClientResource(settings=settings),
     }
+
+
+def default_resources(home: str | None = None) -> dict[str, dg.ConfigurableResource]:
+    """The local set: everything from the environment, `home` overriding DTKG_HOME."""
+    return _resources(SettingsResource(home=home))
+
+
+def production_resources() -> dict[str, dg.ConfigurableResource]:
+    """The production set: the home, the contact and the OpenAlex key must be set, as environment
+    variables Dagster resolves when a run or tick starts (and shows by name in the Launchpad)."""
+    return _resources(
+        SettingsResource(
+            home=dg.EnvVar("DTKG_HOME"),
+            mailto=dg.EnvVar("DTKG_MAILTO"),
+            openalex_api_key=dg.EnvVar("OPENALEX_API_KEY"),
+        )
+    )
+
+
+def resources_for(deployment: str | None = None, home: str | None = None) -> dict[str, dg.ConfigurableResource]:
+    """The resource set of a deployment (default: $DAGSTER_DEPLOYMENT, else "local")."""
+    name = deployment or os.environ.get("DAGSTER_DEPLOYMENT", "local")
+    if name not in DEPLOYMENTS:
+        raise ValueError(f"DAGSTER_DEPLOYMENT={name!r}: expected one of {', '.join(DEPLOYMENTS)}")
+    return production_resources() if name == "production" and home is None else default_resources(home)
