@@ -27,6 +27,8 @@ DAGSTER_PG_URL = "DAGSTER_PG_URL"
 FALLBACK_PG_CONFIG: dict[str, Any] = {
     "telemetry": {"enabled": False},
     "storage": {"postgres": {"postgres_url": {"env": DAGSTER_PG_URL}}},
+    "run_coordinator": {"module": "dagster._core.run_coordinator", "class": "QueuedRunCoordinator",
+                        "config": {"dequeue_use_threads": True, "dequeue_num_workers": 4}},
     "run_launcher": {"module": "dagster._core.launcher", "class": "DefaultRunLauncher"},
     "concurrency": {"runs": {"max_concurrent_runs": 8}, "pools": {"granularity": "run", "default_limit": 8}},
 }

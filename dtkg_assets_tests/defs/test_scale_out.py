@@ -6,8 +6,10 @@ and the loopback test origin.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -432,6 +434,89 @@ def test_killed_worker_is_taken_over_after_its_lease_and_a_stopped_workers_late_
                        [hashlib.sha256(body2).hexdigest()]) == [(1,)]
     assert not ledger_rows(ledger_url, "SELECT 1 FROM artifact_ops WHERE owner = %s", [c_owner])
     assert (store / "works" / "W202.pdf").read_bytes() == body2
+
+
+def _processes_with_home(home: str) -> list[int]:
+    """Pids of other processes whose environment names `home` as DTKG_HOME."""
+    needle = f"DTKG_HOME={home}\0".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if needle in (entry / "environ").read_bytes() + b"\0":
+                    pids.append(int(entry.name))
+    return pids
+
+
+def test_the_daemon_runs_several_download_runs_at_once_on_postgresql(
+    tmp_path: Path, origin: OriginServer, pg_cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dagster on PostgreSQL storage with the queued run coordinator (dagster.postgres.yaml as `dtkg`
+    writes it for a PostgreSQL ledger): one tick of the daemon's run queue starts both queued download
+    runs (no `ledger` pool limit of 1), the run launcher executes them in processes of their own at the
+    same time, and each stores its work once in the shared ledger."""
+    import dagster as dg
+    from dagster._cli.job import _create_run
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import ModuleTarget
+    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+
+    from dtkg_assets.core.ledger import Ledger
+    from dtkg_assets.core.types import Candidate, WorkRecord
+    from dtkg_assets.defs.instance import dagster_pg_url
+    from dtkg_assets.defs.partitions import ARTIFACT_PARTITIONS_NAME
+    from dtkg_assets.defs.sensors import RANGE_END, RANGE_START
+
+    ledger_url, dagster_url = pg_cluster.create_database("daemon_ledger"), pg_cluster.create_database("daemon_dagster")
+    ids = ["W401", "W402"]
+    # Each body stalls 3 s midway: a run lasts longer than the skew between run processes started together.
+    stall = FaultMode(stall_after_bytes=16 * 1024, stall_s=3.0, stall_times=1)
+    bodies = {w: pdf_bytes(60_000 + i, seed=40 + i) for i, w in enumerate(ids)}
+    urls = {w: origin.add(f"/{w}.pdf", bodies[w], stall) for w in ids}
+    # The code server and the run processes it starts inherit this environment.
+    env = fleet_env(tmp_path / "home", ledger_url, dagster_pg_url(dagster_url), tmp_path / "shared-store")
+    for name, value in env.items():
+        if name.startswith(("DTKG_", "DAGSTER_")):
+            monkeypatch.setenv(name, value)
+    settings = Settings.from_env()
+    with Ledger.open_writer(settings, owner="test") as led:
+        led.plan([WorkRecord(w, [Candidate(urls[w], "best_oa_location.pdf_url")], title=f"Work {w}") for w in ids])
+    (tmp_path / "dagster").mkdir()
+    (tmp_path / "dagster" / "dagster.yaml").write_text(instance_yaml(settings))
+    try:
+        with dg.DagsterInstance.from_config(str(tmp_path / "dagster")) as instance, WorkspaceProcessContext(
+                instance, ModuleTarget("dtkg_assets.definitions", None, str(Path(__file__).resolve().parents[2]), None)
+        ) as workspace:
+            instance.add_dynamic_partitions(ARTIFACT_PARTITIONS_NAME, ids)
+            request = workspace.create_request_context()
+            location = request.get_code_location(request.code_location_names[0])
+            repo = next(iter(location.get_repositories().values()))
+            job = repo.get_full_job("artifact_pdfs_job")
+            runs = []
+            for w in ids:
+                run = _create_run(instance=instance, code_location=location, remote_repo=repo, remote_job=job,
+                                  run_config={}, tags={RANGE_START: w, RANGE_END: w}, op_selection=None, run_id=None)
+                runs.append(instance.submit_run(run.run_id, request).run_id)
+            assert {instance.get_run_by_id(r).status for r in runs} == {dg.DagsterRunStatus.QUEUED}
+            list(QueuedRunCoordinatorDaemon(interval_seconds=1).run_iteration(workspace))
+            # One tick dequeued both: neither waits for a ledger pool slot.
+            assert dg.DagsterRunStatus.QUEUED not in {instance.get_run_by_id(r).status for r in runs}
+            _wait_for(lambda: all(instance.get_run_by_id(r).is_finished for r in runs), 180, "the runs")
+            records = instance.get_run_records(dg.RunsFilter(run_ids=runs))
+    finally:
+        # The code server the workspace started does not always exit with it: end every process that
+        # inherited this test's home (the code server, its helpers, any run left behind).
+        for pid in _processes_with_home(env["DTKG_HOME"]):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert {r.dagster_run.status for r in records} == {dg.DagsterRunStatus.SUCCESS}
+    # They executed at once: each started before any other ended.
+    assert max(r.start_time for r in records) < min(r.end_time for r in records)
+    stored = ledger_rows(ledger_url, "SELECT work_id, state, run_id, sha256 FROM artifact_jobs ORDER BY work_id")
+    assert [(w, s, sha) for w, s, _, sha in stored] == [
+        (w, "INDEXED", hashlib.sha256(bodies[w]).hexdigest()) for w in ids]
+    assert sorted(r for _, _, r, _ in stored) == sorted(runs)
+    assert [origin.stats(f"/{w}.pdf").get_requests for w in ids] == [1, 1]
 
 
 # ---- automation on the PostgreSQL ledger ---------------------------------------------------------
