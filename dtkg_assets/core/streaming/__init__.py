@@ -4,6 +4,7 @@
   durability invariants are described there);
 - `validators`: what the server says about the object (`ServerValidators`) and the optional HEAD;
 - `sidecar`: the `.part` sidecar (`PartState`), what partial bytes are and how many are durable;
+- `part`: one download's state and its `.part` file: seeding the hash, preallocation, checkpoints;
 - `resume`: whether to resume or discard a part, and why (`decide_resume`);
 - `ranges`: the request headers of an artifact GET and the parsing of Content-Range;
 - `hashing`: SHA-256 on a helper thread beside the stream.

@@ -2,7 +2,7 @@
 
 Pipeline: resume decision (`resume`, from the `.part` and its `sidecar`) -> GET (ranged with `If-Range`
 on a resume, see `ranges`), whose status and headers are the precheck (`validators`, size, type, quota)
-before the first body byte -> raw bytes appended to the `.part` with a rolling SHA-256 (`hashing`) ->
+before the first body byte -> raw bytes appended to the `.part` (`part`) with a rolling SHA-256 (`hashing`) ->
 PDF validation -> atomic finalize into the store -> per-work link. One request per fresh artifact: a
 HEAD is sent only where it saves bytes (see `Engine._wants_head`) or `http.head_precheck` asks for it.
 Every step reports through `FetchHooks` so the orchestrator can record it in the ledger; on its own the
@@ -11,7 +11,7 @@ engine uses `NullHooks`. Every exchange is recorded and its failure mapped by `c
 Invariants:
 - The rolling hash covers exactly the bytes on disk. On resume it is seeded by re-reading the
   part; preallocated space beyond the bytes written is cut off before hashing or finalizing.
-- The sidecar never claims more bytes than are durable: it is rewritten (atomically) only after
+- The sidecar never claims more bytes than are durable (`part.Download.checkpoint`): it is rewritten only after
   the part has been fsynced up to that point, so a crash resumes from bytes that really exist.
   While streaming, that fsync and sidecar write run on a helper thread (at most one in flight per
   download) so the body does not wait for the disk; the sidecar records the bytes written before the
@@ -27,10 +27,8 @@ import contextlib
 import dataclasses
 import hashlib
 import os
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +44,7 @@ from dtkg_assets.core.retrying import retrying
 from dtkg_assets.core.settings import MiB, Settings
 from dtkg_assets.core.store import Store, check_work_id, sha256_file
 from dtkg_assets.core.streaming.hashing import HASH_THREAD_MIN, HashPipe
+from dtkg_assets.core.streaming.part import Download, write_rest
 from dtkg_assets.core.streaming.ranges import artifact_headers, parse_content_range, unsatisfied_range_total
 from dtkg_assets.core.streaming.resume import ResumeDecision, decide_resume
 from dtkg_assets.core.streaming.sidecar import PartState
@@ -61,32 +60,6 @@ CHECKPOINT_EVERY = 32 * MiB
 # A response that contradicts the request (bad Content-Range, 416 with another total) restarts the
 # download from zero; past this many restarts in one attempt the server is broken.
 MAX_RESTARTS = 2
-
-
-@dataclass
-class _Download:
-    """Per-fetch state (the Engine itself holds none, so one Engine serves many threads)."""
-
-    url: str
-    work_id: str | None
-    part: Path
-    sidecar: Path
-    hooks: FetchHooks
-    result: FetchResult
-    validators: ServerValidators | None = None
-    fd: int = -1
-    pos: int = 0  # logical bytes written to the part (preallocated space excluded)
-    durable: int = 0  # bytes covered by the last fsync + sidecar
-    checkpointing: threading.Thread | None = None  # the background checkpoint in flight, if any
-    checkpoint_error: BaseException | None = None  # what the last background checkpoint raised
-    total: int | None = None
-    hasher: Any = None
-    prefix_sha256: str | None = None
-    prefix_bytes: int = 0
-    preallocated: bool = False
-    reservations: contextlib.ExitStack | None = None
-    reserved: bool = False
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class _Restart(Exception):
@@ -193,13 +166,13 @@ class Engine:
         result.bytes = st.st_size
         return True
 
-    def _head(self, dl: _Download) -> ServerValidators | None:
+    def _head(self, dl: Download) -> ServerValidators | None:
         for attempt in retrying(self.settings.http, defer_long_waits=True):
             with attempt, deadline.attempt(deadline_timeout(self.settings)):
                 return head_precheck(self.client, dl.url, dl.result.http_attempts)
         return None  # pragma: no cover - tenacity re-raises
 
-    def _wants_head(self, dl: _Download) -> bool:
+    def _wants_head(self, dl: Download) -> bool:
         """HEAD only where it can save bytes or a setting asks for it.
 
         A fresh download learns validators, size and type from its GET's headers before the first
@@ -213,7 +186,7 @@ class Engine:
             return False  # nothing to resume: the GET decides
         return not (state.strong_etag or state.last_modified)
 
-    def _reserve(self, dl: _Download, remaining: int | None) -> None:
+    def _reserve(self, dl: Download, remaining: int | None) -> None:
         """Reserve room for this download once (raises quota_exceeded before any body byte)."""
         if dl.reserved or dl.reservations is None:
             return
@@ -223,7 +196,8 @@ class Engine:
     def _fetch(self, url: str, work_id: str | None, hooks: FetchHooks, result: FetchResult) -> None:
         settings, store = self.settings, self.store
         part, sidecar = store.part_paths(work_id, url)
-        dl = _Download(url=url, work_id=work_id, part=part, sidecar=sidecar, hooks=hooks, result=result)
+        dl = Download(settings=settings, url=url, work_id=work_id, part=part, sidecar=sidecar, hooks=hooks,
+                      result=result)
         if self._finalized_before(dl):
             return
 
@@ -281,7 +255,7 @@ class Engine:
         result.blob_path = str(store.blob_path(sha))
         self._link(dl, sha, created=bool(fin["created"]))
 
-    def _link(self, dl: _Download, sha: str, *, created: bool) -> None:
+    def _link(self, dl: Download, sha: str, *, created: bool) -> None:
         """The per-work link, then drop the sidecar (until then it names the finalized blob)."""
         result, work_id = dl.result, dl.work_id
         if work_id is not None:
@@ -293,7 +267,7 @@ class Engine:
         result.status = "stored" if created else "deduped"
         result.reason = "ok"
 
-    def _finalized_before(self, dl: _Download) -> bool:
+    def _finalized_before(self, dl: Download) -> bool:
         """A crash after the part was renamed into the store but before the ledger commit: the part is
         gone, its sidecar names the blob. Verify the blob and finish from disk, with no request."""
         state = PartState.read(dl.sidecar)
@@ -324,7 +298,7 @@ class Engine:
         link = self.store.link_work(work_id, sha)
         return {"path": str(link.path), "mode": link.mode}
 
-    def _decide(self, dl: _Download) -> ResumeDecision:
+    def _decide(self, dl: Download) -> ResumeDecision:
         state = PartState.read(dl.sidecar)
         try:
             size = dl.part.stat().st_size
@@ -338,38 +312,7 @@ class Engine:
         return decision
 
     # ---- one attempt ----------------------------------------------------------------------------
-    def _open_part(self, dl: _Download, offset: int) -> int:
-        """Open the part, drop anything past `offset`, and seed the hash with the kept bytes."""
-        self._settle(dl)
-        if dl.fd < 0:
-            dl.fd = os.open(dl.part, os.O_RDWR | os.O_CREAT, 0o644)
-        fd = dl.fd
-        os.ftruncate(fd, offset)
-        dl.preallocated = False
-        h = hashlib.sha256()
-        pos = 0
-        while pos < offset:
-            block = os.pread(fd, min(4 * MiB, offset - pos), pos)
-            if not block:
-                raise DtkgError(Reason.HASH_MISMATCH, f"part {dl.part} shorter than {offset} while seeding")
-            h.update(block)
-            pos += len(block)
-        prefix_len = min(self.settings.resume.prefix_check_bytes, offset)
-        prefix_hash = sha256_file(dl.part, prefix_len) if offset else None
-        dl.hasher = h
-        dl.pos = dl.durable = offset
-        dl.prefix_bytes = prefix_len
-        dl.prefix_sha256 = prefix_hash
-        os.lseek(fd, offset, os.SEEK_SET)
-        return offset
-
-    def _close_part(self, dl: _Download) -> None:
-        self._settle(dl)
-        if dl.fd >= 0:
-            os.close(dl.fd)
-            dl.fd = -1
-
-    def _attempt(self, dl: _Download, decision: ResumeDecision) -> None:
+    def _attempt(self, dl: Download, decision: ResumeDecision) -> None:
         store = self.store
         if decision.mode != "resume":
             store.discard_part(dl.part, dl.sidecar)
@@ -377,10 +320,10 @@ class Engine:
         offset = decision.offset if decision.mode == "resume" else 0
         if_range = decision.if_range if decision.mode == "resume" else None
         try:
-            self._open_part(dl, offset)
+            dl.open_part(offset)
             if offset and decision.needs_prefix_check and not self._prefix_matches(dl, decision):
                 dl.result.decision, dl.result.decision_reason = "discard_part", "prefix_mismatch"
-                offset, if_range = self._restart(dl), None
+                offset, if_range = dl.restart(), None
             restarts = 0
             while True:
                 try:
@@ -393,32 +336,26 @@ class Engine:
                     if restarts > MAX_RESTARTS:
                         detail = f"server keeps contradicting ranges ({restart.reason})"
                         raise DtkgError(Reason.BAD_RANGE, detail) from None
-                    offset, if_range = self._restart(dl), None
+                    offset, if_range = dl.restart(), None
         except DtkgError as exc:
             if exc.transient and dl.pos > 0:
-                self._save_progress(dl)
+                dl.save_progress()
             elif exc.transient:
                 # Nothing written yet (refused by the quota guard, or failed on the headers).
-                self._close_part(dl)
+                dl.close_part()
                 store.discard_part(dl.part, dl.sidecar)
             else:
                 # Permanent (too large, 404 on resume, broken ranges): the part is worthless.
-                self._close_part(dl)
+                dl.close_part()
                 store.discard_part(dl.part, dl.sidecar)
             raise
         except BaseException:
-            self._save_progress(dl)
+            dl.save_progress()
             raise
         finally:
-            self._close_part(dl)
+            dl.close_part()
 
-    def _restart(self, dl: _Download) -> int:
-        self._settle(dl)
-        dl.sidecar.unlink(missing_ok=True)
-        dl.total = None
-        return self._open_part(dl, 0)
-
-    def _prefix_matches(self, dl: _Download, decision: ResumeDecision) -> bool:
+    def _prefix_matches(self, dl: Download, decision: ResumeDecision) -> bool:
         """Resume without validators: the server's first bytes must hash like ours did."""
         want = dl.prefix_bytes
         if want <= 0 or dl.prefix_sha256 is None:
@@ -445,7 +382,7 @@ class Engine:
             dl.result.body_bytes_received += got
         return got == want and h.hexdigest() == dl.prefix_sha256
 
-    def _get(self, dl: _Download, offset: int, if_range: str | None) -> None:
+    def _get(self, dl: Download, offset: int, if_range: str | None) -> None:
         result = dl.result
         received_before = result.body_bytes_received
         with recorded_attempt(result.http_attempts, "GET", dl.url) as record:
@@ -461,9 +398,9 @@ class Engine:
             if dl.pos < dl.total:
                 raise DtkgError(Reason.TRUNCATED, f"body ended at {dl.pos} of {dl.total} bytes")
             raise _Restart("longer_than_announced")
-        self._finish_part(dl)
+        dl.finish_part()
 
-    def _read_response(self, dl: _Download, response: httpx.Response, offset: int, if_range: str | None) -> bool:
+    def _read_response(self, dl: Download, response: httpx.Response, offset: int, if_range: str | None) -> bool:
         """Judge the answer's status and headers (before any body byte), then stream its body into the
         part. True when the part was already complete (a 416 that confirms it)."""
         result = dl.result
@@ -497,7 +434,7 @@ class Engine:
                 changed = sent is not None and sent != new_tag and sent != new_date
                 result.decision = "discard_part"
                 result.decision_reason = "validator_changed" if changed else "range_ignored"
-                offset = self._restart(dl)
+                offset = dl.restart()
                 result.resumed_from = 0
             identity = encoding in ("identity", "")
             total = int_or_none(response.headers.get("content-length")) if identity else None
@@ -511,13 +448,13 @@ class Engine:
         result.content_type = dl.validators.content_type
         # No sidecar yet: one naming zero durable bytes could not resume anything. The first
         # checkpoint (every 32 MiB, on an error, at the end) writes it with these validators.
-        self._preallocate(dl)
+        dl.preallocate()
         dl.hooks.stage("STREAMING", {"offset": offset, "total": total, "status": status})
         chunks = response.iter_raw() if encoding in ("identity", "") else response.iter_bytes()
         self._stream(dl, chunks)
         return False
 
-    def _check_status(self, dl: _Download, response: httpx.Response, offset: int) -> None:
+    def _check_status(self, dl: Download, response: httpx.Response, offset: int) -> None:
         status = response.status_code
         if status in (200, 206) or (status == 416 and offset > 0):
             return
@@ -528,7 +465,7 @@ class Engine:
             raise DtkgError(Reason.NOT_PDF, f"GET {response.url} answered HTTP {status} without a body", status=status)
         raise error_for_status(response)
 
-    def _complete_from_416(self, dl: _Download, response: httpx.Response, offset: int) -> None:
+    def _complete_from_416(self, dl: Download, response: httpx.Response, offset: int) -> None:
         """416 to `bytes=N-`: the part is complete only if the server's total is N and it verifies."""
         total = unsatisfied_range_total(response.headers.get("content-range"))
         if total != offset:
@@ -538,24 +475,9 @@ class Engine:
             validate_pdf(dl.part, self.settings.validation)
         except DtkgError:
             raise _Restart("range_not_satisfiable_invalid_part") from None
-        self._finish_part(dl)
+        dl.finish_part()
 
-    def _preallocate(self, dl: _Download) -> None:
-        io = self.settings.io
-        total = dl.total
-        if not io.preallocate or total is None or total < io.preallocate_min_size_bytes or total <= dl.pos:
-            return
-        if not hasattr(os, "posix_fallocate"):
-            return
-        try:
-            os.posix_fallocate(dl.fd, dl.pos, total - dl.pos)
-            dl.preallocated = True
-        except OSError as exc:
-            if exc.errno in (28, 122):
-                raise DtkgError(Reason.DISK_FULL, f"cannot preallocate {total} bytes: {exc}") from exc
-            # Filesystems without fallocate: stream without preallocation.
-
-    def _stream(self, dl: _Download, chunks: Iterator[bytes]) -> None:
+    def _stream(self, dl: Download, chunks: Iterator[bytes]) -> None:
         """The hot loop: write + hash each chunk, look at the clock and the stop request; everything
         else only every MiB or every checkpoint interval."""
         fd = dl.fd
@@ -576,7 +498,7 @@ class Engine:
             for chunk in chunks:
                 n = write(fd, chunk)
                 if n != len(chunk):
-                    self._write_rest(fd, chunk, n)
+                    write_rest(fd, chunk, n)
                 update(chunk)
                 pos += len(chunk)
                 if stopping():
@@ -588,7 +510,7 @@ class Engine:
                         raise DtkgError(Reason.TOO_LARGE, f"body passed max_bytes {limit}")
                     now = clock()
                     if pos >= next_checkpoint or now >= next_tick:
-                        self._checkpoint_behind(dl)
+                        dl.checkpoint_behind()
                         next_checkpoint = pos + CHECKPOINT_EVERY
                         if interval > 0:
                             next_tick = now + interval
@@ -601,96 +523,3 @@ class Engine:
                 pipe.close()  # the hash covers every byte written, whatever ended the loop
             dl.pos = pos
             dl.result.body_bytes_received += pos - start
-
-    @staticmethod
-    def _write_rest(fd: int, chunk: bytes, written: int) -> None:
-        view = memoryview(chunk)
-        while written < len(chunk):
-            written += os.write(fd, view[written:])
-
-    def _checkpoint_behind(self, dl: _Download) -> None:
-        """Start a checkpoint of `dl.pos` bytes on a helper thread; the stream goes on meanwhile (the
-        fsync covers at least the bytes written before it began, and the sidecar claims only those).
-        One is in flight at most: a previous one still running is waited for first, so when the disk
-        is slower than the network the stream slows down instead of the durable mark falling behind
-        (a crash loses the bytes since the last finished checkpoint: at most two intervals)."""
-        self._settle(dl)
-        self._raise_checkpoint_error(dl)
-        if not self.settings.io.fsync:
-            self._checkpoint(dl)  # no fsync: the sidecar alone is cheap
-            crash_point("body_checkpoint")
-            return
-        thread = threading.Thread(target=self._checkpoint_thread, args=(dl, dl.pos), daemon=True,
-                                  name=f"dtkg-checkpoint-{dl.part.name[:24]}")
-        dl.checkpointing = thread
-        thread.start()
-
-    def _checkpoint_thread(self, dl: _Download, pos: int) -> None:
-        try:
-            self._checkpoint(dl, upto=pos)
-        except BaseException as exc:  # handed to the streaming thread at its next checkpoint
-            dl.checkpoint_error = exc
-            return
-        crash_point("body_checkpoint")  # dies with the sidecar durable at `pos`
-
-    @staticmethod
-    def _settle(dl: _Download) -> None:
-        """Wait for the background checkpoint in flight, if any (before the fd or the sidecar change)."""
-        running = dl.checkpointing
-        if running is not None:
-            running.join()
-            dl.checkpointing = None
-
-    @staticmethod
-    def _raise_checkpoint_error(dl: _Download) -> None:
-        """What the last background checkpoint raised (ENOSPC, EIO), now on the streaming thread."""
-        exc, dl.checkpoint_error = dl.checkpoint_error, None
-        if exc is not None:
-            raise exc
-
-    def _checkpoint(self, dl: _Download, sha256: str | None = None, upto: int | None = None) -> None:
-        """Make `upto` (default `dl.pos`) bytes durable, then record them in the sidecar (never the
-        other way round). Runs on the streaming thread or, with `upto`, on the checkpoint thread."""
-        durable = dl.pos if upto is None else upto
-        if self.settings.io.fsync:
-            t0 = time.perf_counter()
-            os.fdatasync(dl.fd)
-            dl.result.fsync_s += time.perf_counter() - t0
-        if dl.prefix_sha256 is None or dl.prefix_bytes < min(self.settings.resume.prefix_check_bytes, durable):
-            n = min(self.settings.resume.prefix_check_bytes, durable)
-            dl.prefix_sha256 = hashlib.sha256(os.pread(dl.fd, n, 0)).hexdigest() if n else None
-            dl.prefix_bytes = n
-        v = dl.validators
-        PartState(
-            url=dl.url,
-            etag=v.etag if v else None,
-            last_modified=v.last_modified if v else None,
-            expected_size=dl.total,
-            bytes_on_disk=durable,
-            prefix_sha256=dl.prefix_sha256,
-            prefix_bytes=dl.prefix_bytes,
-            sha256=sha256,
-        ).write(dl.sidecar, fsync=self.settings.io.fsync)
-        dl.durable = durable
-
-    def _save_progress(self, dl: _Download) -> None:
-        """After an error: cut preallocated space and record what is durable, for the next attempt."""
-        if dl.fd < 0:
-            return
-        self._settle(dl)
-        dl.checkpoint_error = None  # a failed background checkpoint is superseded by this one
-        try:
-            os.ftruncate(dl.fd, dl.pos)
-            if dl.pos > 0:
-                self._checkpoint(dl)
-        except OSError:
-            pass
-
-    def _finish_part(self, dl: _Download) -> None:
-        """Body complete: cut any preallocation, sync, and record the final size and hash."""
-        self._settle(dl)
-        self._raise_checkpoint_error(dl)
-        os.ftruncate(dl.fd, dl.pos)
-        # The checkpoint's fdatasync covers the new size too (needed to read the data back).
-        self._checkpoint(dl, sha256=dl.hasher.hexdigest())
-        crash_point("part_fsynced")
