@@ -16,26 +16,36 @@ import pydantic
 
 from dtkg_assets.core.advice import advice
 from dtkg_assets.core.orchestrator import WorkOutcome, make_orchestrator
-from dtkg_assets.core.settings import Settings
+from dtkg_assets.core.settings import RunSettings
 from dtkg_assets.core.sources import WorksSource, import_works
 from dtkg_assets.core.verify import prepare_request
 from dtkg_assets.defs.event_writer import BackgroundEvents
 from dtkg_assets.defs.partitions import LEDGER_POOL, add_work_partitions, artifact_partitions
 from dtkg_assets.defs.resources import HttpClientResource, LedgerResource, SettingsResource, StoreResource
 
-# Read once at load time: a backfill policy is part of the definition.
-_LOAD_SETTINGS = Settings.from_env()
-BATCH_SIZE = _LOAD_SETTINGS.run.batch_size
-# Opt-in (DTKG_RUN_AUTO_DOWNLOAD=1): newly registered works are downloaded by Dagster's declarative
-# automation (the default automation sensor); off, downloading new works is the user's backfill.
-# `on_missing` alone would also request partitions a backfill or run already targets: never race them.
-AUTOMATION_CONDITION = (
-    (dg.AutomationCondition.on_missing() & ~dg.AutomationCondition.in_progress()).with_label(
+
+def backfill_policy(run: RunSettings) -> dg.BackfillPolicy:
+    """Batch runs of `run.batch_size` partitions (DTKG_RUN_BATCH_SIZE): a run per partition costs seconds."""
+    return dg.BackfillPolicy.multi_run(max_partitions_per_run=run.batch_size)
+
+
+def automation_condition(run: RunSettings) -> dg.AutomationCondition | None:
+    """Opt-in (DTKG_RUN_AUTO_DOWNLOAD=1): newly registered works are downloaded by Dagster's declarative
+    automation (the default automation sensor); off, downloading new works is the user's backfill.
+    `on_missing` alone would also request partitions a backfill or run already targets: never race them."""
+    if not run.auto_download:
+        return None
+    return (dg.AutomationCondition.on_missing() & ~dg.AutomationCondition.in_progress()).with_label(
         "new works, not targeted by a run or backfill"
     )
-    if _LOAD_SETTINGS.run.auto_download
-    else None
-)
+
+
+def configured_artifact_pdfs(run: RunSettings) -> dg.AssetsDefinition:
+    """`artifact_pdfs` with the deployment's batch size and automation opt-in: both are part of the
+    definition, so `definitions.build_definitions` applies them from the settings it reads once."""
+    return artifact_pdfs.with_attributes(
+        backfill_policy=backfill_policy(run), automation_condition=automation_condition(run)
+    )
 
 
 def config_of(fields_of: type, base: type[dg.Config]) -> type[dg.Config]:
@@ -187,10 +197,10 @@ def restore_stacks() -> None:
 
 @dg.asset(
     partitions_def=artifact_partitions,
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=BATCH_SIZE),
+    # The defaults here; the configured ones come from `configured_artifact_pdfs`.
+    backfill_policy=backfill_policy(RunSettings()),
     output_required=False,
     pool=LEDGER_POOL,
-    automation_condition=AUTOMATION_CONDITION,
     description="One verified, deduplicated PDF per work in the content-addressed store. "
     "Materializing a partition is a request: a complete work's file is verified (and redone if missing or "
     "corrupt); a failed work is tried again whatever its failure class.",
