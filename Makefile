@@ -22,7 +22,8 @@ demo: $(STAMP)
 test: $(STAMP) system-deps
 	$(BIN)/ruff check dtkg_assets dtkg_assets_tests bench
 	$(BIN)/mypy dtkg_assets
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile -m "not serial"
+	$(BIN)/pytest -m serial
 
 lint: $(STAMP)
 	$(BIN)/ruff check dtkg_assets dtkg_assets_tests bench

@@ -11,6 +11,7 @@ import pytest
 
 from dtkg_assets.core.settings import Settings
 from dtkg_assets.demo.sample import SampleCorpus, build_sample_corpus
+from dtkg_assets_tests.support.demo_home import DemoHome, make_demo_home
 from dtkg_assets_tests.support.nginx import NginxServer
 from dtkg_assets_tests.support.origin import OriginServer
 from dtkg_assets_tests.support.pgcluster import PgCluster
@@ -108,6 +109,13 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture(scope="session")
 def sample_corpus(tmp_path_factory: pytest.TempPathFactory) -> SampleCorpus:
     return build_sample_corpus(tmp_path_factory.mktemp("sample-corpus"))
+
+
+@pytest.fixture(scope="session")
+def demo_template(tmp_path_factory: pytest.TempPathFactory) -> DemoHome:
+    """One `dtkg demo` run in a fresh home per session (per worker when tests run in parallel).
+    Never modified: tests that change a demo home work on `copy_home(demo_template, ...)`."""
+    return make_demo_home(tmp_path_factory.mktemp("demo-template") / "home")
 
 
 @pytest.fixture(scope="session")

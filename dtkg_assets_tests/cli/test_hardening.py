@@ -162,6 +162,7 @@ def test_trickling_host_gives_its_workers_back(origin: OriginServer, tmp_path: P
 # ---- item 3: checkpoints by time -------------------------------------------------------------
 
 
+@pytest.mark.serial
 def test_kill_9_mid_slow_download_resends_at_most_one_checkpoint(origin: OriginServer, tmp_path: Path,
                                                                 pdf_bytes: Callable[[int, int], bytes]) -> None:
     rate = 1_000_000
@@ -190,6 +191,7 @@ def test_kill_9_mid_slow_download_resends_at_most_one_checkpoint(origin: OriginS
 # ---- item 4: SIGINT / SIGTERM ----------------------------------------------------------------
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_stops_download_keeps_part_and_reports(origin: OriginServer, tmp_path: Path, signum: int,
                                                       pdf_bytes: Callable[[int, int], bytes]) -> None:
@@ -223,6 +225,7 @@ def test_signal_stops_download_keeps_part_and_reports(origin: OriginServer, tmp_
     print(f"{name}: stopped in {stop_s:.2f} s with {kept} bytes kept")
 
 
+@pytest.mark.serial
 def test_sigint_during_fetch_exits_130_with_words(origin: OriginServer, tmp_path: Path,
                                                   pdf_bytes: Callable[[int, int], bytes]) -> None:
     url = origin.add("/stall.pdf", pdf_bytes(100_000, 6), FaultMode(stall_s=60, stall_after_bytes=50_000))
@@ -440,6 +443,7 @@ def test_unusable_paths_are_named_with_what_to_do(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "DTKG_HTTP_MAX_ATTEMPTS" in proc.stderr
 
 
+@pytest.mark.serial
 def test_sigterm_while_waiting_for_the_ledger_exits_at_once(tmp_path: Path) -> None:
     """Not downloading (here: waiting for the writer lock another process holds): stop right away."""
     home = tmp_path / "home"
@@ -457,6 +461,7 @@ def test_sigterm_while_waiting_for_the_ledger_exits_at_once(tmp_path: Path) -> N
     assert child.returncode == 143 and "interrupted" in err and "Traceback" not in err, err
 
 
+@pytest.mark.serial
 def test_sigint_during_a_dagster_backfill_stops_the_run(origin: OriginServer, tmp_path: Path,
                                                         pdf_bytes: Callable[[int, int], bytes]) -> None:
     """Dagster replaces the signal handler while a run executes and raises its interrupt in the step:

@@ -112,6 +112,7 @@ def test_crash_then_rerun(origin, corpus, tmp_path, crash, what):
         assert {w: origin.stats(f"/{w.lower()}.pdf").requests for w in bodies} == before
 
 
+@pytest.mark.serial
 def test_crash_after_durable_checkpoint_resumes(origin, pdf_bytes, tmp_path):
     """Killed right after the 32 MiB checkpoint became durable: the re-run resumes there instead of
     starting over, and re-sends only the missing bytes plus what streamed while that checkpoint's

@@ -70,6 +70,7 @@ def test_user_agent_names_project_and_contact(settings, origin):
     assert user_agent(make_settings(settings, mailto="").http) == "dtkg-assets/0.1 (+https://github.com/dtkg-assets/dtkg-assets)"
 
 
+@pytest.mark.serial
 def test_rate_limit_spaces_requests_across_8_threads(settings, origin):
     url = origin.add("/limited", b"x" * 100)
     settings = make_settings(settings, rate_limits={"127.0.0.1": 5.0, "*": 0.0})
@@ -83,6 +84,7 @@ def test_rate_limit_spaces_requests_across_8_threads(settings, origin):
     assert max(times) - min(times) >= 11 * 0.2 - 0.05
 
 
+@pytest.mark.serial
 def test_fractional_rate_means_what_it_says(settings, origin):
     url = origin.add("/slow", b"x" * 100)
     # One request per 0.6 s (rate 1/0.6 = 1.67 req/s): the interval is rounded up, never down.
@@ -95,6 +97,7 @@ def test_fractional_rate_means_what_it_says(settings, origin):
     assert rate_for("unknown.example", Settings().http.rate_limits) == 5.0
 
 
+@pytest.mark.serial
 def test_rate_limits_are_per_host(settings, origin):
     a = origin.add("/a", b"a" * 100)
     b = as_localhost(origin.add("/b", b"b" * 100))

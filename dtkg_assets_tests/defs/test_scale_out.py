@@ -123,6 +123,7 @@ def _gaps(times: list[float]) -> list[float]:
     return [b - a for a, b in zip(ordered, ordered[1:], strict=False)]
 
 
+@pytest.mark.serial
 def test_two_processes_share_one_host_rate_limit_and_one_robots_fetch(
     tmp_path: Path, origin: OriginServer, pg_url: str
 ) -> None:
@@ -363,6 +364,7 @@ def _wait_for(predicate, timeout_s: float, what: str) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.serial
 def test_killed_worker_is_taken_over_after_its_lease_and_a_stopped_workers_late_write_is_refused(
     tmp_path: Path, origin: OriginServer, pg_cluster
 ) -> None:

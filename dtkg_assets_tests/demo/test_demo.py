@@ -1,4 +1,5 @@
-"""`dtkg demo` end to end, as a user runs it: real processes, a fresh DTKG_HOME, run twice.
+"""`dtkg demo` end to end, as a user runs it: real processes, run twice: first in a fresh DTKG_HOME
+(the session's `demo_template`), then again on a copy of that home.
 
 The first run must leave every sample work in its expected state with the corpus's exact bytes in
 the store (one blob per distinct content, the dedupe pair sharing one inode); the second run must
@@ -7,11 +8,7 @@ download nothing; `dtkg status --json` must agree with the ledger.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,54 +19,7 @@ import duckdb
 import pytest
 
 from dtkg_assets.demo.sample import SampleCorpus, build_sample_corpus
-from dtkg_assets_tests.support.net import free_port
-
-REPO = Path(__file__).resolve().parents[2]
-DTKG = Path(sys.executable).with_name("dtkg")
-DEMO_TIMEOUT_S = 600  # generous: a loaded 2-core machine; an idle one needs about 20 s
-
-
-def demo_env(home: Path) -> dict[str, str]:
-    """The caller's environment with DTKG_HOME set; other DTKG_* and DAGSTER_HOME dropped so a
-    developer's own configuration cannot change what the demo does."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DTKG_") and k != "DAGSTER_HOME"}
-    env["DTKG_HOME"] = str(home)
-    return env
-
-
-def run_dtkg(home: Path, *args: str, timeout: float = DEMO_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(DTKG), *args],
-        cwd=REPO,
-        env=demo_env(home),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def run_demo(home: Path, port: int = 0) -> dict[str, Any]:
-    """`dtkg demo --json`; returns its summary object (fails the test with the output otherwise)."""
-    proc = run_dtkg(home, "demo", "--port", str(port), "--json")
-    assert proc.returncode == 0, f"dtkg demo exited {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}"
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one JSON line on stdout, got:\n{proc.stdout}"
-    data: dict[str, Any] = json.loads(lines[0])
-    return data
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def snapshot(home: Path) -> duckdb.DuckDBPyConnection:
-    """The published snapshot, read-only, the way analysts open it."""
-    return duckdb.connect(str(home / "ledger.snapshot.duckdb"), read_only=True)
+from dtkg_assets_tests.support.demo_home import DemoHome, copy_home, run_demo, run_dtkg, sha256_file, snapshot
 
 
 def store_files(home: Path) -> dict[str, tuple[int, str]]:
@@ -94,18 +44,18 @@ class DemoRuns:
 
 
 @pytest.fixture(scope="module")
-def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRuns]:
-    home = tmp_path_factory.mktemp("demo") / "home"
-    # The same port both times, as `make demo` uses 8787 both times: the works keep their URLs.
-    port = free_port()
-    first = run_demo(home, port)
+def demo_runs(tmp_path_factory: pytest.TempPathFactory, demo_template: DemoHome) -> Iterator[DemoRuns]:
+    # The first run is the session's demo home (made in a fresh home); the second runs on a copy of it,
+    # on the same port, as `make demo` uses 8787 both times: the works keep their URLs.
+    demo = copy_home(demo_template, tmp_path_factory.mktemp("demo") / "home")
+    home = demo.home
     with snapshot(home) as con:
         states = job_states(con)
     files = store_files(home)
-    second = run_demo(home, port)
+    second = run_demo(home, demo.port)
     # The demo built its corpus here; building again reuses those files (cached by manifest).
     corpus = build_sample_corpus(home / "sample" / "pdfs")
-    yield DemoRuns(home, corpus, first, second, files, states)
+    yield DemoRuns(home, corpus, demo.summary, second, files, states)
 
 
 def test_first_run_leaves_every_work_in_its_expected_state(demo_runs: DemoRuns) -> None:

@@ -20,7 +20,7 @@ import pytest
 from jupyter_client.kernelspec import find_kernel_specs
 from nbclient import NotebookClient
 
-from dtkg_assets_tests.demo.test_demo import demo_env, run_demo, snapshot
+from dtkg_assets_tests.support.demo_home import DemoHome, copy_home, demo_env, snapshot
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "ledger.ipynb"
@@ -49,9 +49,9 @@ class ExecutedNotebook:
 
 
 @pytest.fixture(scope="module")
-def executed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExecutedNotebook]:
-    home = tmp_path_factory.mktemp("notebook") / "home"
-    demo = run_demo(home)
+def executed(tmp_path_factory: pytest.TempPathFactory, demo_template: DemoHome) -> Iterator[ExecutedNotebook]:
+    home = copy_home(demo_template, tmp_path_factory.mktemp("notebook") / "home").home
+    demo = demo_template.summary
     assert "python3" in find_kernel_specs(), "ipykernel's python3 kernel spec is not installed in this environment"
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(KERNEL_CHECK, metadata={"tags": ["kernel-check"]}))

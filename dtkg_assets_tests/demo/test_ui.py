@@ -33,7 +33,8 @@ from typing import Any
 import pytest
 
 from dtkg_assets_tests.conftest import pdf_bytes
-from dtkg_assets_tests.demo.test_demo import DTKG, demo_env, free_port, run_demo, sha256_file, snapshot
+from dtkg_assets_tests.support.demo_home import DTKG, DemoHome, copy_home, demo_env, sha256_file, snapshot
+from dtkg_assets_tests.support.net import free_port
 from dtkg_assets_tests.support.origin import FaultMode, OriginServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -179,9 +180,8 @@ def _stop(proc: subprocess.Popen[bytes], marker: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ui]:
-    home = tmp_path_factory.mktemp("ui") / "home"
-    run_demo(home)
+def ui(tmp_path_factory: pytest.TempPathFactory, demo_template: DemoHome) -> Iterator[Ui]:
+    home = copy_home(demo_template, tmp_path_factory.mktemp("ui") / "home").home
     with snapshot(home) as con:
         works = sorted(r[0] for r in con.execute("SELECT work_id FROM works").fetchall())
         states = dict(con.execute("SELECT work_id, state FROM v_artifacts").fetchall())

@@ -21,16 +21,15 @@ import pytest
 
 from dtkg_assets.core.ledger import pg_schema
 from dtkg_assets.core.ledger.schema import TABLES, VIEWS
-from dtkg_assets_tests.demo.test_demo import DTKG, demo_env, run_demo
+from dtkg_assets_tests.support.demo_home import DTKG, DemoHome, demo_env
 
 JSON_COLS = {t: {c for c, typ in cols if typ.split()[0] == "JSON"} for t, cols in TABLES.items()}
 
 
 @pytest.fixture(scope="module")
-def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("pg-export") / "home"
-    run_demo(home)
-    return home
+def demo_home(demo_template: DemoHome) -> Path:
+    """The session's demo home, read only here (its snapshot is the source of every comparison)."""
+    return demo_template.home
 
 
 def load_into_postgres(snapshot: Path, url: str) -> dict[str, int]:
