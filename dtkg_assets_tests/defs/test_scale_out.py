@@ -471,8 +471,9 @@ def test_the_daemon_runs_several_download_runs_at_once_on_postgresql(
 
     ledger_url, dagster_url = pg_cluster.create_database("daemon_ledger"), pg_cluster.create_database("daemon_dagster")
     ids = ["W401", "W402"]
-    # Each body stalls 3 s midway: a run lasts longer than the skew between run processes started together.
-    stall = FaultMode(stall_after_bytes=16 * 1024, stall_s=3.0, stall_times=1)
+    # Each body stalls 5 s midway: a run lasts longer than the skew between run processes started together,
+    # also while the parallel test pass loads the machine.
+    stall = FaultMode(stall_after_bytes=16 * 1024, stall_s=5.0, stall_times=1)
     bodies = {w: pdf_bytes(60_000 + i, seed=40 + i) for i, w in enumerate(ids)}
     urls = {w: origin.add(f"/{w}.pdf", bodies[w], stall) for w in ids}
     # The code server and the run processes it starts inherit this environment.
