@@ -19,6 +19,7 @@ import hashlib
 import http.server
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -373,6 +374,13 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
     origin: OriginServer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that resets a kept-alive connection (it stopped reading an HTML page, or gave up
+        # on a slow body) is normal traffic, not a server error: no traceback on the demo's console.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class _HTTPServer6(_HTTPServer):
