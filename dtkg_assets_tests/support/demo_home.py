@@ -57,6 +57,7 @@ def run_demo(home: Path, port: int = 0) -> dict[str, Any]:
     """`dtkg demo --json`; returns its summary object (fails the test with the output otherwise)."""
     proc = run_dtkg(home, "demo", "--port", str(port), "--json")
     assert proc.returncode == 0, f"dtkg demo exited {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-4000:]  # not even from its origin's threads
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     assert len(lines) == 1, f"expected one JSON line on stdout, got:\n{proc.stdout}"
     data: dict[str, Any] = json.loads(lines[0])
