@@ -18,7 +18,7 @@ from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
 
 from dtkg_assets.core.ledger import LedgerUnavailable
 from dtkg_assets.core.ledger.queries import automation_view, finished_files, works_seen_since
-from dtkg_assets.core.settings import Settings
+from dtkg_assets.core.settings import RunSettings, Settings
 from dtkg_assets.core.store import Store
 from dtkg_assets.core.verify import file_problem
 from dtkg_assets.defs.assets import OUTCOME_TAG
@@ -28,7 +28,6 @@ from dtkg_assets.defs.partitions import ARTIFACT_PARTITIONS_NAME, artifact_parti
 from dtkg_assets.defs.resources import LedgerResource
 
 PARTITION_BATCH = 10_000
-RECONCILE_INTERVAL_S = Settings.from_env().run.reconcile_interval_s
 RECONCILE_IDLE_EVERY_S = 3600
 CHECKS_INTERVAL_S = 15
 MAINTENANCE_JOB_NAMES = {reconcile_job.name, release_leases_job.name, artifact_checks_job.name}
@@ -117,15 +116,7 @@ def _missing_files(settings: Settings, rows: Iterable[tuple[str, str, int]]) -> 
     return [work_id for work_id, sha, size in rows if file_problem(store.work_path(work_id), sha, size, "size")]
 
 
-@dg.sensor(
-    minimum_interval_seconds=RECONCILE_INTERVAL_S,
-    jobs=[reconcile_job, artifact_pdfs_job],
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Redo what broke: expired leases, transient failures past their backoff, missing or wrong-size "
-    "files (every tick), corruption and orphans (an hourly reconcile run). Never downloads works nobody asked "
-    "for, never retries permanent failures, never touches partitions a run or backfill targets.",
-)
-def reconcile_sensor(context: dg.SensorEvaluationContext, ledger: LedgerResource) -> dg.SensorResult:
+def redo_what_broke(context: dg.SensorEvaluationContext, ledger: LedgerResource) -> dg.SensorResult:
     settings = ledger.settings.load()
     try:
         with ledger.reader() as led:
@@ -174,6 +165,24 @@ def reconcile_sensor(context: dg.SensorEvaluationContext, ledger: LedgerResource
         return dg.SensorResult(skip_reason=f"nothing to redo: {message}", cursor=cursor)
     context.log.info(message)
     return dg.SensorResult(run_requests=requests, cursor=cursor)
+
+
+def reconcile_sensor_every(interval_s: int) -> dg.SensorDefinition:
+    """The reconcile sensor, ticking at most every `interval_s` seconds: DTKG_RUN_RECONCILE_INTERVAL_S is
+    part of the definition, so `definitions.build_definitions` applies it (`configured_sensors`)."""
+    return dg.sensor(
+        name="reconcile_sensor",
+        minimum_interval_seconds=interval_s,
+        jobs=[reconcile_job, artifact_pdfs_job],
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Redo what broke: expired leases, transient failures past their backoff, missing or wrong-size "
+        "files (every tick), corruption and orphans (an hourly reconcile run). Never downloads works nobody asked "
+        "for, never retries permanent failures, never touches partitions a run or backfill targets.",
+    )(redo_what_broke)
+
+
+# At the default interval; `configured_sensors` swaps in the configured one.
+reconcile_sensor = reconcile_sensor_every(RunSettings().reconcile_interval_s)
 
 
 def _is_download_run(run: dg.DagsterRun) -> bool:
@@ -269,3 +278,8 @@ SENSORS = (
     release_leases_on_failure,
     release_leases_on_cancel,
 )
+
+
+def configured_sensors(run: RunSettings) -> list[dg.SensorDefinition]:
+    """SENSORS, with the reconcile sensor at the configured interval."""
+    return [reconcile_sensor_every(run.reconcile_interval_s) if s is reconcile_sensor else s for s in SENSORS]
