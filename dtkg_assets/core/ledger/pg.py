@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 from dtkg_assets.core.credentials import remember_candidates
 from dtkg_assets.core.errors import Reason
 from dtkg_assets.core.http import host_of
-from dtkg_assets.core.ledger import pg_schema
+from dtkg_assets.core.ledger import pg_schema, views
 from dtkg_assets.core.ledger.interface import (
     Job,
     LeaseGrant,
@@ -50,7 +50,7 @@ from dtkg_assets.core.ledger.interface import (
 )
 from dtkg_assets.core.ledger.lease import GroupCommit, Lease, apply_guarded_writes, failure_values
 from dtkg_assets.core.ledger.schema import TABLES
-from dtkg_assets.core.ledger.states import COMPLETE, IN_FLIGHT, State, check_transition
+from dtkg_assets.core.ledger.states import COMPLETE, COMPLETE_SQL, IN_FLIGHT, IN_FLIGHT_SQL, State, check_transition
 from dtkg_assets.core.ledger.storage import LedgerBusy, LedgerUnavailable
 from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.store import store_relative
@@ -66,7 +66,6 @@ _JOB_SELECT = "SELECT " + ", ".join(f"{c}::text" if c == "result" else c for c i
 _LITE = ("job_id", "work_id", "state", "lease_owner", "lease_expires_at", "fencing_token", "attempts",
          "failure_class", "next_eligible_at", "reopened_at", "run_id", "sha256")
 _LITE_SELECT = f"SELECT {', '.join(_LITE)} FROM {S}.artifact_jobs"
-_IN_FLIGHT_SQL = "('LEASED','HEAD_DONE','RESUME_OK','STREAMING','FINALIZED')"
 _PG_ARRAY = {"VARCHAR": "text", "DOUBLE": "float8", "BIGINT": "int8", "INTEGER": "int4", "JSON": "text",
              "BOOLEAN": "bool"}
 _JOB_TYPES = {col: typ.split()[0] for col, typ in TABLES["artifact_jobs"]}
@@ -390,7 +389,7 @@ class PgLedger:
             return set()
         with self._connection() as con:
             rows = con.execute(f"SELECT DISTINCT work_id FROM {S}.artifact_jobs WHERE work_id = ANY(%s) "
-                               "AND state IN ('INDEXED', 'DEDUPED')", [list(work_ids)]).fetchall()
+                               f"AND state IN {COMPLETE_SQL}", [list(work_ids)]).fetchall()
         return {r[0] for r in rows}
 
     # ---------------------------------------------------------------- the lease write path (interface.py)
@@ -557,7 +556,7 @@ class PgLedger:
     def _expire_in_flight(self, where: str, params: list[Any], now: float, why: str) -> int:
         def body(con: Any) -> int:
             rows = con.execute(
-                f"{_LITE_SELECT} WHERE state IN {_IN_FLIGHT_SQL} AND ({where}) ORDER BY job_id "
+                f"{_LITE_SELECT} WHERE state IN {IN_FLIGHT_SQL} AND ({where}) ORDER BY job_id "
                 "FOR UPDATE SKIP LOCKED", params).fetchall()
             for r in rows:
                 job = _lite(r)
@@ -646,20 +645,10 @@ def _json_text(value: Any) -> str:
 
 
 def _data_problems(con: Any) -> list[str]:
-    checks = (
-        ("SELECT count(*) FROM artifact_jobs WHERE state NOT IN ('PLANNED','LEASED','HEAD_DONE','RESUME_OK',"
-         "'STREAMING','FINALIZED','INDEXED','DEDUPED','SKIPPED_DUPLICATE','FAILED')", "jobs with an unknown state"),
-        ("SELECT count(*) FROM artifact_jobs WHERE state IN ('INDEXED','DEDUPED') AND (sha256 IS NULL OR path IS NULL)",
-         "complete jobs without sha256/path"),
-        ("SELECT count(*) FROM blobs WHERE ref_count < 0", "blobs with a negative ref_count"),
-        ("SELECT count(*) FROM artifact_jobs WHERE state IN ('PLANNED','INDEXED','DEDUPED','SKIPPED_DUPLICATE') "
-         "AND lease_owner IS NOT NULL", "jobs holding a lease outside the in-flight states"),
-        ("SELECT count(*) FROM artifact_jobs WHERE state = 'FAILED' AND failure_class IS NULL",
-         "failed jobs without a failure class"),
-    )
+    checks = views.data_checks(f"{S}.")
     problems = []
     for sql, label in checks:
-        n = int(con.execute(sql.replace("FROM ", f"FROM {S}.", 1)).fetchone()[0])
+        n = int(con.execute(sql).fetchone()[0])
         if n:
             problems.append(f"{n} {label}")
     return problems

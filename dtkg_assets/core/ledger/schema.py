@@ -318,26 +318,8 @@ def schema_problems(con: duckdb.DuckDBPyConnection) -> list[str]:
 def data_problems(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Consistency problems in the rows (only checked when the structure is sound)."""
     checks: Sequence[tuple[str, str]] = (
-        (
-            "SELECT count(*) FROM artifact_jobs WHERE state NOT IN ('PLANNED','LEASED','HEAD_DONE','RESUME_OK',"
-            "'STREAMING','FINALIZED','INDEXED','DEDUPED','SKIPPED_DUPLICATE','FAILED')",
-            "jobs with an unknown state",
-        ),
-        (
-            f"SELECT count(*) FROM artifact_jobs WHERE state IN {_COMPLETE} AND (sha256 IS NULL OR path IS NULL)",
-            "complete jobs without sha256/path",
-        ),
+        *views.data_checks(""),
         ("SELECT count(*) FROM artifact_ops WHERE NOT json_valid(result_json::VARCHAR)", "ops with invalid JSON"),
-        ("SELECT count(*) FROM blobs WHERE ref_count < 0", "blobs with a negative ref_count"),
-        (
-            "SELECT count(*) FROM artifact_jobs WHERE state IN ('PLANNED','INDEXED','DEDUPED','SKIPPED_DUPLICATE') "
-            "AND lease_owner IS NOT NULL",
-            "jobs holding a lease outside the in-flight states",
-        ),
-        (
-            "SELECT count(*) FROM artifact_jobs WHERE state = 'FAILED' AND failure_class IS NULL",
-            "failed jobs without a failure class",
-        ),
     )
     problems: list[str] = []
     for sql, label in checks:

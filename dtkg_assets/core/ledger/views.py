@@ -9,6 +9,24 @@ and PostgreSQL as ``numeric``). `create_statements(prefix)` names the ledger's t
 from __future__ import annotations
 
 from dtkg_assets.core.ledger.states import COMPLETE_SQL as _COMPLETE
+from dtkg_assets.core.ledger.states import IN_FLIGHT, State, sql_list
+
+# Consistency of the rows, for `ledger health` on both backends: (count query, what a non-zero count
+# means). {t} is the table prefix, as in the views.
+DATA_CHECKS: tuple[tuple[str, str], ...] = (
+    (f"SELECT count(*) FROM {{t}}artifact_jobs WHERE state NOT IN {sql_list(State)}", "jobs with an unknown state"),
+    (f"SELECT count(*) FROM {{t}}artifact_jobs WHERE state IN {_COMPLETE} AND (sha256 IS NULL OR path IS NULL)",
+     "complete jobs without sha256/path"),
+    ("SELECT count(*) FROM {t}blobs WHERE ref_count < 0", "blobs with a negative ref_count"),
+    (f"SELECT count(*) FROM {{t}}artifact_jobs WHERE state IN {sql_list(set(State) - IN_FLIGHT - {State.FAILED})} "
+     "AND lease_owner IS NOT NULL", "jobs holding a lease outside the in-flight states"),
+    (f"SELECT count(*) FROM {{t}}artifact_jobs WHERE state = '{State.FAILED}' AND failure_class IS NULL",
+     "failed jobs without a failure class"),
+)
+
+
+def data_checks(prefix: str) -> list[tuple[str, str]]:
+    return [(sql.format(t=prefix), label) for sql, label in DATA_CHECKS]
 
 # {t} is the table prefix.
 _VIEWS: dict[str, str] = {
