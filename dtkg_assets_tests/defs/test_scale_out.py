@@ -209,6 +209,7 @@ def ledger_rows(url: str, sql: str, params: list | None = None) -> list[tuple]:
         return con.execute(sql, params).fetchall()
 
 
+@pytest.mark.serial
 def test_two_workers_backfill_overlapping_works_once_each_and_politely(
     tmp_path: Path, origin: OriginServer, pg_cluster
 ) -> None:
