@@ -1,20 +1,20 @@
-"""A local HTTP/1.1 origin with per-path fault modes: the demo's origin, also used by tests and benchmarks.
+"""The demo's local HTTP/1.1 origin, with the fault modes its sample corpus uses.
 
 Real sockets on 127.0.0.1, one thread per connection, keep-alive. Each path serves one object
 (bytes in memory or a file streamed from disk) under a `FaultMode` that reproduces a server
-behaviour seen in the wild: ranges ignored, weak or missing validators, objects that change,
-truncated bodies, resets, 5xx/429 with Retry-After, stalls, HTML served as PDF, gzip, 416,
-redirect chains, HEAD rejected. Every request and every body byte written is counted per path so
-tests can assert what was actually served.
+behaviour seen in the wild: ranges ignored, weak or missing validators, truncated bodies, resets,
+5xx with Retry-After, redirect chains, HEAD rejected, any content type and extra headers. Every
+request and every body byte written is counted per path.
 
-Only the standard library is used, so the demo can run it without test dependencies. The test
-suite reaches it through `dtkg_assets_tests.support.origin`, which also has its command line.
+Only the standard library is used, so the demo runs it without test dependencies. The test
+suite's origin (`dtkg_assets_tests.support.origin`) subclasses this server and its handler
+through the small hook methods marked below, and adds the modes only tests use (stalls, gzip,
+416, objects that change, HTML bodies …) and a command line.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gzip as gzip_lib
 import hashlib
 import http.server
 import socket
@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from types import TracebackType
@@ -31,15 +31,6 @@ from typing import Any, Literal
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 _CHUNK = 256 * 1024
-_HTML_PAGE = (
-    b'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>Just a moment...</title>'
-    b"</head>\n<body><h1>Checking your browser before accessing the article</h1>\n"
-    b"<p>Please enable JavaScript and cookies to continue.</p>\n"
-    + b"<!-- "
-    + b"padding " * 256
-    + b"-->\n"
-    + b"</body></html>\n"
-)
 
 
 @dataclass
@@ -49,34 +40,18 @@ class FaultMode:
     ranges: bool = True  # honour Range (206) or ignore it (200 full body)
     # strong: ETag + Last-Modified; weak: W/ ETag only; last_modified: only Last-Modified; none.
     validators: Literal["strong", "weak", "last_modified", "none"] = "strong"
-    change_after_gets: int | None = None  # after N GET responses the object changes once
     truncate_after: int | None = None  # send at most N body bytes of a GET, then close (FIN)
     truncate_times: int = 1
     reset_after: int | None = None  # send N body bytes, then reset (RST)
     reset_times: int = 1
     status_sequence: list[int] = field(default_factory=list)  # first GETs answer these statuses
-    retry_after: str | None = None  # Retry-After on the status_sequence / status answers
-    stall_s: float = 0.0  # sleep before the body, or mid-body when stall_after_bytes is set
-    stall_after_bytes: int | None = None
-    stall_times: int | None = None  # how many GETs stall (None: every GET)
-    rate_bytes_per_s: int | None = None  # send GET bodies at about this rate (a slow server)
-    slow_headers_s: float = 0.0  # send the header block of a GET one byte per this many seconds
-    html_body: bool = False  # serve an HTML page instead of the object, keeping content_type
-    gzip: bool = False  # gzip the full body (200, Range ignored) when the client accepts gzip
-    force_416: bool = False  # every ranged GET answers 416
-    total_416: int | None = None  # total announced in that 416 (default: real size)
-    content_range_shift: int = 0  # announce a Content-Range shifted by this many bytes
-    omit_content_length: bool = False  # chunked transfer-encoding, no Content-Length
+    retry_after: str | None = None  # Retry-After on the status_sequence answers
     head_status: int | None = None  # HEAD answers this status (e.g. 405)
     redirects: int = 0  # N hops of 302 (?hop=k) before serving the object
     redirect_to: str | None = None  # 302 to this absolute Location
-    status: int | None = None  # always answer this status (e.g. 404, 410)
-    latency_s: float = 0.0  # added before every response
     content_type: str = "application/pdf"
     # Extra response headers on the object (Content-Disposition, cf-mitigated …).
     headers: dict[str, str] = field(default_factory=dict)
-    # Serve the object as the body of this status (a 403/503 challenge page, say) instead of 200.
-    body_status: int | None = None
 
 
 @dataclass
@@ -116,18 +91,16 @@ class PathStats:
 
 @dataclass(frozen=True)
 class _Object:
-    """Immutable version of a served object; a mutation makes a new one."""
+    """One version of a served object (the test origin's changed objects subclass it)."""
 
     base: bytes | Path
     base_size: int
     tag: str  # hex core of the ETag
     last_modified: int  # epoch seconds
-    flips: tuple[int, ...] = ()  # offsets whose byte is xor-ed with 0x01 (mutations of files)
-    suffix: bytes = b""  # appended by mutations
 
     @property
     def size(self) -> int:
-        return self.base_size + len(self.suffix)
+        return self.base_size
 
     def read(self, start: int, end: int) -> Iterator[bytes]:
         """Bytes [start, end) in chunks, streamed from disk for file objects."""
@@ -136,7 +109,7 @@ class _Object:
             if isinstance(self.base, bytes):
                 view = memoryview(self.base)
                 for pos in range(start, base_end, _CHUNK):
-                    yield self._patched(pos, bytes(view[pos : min(pos + _CHUNK, base_end)]))
+                    yield bytes(view[pos : min(pos + _CHUNK, base_end)])
             else:
                 with open(self.base, "rb") as fh:
                     fh.seek(start)
@@ -145,36 +118,11 @@ class _Object:
                         data = fh.read(min(_CHUNK, base_end - pos))
                         if not data:
                             raise OSError(f"{self.base} shrank while being served")
-                        yield self._patched(pos, data)
+                        yield data
                         pos += len(data)
-        s_start = max(start, self.base_size) - self.base_size
-        s_end = end - self.base_size
-        if s_end > s_start:
-            yield self.suffix[s_start:s_end]
-
-    def _patched(self, pos: int, data: bytes) -> bytes:
-        hits = [f - pos for f in self.flips if pos <= f < pos + len(data)]
-        if not hits:
-            return data
-        buf = bytearray(data)
-        for i in hits:
-            buf[i] ^= 0x01
-        return bytes(buf)
 
     def full(self) -> bytes:
         return b"".join(self.read(0, self.size))
-
-    def mutated(self, body: bytes | None, version: int) -> _Object:
-        # Last-Modified must move even within the same second, or date-based If-Range would match.
-        lm = max(self.last_modified + 1, int(time.time()))
-        if body is not None:
-            return _Object(body, len(body), _sha_tag(body), lm)
-        # Flip a byte in the middle and append a trailer that keeps the file a well-formed PDF tail.
-        flip = self.base_size // 2 + version
-        flips = self.flips + ((flip,) if flip < self.base_size else ())
-        suffix = self.suffix + f"\n% revision {version}\n%%EOF\n".encode()
-        tag = hashlib.sha256(f"{self.tag}:{flips}:{suffix!r}".encode()).hexdigest()[:20]
-        return replace(self, flips=flips, suffix=suffix, tag=tag, last_modified=lm)
 
 
 def _sha_tag(body: bytes) -> str:
@@ -185,15 +133,9 @@ def _sha_tag(body: bytes) -> str:
 class _Entry:
     obj: _Object
     mode: FaultMode
-    version: int = 0
-    gets_served: int = 0  # GETs that reached the object (for change_after_gets)
-    changed: bool = False
     truncations: int = 0
     resets: int = 0
-    stalls: int = 0
     seq_used: int = 0
-    html_obj: _Object | None = None
-    gzip_cache: tuple[str, bytes] | None = None
 
 
 @dataclass
@@ -202,8 +144,11 @@ class _Plan:
 
     truncate_at: int | None = None
     reset_at: int | None = None
-    stall_before: float = 0.0
-    stall_at: int | None = None
+
+    def limit(self, length: int) -> int | None:
+        """Where the body is cut (truncation or reset), if it is cut at all."""
+        cuts = [x for x in (self.truncate_at, self.reset_at) if x is not None and x < length]
+        return min(cuts) if cuts else None
 
 
 class OriginServer:
@@ -219,7 +164,6 @@ class OriginServer:
         self._conns: set[socket.socket] = set()
         self._server: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
-        self._root: Path | None = None
         self.base_url = ""
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -227,7 +171,7 @@ class OriginServer:
         if self._server is not None:
             return self
         server_cls = _HTTPServer6 if ":" in self.host else _HTTPServer
-        server = server_cls((self.host, self.port), _Handler)
+        server = server_cls((self.host, self.port), self._handler())
         server.origin = self
         self._server = server
         self.port = server.server_address[1]
@@ -284,43 +228,12 @@ class OriginServer:
     def _put(self, path: str, obj: _Object, mode: FaultMode | None) -> str:
         key = _norm(path)
         with self._lock:
-            self._entries[key] = _Entry(obj, mode or FaultMode())
+            self._entries[key] = self._entry(obj, mode)
         return self.url(key)
 
-    def set_mode(self, path: str, mode: FaultMode) -> None:
-        """Replace the fault mode of a path; its fault counters start over."""
-        key = _norm(path)
-        with self._lock:
-            entry = self._entries[key]
-            self._entries[key] = _Entry(entry.obj, mode, version=entry.version)
-
-    def mutate(self, path: str, body: bytes | None = None) -> None:
-        """Change the object now: new bytes (given, or a flipped byte plus an appended trailer),
-        new ETag and a Last-Modified at least one second later."""
-        key = _norm(path)
-        with self._lock:
-            self._mutate_locked(self._entries[key], body)
-
-    def _mutate_locked(self, entry: _Entry, body: bytes | None) -> None:
-        entry.version += 1
-        entry.obj = entry.obj.mutated(body, entry.version)
-        entry.html_obj = None
-        entry.gzip_cache = None
-
-    def object_bytes(self, path: str) -> bytes:
-        """The bytes a full GET of `path` would serve now (before any HTML substitution)."""
-        with self._lock:
-            obj = self._entries[_norm(path)].obj
-        return obj.full()
-
-    def add_robots(self, text: str | None = None, status: int = 200) -> None:
+    def add_robots(self, text: str | None = None) -> None:
         body = (text if text is not None else "User-agent: *\nAllow: /\n").encode()
-        mode = FaultMode(content_type="text/plain", status=None if status == 200 else status)
-        self.add("/robots.txt", body, mode)
-
-    def serve_dir(self, root: Path) -> None:
-        """Serve files under `root` at their relative paths (looked up on first request)."""
-        self._root = Path(root).resolve()
+        self.add("/robots.txt", body, FaultMode(content_type="text/plain"))
 
     # -- counters --------------------------------------------------------------------------
     def stats(self, path: str) -> PathStats:
@@ -343,25 +256,14 @@ class OriginServer:
     # -- used by the handler ---------------------------------------------------------------
     def _lookup(self, key: str) -> _Entry | None:
         with self._lock:
-            entry = self._entries.get(key)
-        if entry is None and self._root is not None:
-            candidate = (self._root / key.lstrip("/")).resolve()
-            if candidate.is_relative_to(self._root) and candidate.is_file():
-                self.add_file(key, candidate)
-                with self._lock:
-                    entry = self._entries.get(key)
-        return entry
+            return self._entries.get(key)
 
+    # -- hooks for the test origin ---------------------------------------------------------
+    def _handler(self) -> type[_Handler]:
+        return _Handler
 
-def _throttled(chunks: Iterator[bytes], rate: int, stopping: threading.Event) -> Iterator[bytes]:
-    """`chunks` re-cut into twentieths of a second's worth, paced to about `rate` bytes/s."""
-    step = max(1, rate // 20)
-    for chunk in chunks:
-        for i in range(0, len(chunk), step):
-            piece = chunk[i : i + step]
-            yield piece
-            if stopping.wait(len(piece) / rate):
-                return
+    def _entry(self, obj: _Object, mode: FaultMode | None) -> _Entry:
+        return _Entry(obj, mode or FaultMode())
 
 
 def _norm(path: str) -> str:
@@ -437,22 +339,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass
 
-    def flush_headers(self) -> None:
-        """Like the stdlib's, but a `slow_headers_s` mode trickles the header block byte by byte."""
-        delay = getattr(self, "_header_delay", 0.0)
-        buffered: list[bytes] = getattr(self, "_headers_buffer", [])
-        if delay <= 0 or not buffered:
-            super().flush_headers()
-            return
-        data = b"".join(buffered)
-        buffered.clear()
-        stopping = self.server.origin._stopping
-        for i in range(len(data)):
-            self.wfile.write(data[i : i + 1])
-            if stopping.wait(delay):
-                self.close_connection = True
-                return
-
     def do_GET(self) -> None:
         self._serve("GET")
 
@@ -502,17 +388,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 st.ranges.append(self.headers.get("Range"))
                 st.if_ranges.append(self.headers.get("If-Range"))
         self._st = st
-        self._header_delay = 0.0
         entry = origin._lookup(key)
         if entry is None:
             self._simple(404, head)
             return
         mode = entry.mode
-        if mode.latency_s > 0:
-            origin._stopping.wait(mode.latency_s)
-        retry = {"Retry-After": mode.retry_after} if mode.retry_after else {}
-        if mode.status is not None:
-            self._simple(mode.status, head, retry)
+        if self._answered_early(mode, head):
             return
         if head and mode.head_status is not None:
             self._simple(mode.head_status, head, {"Allow": "GET"} if mode.head_status == 405 else None)
@@ -528,31 +409,64 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if hop < mode.redirects:
                 self._simple(302, head, {"Location": f"{origin.url(key)}?hop={hop + 1}"})
                 return
-        plan = _Plan()
+        plan = self._new_plan()
         with origin._lock:
             if not head and entry.seq_used < len(mode.status_sequence):
                 code = mode.status_sequence[entry.seq_used]
                 entry.seq_used += 1
             else:
                 code = 0
-            if not head and code == 0:
-                if (
-                    mode.change_after_gets is not None
-                    and not entry.changed
-                    and entry.gets_served >= mode.change_after_gets
-                ):
-                    entry.changed = True
-                    origin._mutate_locked(entry, None)
-                entry.gets_served += 1
-            obj = entry.obj
-            if mode.html_body:
-                if entry.html_obj is None:
-                    entry.html_obj = _Object(_HTML_PAGE, len(_HTML_PAGE), _sha_tag(_HTML_PAGE), obj.last_modified)
-                obj = entry.html_obj
+            obj = self._object_locked(entry, mode, not head and code == 0)
         if code:
-            self._simple(code, head, retry)
+            self._simple(code, head, self._retry_headers(mode))
             return
         self._send_object(method, entry, mode, obj, plan)
+
+    # -- hooks for the test origin (each is a no-op for the demo's modes) ------------------
+    def _answered_early(self, mode: FaultMode, head: bool) -> bool:
+        """Answer before the object's own modes; True when the response has been sent."""
+        return False
+
+    def _new_plan(self) -> _Plan:
+        return _Plan()
+
+    def _object_locked(self, entry: _Entry, mode: FaultMode, counted_get: bool) -> _Object:
+        """The object this response serves, chosen under the lock; `counted_get` is a GET that
+        reaches the object (not a HEAD, not a status_sequence answer)."""
+        return entry.obj
+
+    def _advertises_ranges(self, mode: FaultMode) -> bool:
+        return mode.ranges
+
+    def _encoded_body(self, entry: _Entry, mode: FaultMode, obj: _Object, headers: dict[str, str]) -> bytes | None:
+        """A whole encoded body that replaces the object (its headers added to `headers`), or None."""
+        return None
+
+    def _answered_range(self, mode: FaultMode, size: int) -> bool:
+        """Answer a ranged GET before its Range is read; True when the response has been sent."""
+        return False
+
+    def _content_range(self, mode: FaultMode, start: int, end: int, size: int) -> str:
+        return f"bytes {start}-{end - 1}/{size}"
+
+    def _plan_locked(self, entry: _Entry, mode: FaultMode, plan: _Plan) -> None:
+        """More per-response faults, decided under the lock after truncation and reset."""
+
+    def _chunked(self, mode: FaultMode) -> bool:
+        return False
+
+    def _before_headers(self, mode: FaultMode, head: bool) -> None:
+        """Called just before the status line of an object response."""
+
+    def _final_status(self, mode: FaultMode, status: int) -> int:
+        return status
+
+    def _paced(self, chunks: Iterator[bytes], mode: FaultMode, plan: _Plan, limit: int | None) -> Iterator[bytes]:
+        """The body's chunks as they are written; `limit` is where the body will be cut."""
+        return chunks
+
+    def _retry_headers(self, mode: FaultMode) -> dict[str, str]:
+        return {"Retry-After": mode.retry_after} if mode.retry_after else {}
 
     def _validator_headers(self, mode: FaultMode, obj: _Object, weak: bool = False) -> dict[str, str]:
         headers: dict[str, str] = {}
@@ -600,26 +514,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         head = method == "HEAD"
         size = obj.size
         headers: dict[str, str] = {"Content-Type": mode.content_type, **mode.headers}
-        if mode.ranges and mode.body_status is None:
+        if self._advertises_ranges(mode):
             headers["Accept-Ranges"] = "bytes"
-        accepts_gzip = "gzip" in (self.headers.get("Accept-Encoding") or "").lower()
         range_header = self.headers.get("Range")
         status = 200
         start, end = 0, size
-        gz: bytes | None = None
-        if not head and mode.gzip and accepts_gzip:
-            # Like nginx: the compressed full body, Range ignored, the ETag turned weak.
-            with origin._lock:
-                cached = entry.gzip_cache
-            if cached is None or cached[0] != obj.tag:
-                cached = (obj.tag, gzip_lib.compress(obj.full(), compresslevel=6, mtime=0))
-                with origin._lock:
-                    entry.gzip_cache = cached
-            gz = cached[1]
-            headers.update(self._validator_headers(mode, obj, weak=True))
-            headers["Content-Encoding"] = "gzip"
-            headers["Vary"] = "Accept-Encoding"
-            end = len(gz)
+        encoded = None if head else self._encoded_body(entry, mode, obj, headers)
+        if encoded is not None:
+            end = len(encoded)
         else:
             headers.update(self._validator_headers(mode, obj))
             if self._not_modified(headers):
@@ -631,9 +533,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.end_headers()
                 return
             if not head and range_header and mode.ranges:
-                if mode.force_416:
-                    total = mode.total_416 if mode.total_416 is not None else size
-                    self._simple(416, head, {"Content-Range": f"bytes */{total}"})
+                if self._answered_range(mode, size):
                     return
                 parsed = _parse_range(range_header, size)
                 if_range = self.headers.get("If-Range")
@@ -645,8 +545,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 if parsed is not None:
                     start, end = parsed
                     status = 206
-                    shift = mode.content_range_shift
-                    headers["Content-Range"] = f"bytes {start + shift}-{end - 1 + shift}/{size}"
+                    headers["Content-Range"] = self._content_range(mode, start, end, size)
         length = end - start
         if not head:
             with origin._lock:
@@ -660,16 +559,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 if mode.reset_after is not None and mode.reset_after < length and entry.resets < mode.reset_times:
                     entry.resets += 1
                     plan.reset_at = mode.reset_after
-                if mode.stall_s > 0 and (mode.stall_times is None or entry.stalls < mode.stall_times):
-                    entry.stalls += 1
-                    if mode.stall_after_bytes is None:
-                        plan.stall_before = mode.stall_s
-                    else:
-                        plan.stall_at = mode.stall_after_bytes
-        chunked = mode.omit_content_length and not head
-        self._header_delay = 0.0 if head else mode.slow_headers_s
-        if mode.body_status is not None:
-            status = mode.body_status
+                self._plan_locked(entry, mode, plan)
+        chunked = self._chunked(mode) and not head
+        self._before_headers(mode, head)
+        status = self._final_status(mode, status)
         self._status(status)
         for k, v in headers.items():
             self.send_header(k, v)
@@ -681,33 +574,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if head:
             return
         self.wfile.flush()
-        if plan.stall_before:
-            origin._stopping.wait(plan.stall_before)
-        chunks: Iterator[bytes] = iter((gz,)) if gz is not None else obj.read(start, end)
-        if mode.rate_bytes_per_s:
-            chunks = _throttled(chunks, mode.rate_bytes_per_s, origin._stopping)
-        self._write_body(chunks, length, plan, chunked, mode.stall_s)
+        limit = plan.limit(length)
+        chunks: Iterator[bytes] = iter((encoded,)) if encoded is not None else obj.read(start, end)
+        self._write_body(self._paced(chunks, mode, plan, limit), limit, plan, chunked)
 
-    def _write_body(self, chunks: Iterator[bytes], length: int, plan: _Plan, chunked: bool, stall_s: float) -> None:
-        origin = self.server.origin
-        cuts = [x for x in (plan.truncate_at, plan.reset_at) if x is not None and x < length]
-        limit = min(cuts) if cuts else None
+    def _write_body(self, chunks: Iterator[bytes], limit: int | None, plan: _Plan, chunked: bool) -> None:
         reset = limit is not None and limit == plan.reset_at
         sent = 0
         try:
             for chunk in chunks:
-                pieces = [chunk]
-                if plan.stall_at is not None and sent <= plan.stall_at < sent + len(chunk):
-                    at = plan.stall_at - sent
-                    plan.stall_at = None
-                    if at:
-                        sent += self._write(chunk[:at], chunked, limit, sent)
-                    if limit is not None and sent >= limit:
-                        break
-                    origin._stopping.wait(stall_s)
-                    pieces = [chunk[at:]]
-                for piece in pieces:
-                    sent += self._write(piece, chunked, limit, sent)
+                sent += self._write(chunk, chunked, limit, sent)
                 if limit is not None and sent >= limit:
                     break
             if limit is not None:
