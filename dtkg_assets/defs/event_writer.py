@@ -7,48 +7,29 @@ storage serializes them anyway), overlapping the network waits. `close()` drains
 step ends, so every event is written inside the step, in the order the works finished.
 """
 
-import queue
-import threading
 from collections.abc import Callable
 from typing import Any
 
-_STOP = object()
+from dtkg_assets.core.background import BackgroundWorker
 
 
-class BackgroundEvents:
-    """`log(event)` from any thread; `close()` (or leaving the `with` block) waits for all of them."""
+class BackgroundEvents(BackgroundWorker):
+    """`log(event)` from any thread; `close()` (or leaving the `with` block) waits for all of them and
+    raises the first error (a later `log` raises it too: the step stops handing events over)."""
 
     def __init__(self, log_event: Callable[[Any], None]) -> None:
-        self._log_event = log_event
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._error: BaseException | None = None
         self.written = 0
-        self._thread = threading.Thread(target=self._run, name="dtkg-dagster-events", daemon=True)
-        self._thread.start()
+
+        def write(event: Any) -> None:
+            log_event(event)
+            self.written += 1
+
+        super().__init__(write, name="dtkg-dagster-events")
 
     def log(self, event: Any) -> None:
-        if self._error is not None:
-            raise self._error
-        self._queue.put(event)
-
-    def _run(self) -> None:
-        while True:
-            event = self._queue.get()
-            if event is _STOP:
-                return
-            if self._error is not None:
-                continue  # drain without writing: the step reports the first error
-            try:
-                self._log_event(event)
-                self.written += 1
-            except BaseException as exc:  # surfaced to the step by close()
-                self._error = exc
-
-    def close(self) -> None:
-        self._queue.put(_STOP)
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
+        if self.error is not None:
+            raise self.error
+        self.put(event)
 
     def __enter__(self) -> "BackgroundEvents":
         return self
