@@ -14,7 +14,7 @@ They run off the download path, in a check run over the partitions a download ru
 end). Works without a finished artifact are not evaluated.
 """
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 
 import dagster as dg
 
@@ -50,33 +50,26 @@ def _keys(context: dg.AssetCheckExecutionContext) -> list[str]:
     return []
 
 
-def verdict_metadata(
+def check_verdicts(
     problem: str | None, is_pdf: bool | None, paper: str | None, paper_detail: str, sha256: str, size: int
-) -> dict[str, str | int]:
-    """The evaluation's metadata: each question's answer ("ok", the problem, or "not_checked" when the
-    file is missing) and `failed`, the questions that failed, comma-separated ("" when it passed)."""
-    pdf = "not_checked" if is_pdf is None else ("ok" if is_pdf else "not_pdf")
+) -> tuple[list[str], dict[str, str | int]]:
+    """The questions that failed, and the evaluation's metadata: each question's answer ("ok", the
+    problem, or "not_checked" when the file is missing) and `failed`, those questions comma-separated
+    ("" when it passed)."""
     failed = [
         name
         for name, bad in (("file", problem is not None), ("pdf", is_pdf is False), ("paper", paper == "wrong_paper"))
         if bad
     ]
-    return {
+    return failed, {
         "failed": ",".join(failed),
         "file": problem or "ok",
-        "pdf": pdf,
+        "pdf": "not_checked" if is_pdf is None else ("ok" if is_pdf else "not_pdf"),
         "paper": paper or "not_checked",
         "paper_detail": paper_detail,
         "sha256": sha256,
         "bytes": size,
     }
-
-
-def verdict_passed(metadata: Mapping[str, object]) -> tuple[bool, dg.AssetCheckSeverity]:
-    """Passed when no question failed; ERROR when the file or the PDF failed, else WARN."""
-    failed = set(str(metadata.get("failed") or "").split(",")) - {""}
-    severity = dg.AssetCheckSeverity.ERROR if failed & {"file", "pdf"} else dg.AssetCheckSeverity.WARN
-    return not failed, severity
 
 
 @dg.multi_asset_check(
@@ -113,12 +106,13 @@ def artifact_checks(context: dg.AssetCheckExecutionContext, ledger: LedgerResour
             doi, title = refs.get(work_id, (None, None))
             verdict = check_pdf(path, doi=doi, title=title)
             paper, paper_detail = verdict.verdict, verdict.detail
-        metadata = verdict_metadata(problem, is_pdf, paper, paper_detail, sha256, size)
-        ok, severity = verdict_passed(metadata)
+        failed, metadata = check_verdicts(problem, is_pdf, paper, paper_detail, sha256, size)
+        ok = not failed
+        # ERROR when the file or the PDF is wrong; a paper that only looks wrong is a WARN.
+        severity = dg.AssetCheckSeverity.ERROR if {"file", "pdf"} & set(failed) else dg.AssetCheckSeverity.WARN
         passed += ok
-        for name in str(metadata["failed"]).split(","):
-            if name:
-                failures[name] += 1
+        for name in failed:
+            failures[name] += 1
         # log_event accepts check evaluations (Dagster 1.13), its annotation does not say so.
         ctx.log_event(
             dg.AssetCheckEvaluation(  # type: ignore[arg-type]
