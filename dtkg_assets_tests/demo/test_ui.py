@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parents[2]
 DAGSTER = Path(sys.executable).with_name("dagster")
 STARTUP_TIMEOUT_S = 180.0  # webserver, daemon and a code server on a loaded 2-core machine
 STOP_GRACE_S = 30.0
+CODE_SERVER_HEARTBEAT_S = 45.0  # dagster dev's --heartbeat-timeout for its code servers
 
 QUERY = """
 query DemoUi {
@@ -168,8 +169,13 @@ def _stop(proc: subprocess.Popen[bytes], marker: str) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=STOP_GRACE_S)
-    # Children that left the group (none expected) still carry our DAGSTER_HOME: kill them by pid.
-    deadline = time.monotonic() + STOP_GRACE_S
+    # A code server that dagster dev spawned while the first SIGTERM was on its way never got it:
+    # tell the group again. One that still lingers exits when its heartbeat to the dead webserver
+    # lapses (dagster dev starts them with a 45 s heartbeat timeout), so wait that long before
+    # calling it a leak. Processes that left the group still carry our DAGSTER_HOME: find them by it.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + CODE_SERVER_HEARTBEAT_S + STOP_GRACE_S
     while (left := _processes_with_env(marker)) and time.monotonic() < deadline:
         time.sleep(0.5)
     described = {pid: _cmdline(pid) for pid in left}
