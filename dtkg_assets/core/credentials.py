@@ -1,19 +1,24 @@
-"""Credentials in URLs (``https://user:secret@host/x.pdf``): stored redacted, used only for the request.
+"""Credentials in URLs: stored redacted, used only for the request.
 
-Everything that is kept or shown (ledger rows, the raw work record, the snapshot, exports, sidecars,
-HTTP attempt records, messages) carries the redacted URL, ``https://user:***@host/x.pdf`` (or
+Two kinds: userinfo (``https://user:secret@host/x.pdf``) and the values of well-known secret query
+parameters (``?token=…``, ``api_key=…``, ``X-Amz-Signature=…``; `SECRET_PARAMS`). Everything that is
+kept or shown (ledger rows, the raw work record, the snapshot, exports, sidecars, HTTP attempt
+records, messages) carries the redacted URL, ``https://user:***@host/x.pdf?id=7&token=***`` (or
 ``https://***@host/…`` when the user part alone is the credential, as with tokens), so job ids and
 analyst views never depend on a secret. The real URL is remembered in ``$DTKG_HOME/credentials.json``
 (mode 0600, outside the ledger, so never in a snapshot or export) when works are planned, and the
-HTTP transport (`http.PoliteTransport`) puts the credentials back on the request as an
-``Authorization: Basic`` header right before it is sent. A redacted URL whose credentials are not
-known is sent without any.
+HTTP transport (`http.PoliteTransport`) puts the credentials back right before the request is sent:
+userinfo as an ``Authorization: Basic`` header, secret parameters in the query of that one request.
+A redacted URL whose credentials are not known is sent without any (the masked parameters as ``***``).
+Two URLs that differ only in a secret share one redacted form, hence one job: the last one planned
+is the one used.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import uuid
 from collections.abc import Iterable
@@ -27,24 +32,74 @@ MASK = "***"
 VAULT_FILE = "credentials.json"
 
 
+# Query parameters whose value is a credential by convention (compared lower-cased): bearer and API
+# tokens, passwords, and the signatures of pre-signed URLs (S3, GCS, Azure SAS, CloudFront).
+SECRET_PARAMS = frozenset({
+    "token", "access_token", "auth_token", "id_token", "refresh_token", "session_token", "jwt",
+    "api_key", "apikey", "api-key", "client_secret", "secret", "password", "passwd", "pwd",
+    "signature", "sig", "x-amz-signature", "x-amz-security-token", "x-amz-credential",
+    "x-goog-signature", "x-goog-credential",
+})
+# A quick test before parsing: most URLs have no secret parameter at all.
+_SECRET_PARAM = re.compile(
+    r"[?&](?:" + "|".join(re.escape(p) for p in sorted(SECRET_PARAMS, key=len, reverse=True)) + r")=[^&#]",
+    re.IGNORECASE,
+)
+
+
 def redact_url(url: str) -> str:
-    """`url` with its password (or a lone user part) replaced by ``***``; unchanged without userinfo."""
-    if "@" not in url:
-        return url  # no userinfo possible (and nothing for `_redact_unparsable` to hide)
+    """`url` with its password (or a lone user part) and the values of its secret query parameters
+    replaced by ``***``; the same string when it carries neither."""
+    at = "@" in url
+    if not at and "?" not in url:
+        return url  # no userinfo, no query (and nothing for `_redact_unparsable` to hide)
+    if not at and not _SECRET_PARAM.search(url):
+        return url
     try:
         parts = urlsplit(url)
     except ValueError:
         return _redact_unparsable(url)
-    if "@" not in parts.netloc:
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, sep, _password = userinfo.partition(":")
+        masked = f"{user}:{MASK}" if sep and user else MASK
+        netloc = f"{masked}@{hostport}"
+    query = _redact_query(parts.query)
+    if netloc == parts.netloc and query == parts.query:
         return url
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user, sep, _password = userinfo.partition(":")
-    masked = f"{user}:{MASK}" if sep and user else MASK
-    return urlunsplit((parts.scheme, f"{masked}@{hostport}", parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _redact_query(query: str) -> str:
+    """The query with each secret parameter's value masked; the rest kept byte for byte."""
+    if not query:
+        return query
+    pieces = query.split("&")
+    for i, piece in enumerate(pieces):
+        name, sep, value = piece.partition("=")
+        if sep and value and value != MASK and unquote(name).lower() in SECRET_PARAMS:
+            pieces[i] = f"{name}={MASK}"
+    return "&".join(pieces)
+
+
+def has_masked_query(url: str) -> bool:
+    """True when a secret query parameter of `url` carries the mask (its value is in the vault)."""
+    if MASK not in url or "?" not in url:
+        return False
+    query = url.split("?", 1)[1].split("#", 1)[0]
+    return any(
+        value == MASK and unquote(name).lower() in SECRET_PARAMS
+        for name, _, value in (piece.partition("=") for piece in query.split("&"))
+    )
 
 
 def _redact_unparsable(url: str) -> str:
     # A malformed URL is reported back as input: still never with its secret in it.
+    base, qsep, query = url.partition("?")
+    if qsep:
+        query, fsep, fragment = query.partition("#")
+        return _redact_unparsable(base) + qsep + _redact_query(query) + fsep + fragment
     scheme, sep, rest = url.partition("://")
     if not sep or "@" not in rest.split("/", 1)[0]:
         return url
@@ -55,7 +110,7 @@ def has_credentials(url: str) -> bool:
     return redact_url(url) != url
 
 
-def is_redacted(url: str) -> bool:
+def has_masked_userinfo(url: str) -> bool:
     """True for a URL whose userinfo was masked by `redact_url`."""
     try:
         netloc = urlsplit(url).netloc
@@ -63,6 +118,11 @@ def is_redacted(url: str) -> bool:
         return False
     userinfo = netloc.rpartition("@")[0]
     return userinfo == MASK or userinfo.endswith(":" + MASK)
+
+
+def is_redacted(url: str) -> bool:
+    """True for a URL whose userinfo or secret query parameters were masked by `redact_url`."""
+    return has_masked_userinfo(url) or has_masked_query(url)
 
 
 def basic_credentials(url: str) -> tuple[str, str] | None:
@@ -77,7 +137,7 @@ def redact_strings(value: Any) -> Any:
     """A JSON-like value with every URL string redacted (for raw records kept in the ledger); the
     value itself, not a copy, when nothing needed redacting (the usual case)."""
     if isinstance(value, str):
-        return redact_url(value) if "@" in value and "://" in value else value
+        return redact_url(value) if ("@" in value or "?" in value) and "://" in value else value
     if isinstance(value, dict):
         changed: dict[Any, Any] | None = None
         for k, v in value.items():

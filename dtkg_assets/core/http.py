@@ -415,10 +415,18 @@ class PoliteTransport(httpx.BaseTransport):
         return self._send(request, check_robots=False)
 
     def _send(self, request: httpx.Request, *, check_robots: bool) -> httpx.Response:
-        http = self.settings.http
         deadline.check()  # a stopped process or a spent attempt sends nothing more
-        if request.url.userinfo:
-            self._put_credentials(request)
+        shown = None
+        if request.url.userinfo or credentials.has_masked_query(str(request.url)):
+            shown = self._put_credentials(request)
+        try:
+            return self._send_prepared(request, check_robots=check_robots)
+        finally:
+            if shown is not None:
+                request.url = shown  # the response, redirects and errors show the masked URL
+
+    def _send_prepared(self, request: httpx.Request, *, check_robots: bool) -> httpx.Response:
+        http = self.settings.http
         url = request.url
         if http.offline:
             raise DtkgError(Reason.OFFLINE, f"offline mode (DTKG_OFFLINE): not fetching {url}")
@@ -454,14 +462,16 @@ class PoliteTransport(httpx.BaseTransport):
         against the host's breaker like a failed request, so a stalled host stops taking workers."""
         self.policy.breakers.record(host_of(url), success=False, probe=False)
 
-    def _put_credentials(self, request: httpx.Request) -> None:
-        """Send credentials only as an Authorization header, never in a URL anything keeps.
+    def _put_credentials(self, request: httpx.Request) -> httpx.URL | None:
+        """Send credentials only for this request, never in a URL anything keeps.
 
         A redacted URL (the only kind the ledger holds) gets its real credentials from the vault
-        (`core.credentials`); a URL that carries them itself has them already as httpx's Basic auth.
-        Either way the userinfo leaves the URL, so responses and errors never show it."""
-        if credentials.is_redacted(str(request.url)):
-            real = self._vault.real_url(str(request.url))
+        (`core.credentials`); a URL that carries userinfo itself has it already as httpx's Basic auth.
+        Either way the userinfo leaves the URL, so responses and errors never show it. Secret query
+        parameters go back into the query of the request sent; the masked URL to restore once it is
+        sent is returned (None when the URL sent shows no secret)."""
+        real = self._vault.real_url(str(request.url)) if credentials.is_redacted(str(request.url)) else None
+        if credentials.has_masked_userinfo(str(request.url)):
             pair = credentials.basic_credentials(real) if real else None
             if pair is None:
                 request.headers.pop("Authorization", None)  # unknown: ask without any
@@ -469,6 +479,11 @@ class PoliteTransport(httpx.BaseTransport):
                 token = base64.b64encode(f"{pair[0]}:{pair[1]}".encode()).decode()
                 request.headers["Authorization"] = f"Basic {token}"
         request.url = request.url.copy_with(username=None, password=None)
+        if real is None or not credentials.has_masked_query(str(request.url)):
+            return None
+        shown = request.url
+        request.url = request.url.copy_with(query=httpx.URL(real).query)
+        return shown
 
     def close(self) -> None:
         self.inner.close()

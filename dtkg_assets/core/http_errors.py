@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import httpx
 
+from dtkg_assets.core.credentials import redact_url
 from dtkg_assets.core.errors import DtkgError, Reason, reason_for_status
 from dtkg_assets.core.retrying import parse_retry_after
 from dtkg_assets.core.types import HttpAttempt
@@ -67,7 +68,7 @@ def recorded_attempt(
     """Record one exchange: the `HttpAttempt` is appended when it starts (so a crash mid-body still
     shows it), timed until the block ends, and given the reason of the failure that ends it; an httpx
     error leaves the block as the `DtkgError` it maps to. The block sets `status` and `bytes`."""
-    record = HttpAttempt(method=method, url=url, host=httpx.URL(url).host if host is None else host,
+    record = HttpAttempt(method=method, url=redact_url(url), host=httpx.URL(url).host if host is None else host,
                          status=None, bytes=0, elapsed_s=0.0, started_at=time.time())
     if attempts is not None:
         attempts.append(record)

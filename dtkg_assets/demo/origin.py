@@ -71,6 +71,7 @@ class PathStats:
     accept_encodings: list[str | None] = field(default_factory=list)
     authorizations: list[str | None] = field(default_factory=list)  # Authorization header of each request
     accepts: list[str | None] = field(default_factory=list)  # Accept header of every request
+    queries: list[str] = field(default_factory=list)  # query string of every request ("" without one)
 
     def copy(self) -> PathStats:
         return PathStats(
@@ -86,6 +87,7 @@ class PathStats:
             list(self.accept_encodings),
             list(self.authorizations),
             list(self.accepts),
+            list(self.queries),
         )
 
 
@@ -381,6 +383,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             st.accept_encodings.append(self.headers.get("Accept-Encoding"))
             st.authorizations.append(self.headers.get("Authorization"))
             st.accepts.append(self.headers.get("Accept"))
+            st.queries.append(split.query)
             if head:
                 st.head_requests += 1
             else:

@@ -405,6 +405,52 @@ def test_credentials_in_urls_are_sent_but_never_kept(origin: OriginServer, tmp_p
     assert origin.stats("/cli.pdf").authorizations == ["Basic " + base64.b64encode(b"me:cl1-pw").decode()]
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://e.org/a.pdf?download=1", "https://e.org/a.pdf?download=1"),
+        ("https://e.org/a.pdf?id=7&token=abc&x=1", "https://e.org/a.pdf?id=7&token=***&x=1"),
+        ("https://u:p@e.org/a.pdf?API_KEY=k#top", "https://u:***@e.org/a.pdf?API_KEY=***#top"),
+        ("https://s3.example/a?X-Amz-Signature=ab%2F&X-Amz-Date=1", "https://s3.example/a?X-Amz-Signature=***&X-Amz-Date=1"),
+        ("https://e.org/a?mytoken=abc&token=", "https://e.org/a?mytoken=abc&token="),  # not a secret name / empty
+        ("http://[::1/x.pdf?sig=zz", "http://[::1/x.pdf?sig=***"),  # malformed: reported back, still masked
+    ],
+)
+def test_secret_query_parameters_are_redacted(url: str, shown: str) -> None:
+    from dtkg_assets.core.credentials import has_credentials, is_redacted, redact_url
+
+    assert redact_url(url) == shown
+    assert has_credentials(url) == (shown != url) == is_redacted(shown)
+
+
+def test_secret_query_parameters_are_sent_but_never_kept(origin: OriginServer, tmp_path: Path,
+                                                         pdf_bytes: Callable[[int, int], bytes]) -> None:
+    """`?token=…`, `api_key=…`: the server gets the real values, everything kept shows `***`."""
+    home = tmp_path / "home"
+    urls = {"W1": origin.add("/q1.pdf", pdf_bytes(40_000, 21)) + "?id=7&token=t0k-s3cret",
+            "W2": origin.add("/q2.pdf", pdf_bytes(41_000, 22)) + "?api_key=k3y-s3cret&v=2"}
+    proc = dtkg(home, "works", "download", str(write_works(tmp_path / "works.jsonl", urls)), "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["downloaded"] == 2, proc.stdout + proc.stderr
+    assert origin.stats("/q1.pdf").queries == ["id=7&token=t0k-s3cret"]
+    assert origin.stats("/q2.pdf").queries == ["api_key=k3y-s3cret&v=2"]
+    assert [u for (u,) in ledger_rows(home, "SELECT url FROM artifact_jobs ORDER BY work_id")] == [
+        urls["W1"].replace("t0k-s3cret", "***"), urls["W2"].replace("k3y-s3cret", "***")]
+    one = dtkg(home, "fetch", origin.add("/q3.pdf", pdf_bytes(42_000, 23)) + "?access_token=cl1-s3cret", "--json")
+    assert one.returncode == 0 and json.loads(one.stdout)["url"].endswith("?access_token=***"), one.stdout
+    assert origin.stats("/q3.pdf").queries == ["access_token=cl1-s3cret"]
+    export = tmp_path / "export"
+    assert dtkg(home, "ledger", "export", "--out", str(export)).returncode == 0
+    texts = [proc.stdout, proc.stderr, one.stdout, one.stderr]
+    texts += [p.read_text(errors="replace") for p in export.iterdir()]
+    texts += [p.read_text() for p in (home / "staging").glob("*.json")]
+    for path in (home / "ledger.duckdb", home / "ledger.snapshot.duckdb"):
+        texts.append(path.read_bytes().decode("latin-1"))
+    assert ledger_rows(home, "SELECT count(*) FROM http_attempts WHERE url LIKE '%=***%'") == [(3,)]
+    for text in texts:
+        assert "s3cret" not in text
+    assert "t0k-s3cret" in (home / "credentials.json").read_text()
+
+
 # ---- the CLI-wide promise: words and exit 2 for bad input, never a traceback --------------------
 
 BAD_INPUT = [
