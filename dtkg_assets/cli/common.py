@@ -19,6 +19,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -42,9 +43,25 @@ class UsageError(Exception):
 
 def load_settings() -> Settings:
     try:
-        return Settings.from_env()
+        settings = Settings.from_env()
     except SettingsError as exc:
         raise UsageError(f"dtkg: {exc}") from None
+    _check_directory(settings.home, "DTKG_HOME")
+    if settings.shared_store is not None:
+        _check_directory(settings.shared_store, "DTKG_STORE_DIR")
+    return settings
+
+
+def _check_directory(path: Path, name: str) -> None:
+    """A state directory (created when missing) must not be, or lie under, a file: said here once
+    rather than as a damaged ledger or a failed mkdir deep inside a command."""
+    existing = path
+    while not os.path.lexists(existing) and existing.parent != existing:
+        existing = existing.parent
+    if os.path.lexists(existing) and not existing.is_dir():
+        where = "is" if existing == path else f"lies under {existing}, which is"
+        raise UsageError(f"dtkg: {name} {path} {where} a file, not a directory: point {name} at a directory "
+                         "(it is created when missing) or move the file away")
 
 
 def print_result(data: Any, as_json: bool, human: str) -> None:

@@ -357,9 +357,26 @@ def test_lock_path_that_is_a_directory_gives_a_message(tmp_path: Path) -> None:
         no_traceback(proc, proc.stderr)
         assert proc.returncode in (1, 2), (args, proc.returncode, proc.stderr)
         assert "ledger.lock" in proc.stderr and "directory" in proc.stderr.lower(), (args, proc.stderr)
+        assert "move it away" in proc.stderr and "writable" not in proc.stderr.split(";")[0], (args, proc.stderr)
     for args in (["ledger", "health"], ["status"]):  # readers never take the lock
         proc = dtkg(home, *args)
         no_traceback(proc, proc.stderr)
+
+
+def test_a_home_that_is_a_file_is_said_once_not_as_a_damaged_ledger(tmp_path: Path) -> None:
+    """DTKG_HOME naming a file (or a path below one) was reported as a damaged ledger.lock, with
+    `dtkg ledger repair` as the remedy, by every writer including repair itself."""
+    blocker = tmp_path / "home"
+    blocker.write_text("not a directory")
+    cases = [(blocker, ["fetch", "https://e.org/a.pdf"]), (blocker, ["ledger", "repair"]), (blocker, ["status"]),
+             (blocker / "sub", ["works", "download"])]
+    for home, args in cases:
+        proc = dtkg(home, *args)
+        no_traceback(proc, proc.stderr)
+        assert proc.returncode == 2 and proc.stdout == "", (args, proc.stdout, proc.stderr)
+        assert f"DTKG_HOME {home}" in proc.stderr and "a file, not a directory" in proc.stderr, proc.stderr
+        assert "repair" not in proc.stderr, proc.stderr
+    assert blocker.read_text() == "not a directory"
 
 
 # ---- item 9: credentials in URLs ---------------------------------------------------------------

@@ -79,11 +79,12 @@ class LedgerDiskFull(LedgerError, DtkgError):
 class LedgerUnwritable(LedgerError):
     """The ledger's directory cannot be written (read-only filesystem, permissions)."""
 
-    def __init__(self, path: Path, detail: str) -> None:
+    def __init__(self, path: Path, detail: str, remedy: str | None = None) -> None:
         self.path = path
+        remedy = remedy or f"Make {path.parent} writable, or point DTKG_HOME at a writable directory"
         super().__init__(
-            f"cannot write the ledger {path} ({detail}). Make {path.parent} writable, or point DTKG_HOME at a "
-            "writable directory; read-only commands keep working from the published snapshot."
+            f"cannot write the ledger {path} ({detail}). {remedy}; read-only commands keep working from the "
+            "published snapshot."
         )
 
 
@@ -186,8 +187,12 @@ def storage_error(exc: BaseException, path: Path, *, snapshot: bool = False) -> 
             "the command again: the next writer replays the WAL.")
     if any(w in text for w in _BUSY_WORDS):
         return LedgerBusy(f"the ledger {path} is open in another process ({detail}); wait for it to finish")
-    if isinstance(exc, IsADirectoryError) or (isinstance(exc, OSError) and exc.errno in (errno.EISDIR, errno.ENOTDIR)):
-        return LedgerUnwritable(path, detail)
+    if isinstance(exc, IsADirectoryError) or (isinstance(exc, OSError) and exc.errno == errno.EISDIR):
+        return LedgerUnwritable(path, detail, f"{path} is a directory where dtkg keeps a file: move it away "
+                                "(dtkg creates the file again)")
+    if isinstance(exc, NotADirectoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOTDIR):
+        return LedgerUnwritable(path, detail, f"a file is where a directory of {path} should be: move it away "
+                                "or point DTKG_HOME at a directory")
     return LedgerCorrupt(path, detail, snapshot=snapshot)
 
 
