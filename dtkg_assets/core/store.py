@@ -216,15 +216,16 @@ class Store:
             # link() creates only if absent: two workers finalizing the same bytes cannot both "create".
             os.link(part, dest)
         except FileExistsError:
-            if dest.stat().st_size == part_size:
+            if self._holds(dest, sha256, part_size):
                 created = False
             else:
-                # A damaged blob (wrong size) under this address: replace it with the verified bytes.
+                # A damaged blob under this address (a flipped byte keeps the size): replace it with the
+                # verified bytes, never dedupe against it.
                 os.replace(part, dest)
         except OSError as exc:
             if exc.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP):
                 raise
-            if dest.exists() and dest.stat().st_size == part_size:
+            if dest.exists() and self._holds(dest, sha256, part_size):
                 created = False
             else:
                 os.replace(part, dest)
@@ -237,6 +238,14 @@ class Store:
             fsync_dir(dest.parent)
             fsync_dir(part.parent)
         return FinalizeResult(dest, created=created)
+
+    @staticmethod
+    def _holds(blob: Path, sha256: str, size: int) -> bool:
+        """An existing blob counts only when it has the size and hashes to its address."""
+        try:
+            return blob.stat().st_size == size and sha256_file(blob) == sha256
+        except FileNotFoundError:
+            return False
 
     def link_work(self, work_id: str, sha256: str) -> LinkResult:
         """Give the work its own name for the blob: hardlink, or a copy when links are impossible."""

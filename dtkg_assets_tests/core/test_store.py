@@ -99,6 +99,21 @@ def test_link_work_copies_when_links_are_off(settings: Settings) -> None:
     assert store.link_work("W1", SHA).mode == "existing"
 
 
+def test_finalize_never_dedupes_against_a_blob_with_a_flipped_byte(settings: Settings) -> None:
+    """Same size, wrong bytes: the verified part replaces the blob, and the work's name, a hardlink
+    to the damaged inode, is relinked to the good one."""
+    store = Store(settings)
+    store.finalize(make_part(store, "a"), SHA)
+    store.link_work("W1", SHA)
+    with open(store.blob_path(SHA), "r+b") as f:
+        f.seek(50)
+        f.write(b"X")
+    again = store.finalize(make_part(store, "b"), SHA)
+    assert again.created and store.dedupe_count == 0 and sha256_file(again.path) == SHA
+    assert store.link_work("W1", SHA).mode == "hardlink"
+    assert store.work_path("W1").read_bytes() == DATA
+
+
 def test_verify_detects_corruption(settings: Settings) -> None:
     store = Store(settings)
     store.finalize(make_part(store, "a"), SHA)
