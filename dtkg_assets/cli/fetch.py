@@ -81,10 +81,14 @@ def _human_fetch(d: dict[str, Any]) -> str:
 
 def fetch_with_ledger(settings: Settings, url: str, work_id: str) -> FetchResult:
     """`dtkg fetch URL`: a one-candidate work through the orchestrator, so the ledger records it.
-    A work the ledger already has complete is answered from the ledger with no network."""
+    A work the ledger already has complete is answered from the ledger with no network, once its
+    file checks out at DTKG_RUN_VERIFY_DEPTH (as a materialization request does); a missing or
+    corrupt file is downloaded again."""
     from dtkg_assets.core.credentials import redact_url
     from dtkg_assets.core.http import make_client
     from dtkg_assets.core.orchestrator import make_orchestrator
+    from dtkg_assets.core.store import Store
+    from dtkg_assets.core.verify import prepare_request
 
     shown = redact_url(url)
     candidate = Candidate(shown, "cli", real_url=url if shown != url else None)
@@ -92,6 +96,7 @@ def fetch_with_ledger(settings: Settings, url: str, work_id: str) -> FetchResult
     with writer(settings, "fetch") as ledger, make_client(settings) as client:
         orch = make_orchestrator(ledger, client, settings, owner=ledger.owner, run_id=f"fetch-{uuid.uuid4().hex[:12]}")
         orch.plan([WorkRecord(work_id, [candidate], origin="cli:fetch")])
+        prepare_request(ledger, Store(settings), [work_id], depth=settings.run.verify_depth, retry_failed=False)
         outcome = orch.process([work_id], workers=1)[0]
     if outcome.result is not None:
         return outcome.result

@@ -159,6 +159,32 @@ def test_trickling_host_gives_its_workers_back(origin: OriginServer, tmp_path: P
     assert elapsed < 1.5 + 8.0, elapsed  # was 6 works x 4 attempts x 1.5 s / 2 workers = 18 s
 
 
+# ---- item 2: a file counts only when it hashes to what the ledger expects --------------------
+
+
+def test_fetch_of_a_complete_work_whose_file_has_a_flipped_byte_downloads_it_again(
+        origin: OriginServer, tmp_path: Path, pdf_bytes: Callable[[int, int], bytes]) -> None:
+    """`dtkg fetch` answered "already complete" for a corrupted file, and once the work was redone it
+    deduplicated against the corrupted blob (same size) and reported it stored."""
+    body = pdf_bytes(50_000, 12)
+    url = origin.add("/flip.pdf", body)
+    home = tmp_path / "home"
+    assert dtkg(home, "fetch", url, "--work-id", "W1").returncode == 0
+    work = home / "store" / "works" / "W1.pdf"
+    data = bytearray(work.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    work.write_bytes(bytes(data))  # in place: the blob is the same inode, flipped too
+    again = dtkg(home, "fetch", url, "--work-id", "W1", "--json")
+    assert again.returncode == 0, again.stderr
+    result = json.loads(again.stdout)
+    assert result["status"] == "stored" and result["decision"] == "fresh", result
+    assert origin.stats("/flip.pdf").get_requests == 2
+    want = hashlib.sha256(body).hexdigest()
+    assert hashlib.sha256(work.read_bytes()).hexdigest() == want
+    assert hashlib.sha256((home / "store" / want[:2] / f"{want}.pdf").read_bytes()).hexdigest() == want
+    assert ledger_rows(home, "SELECT state, sha256 FROM artifact_jobs") == [("INDEXED", want)]
+
+
 # ---- item 3: checkpoints by time -------------------------------------------------------------
 
 
