@@ -144,7 +144,7 @@ def cmd_works_retry(args: argparse.Namespace) -> int:
     hosts = {h.lower() for h in args.host}
     with writer(settings, "works retry") as ledger:
         rows = failed_jobs(ledger)
-        # A work is reopened when its reported failure (the last candidate's reason) or any failed URL matches.
+        # A work is reopened when its reported failure (queries.WORK_REASON_SQL) or any failed URL matches.
         chosen: dict[str, list[str]] = {}
         for work_id, _job, reason, host, work_reason in rows:
             if args.all or work_reason in reasons or reason in reasons or (host or "").lower() in hosts:

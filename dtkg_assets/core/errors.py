@@ -78,6 +78,15 @@ TRANSIENT_REASONS: frozenset[Reason] = RETRY_IN_PLACE | {
 }
 
 
+# Reasons that say least about why a work has no PDF: the network or our own machinery failed, not
+# the work's URLs. A work that failed is reported with its last candidate's reason that is not one of
+# these (the orchestrator's outcome and the ledger's summaries alike), else its last candidate's.
+WEAK_REASONS: frozenset[str] = frozenset({
+    Reason.CONNECT_ERROR.value, Reason.TIMEOUT.value, Reason.BREAKER_OPEN.value, Reason.OFFLINE.value,
+    Reason.NO_CANDIDATES.value, "internal_error",
+})
+
+
 def is_transient(reason: Reason | str) -> bool:
     return Reason(reason) in TRANSIENT_REASONS
 

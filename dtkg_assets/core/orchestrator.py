@@ -23,7 +23,7 @@ import httpx
 
 from dtkg_assets.core import deadline
 from dtkg_assets.core.crashpoints import crash_point
-from dtkg_assets.core.errors import Reason
+from dtkg_assets.core.errors import WEAK_REASONS, Reason
 from dtkg_assets.core.landing import make_resolver
 from dtkg_assets.core.ledger import IN_FLIGHT, Job, LeaseLost, Ledger, State
 from dtkg_assets.core.ledger.db import Lease
@@ -34,8 +34,6 @@ from dtkg_assets.core.types import EffectType, FetchHooks, FetchResult, Stage, W
 
 OutcomeStatus = Literal["downloaded", "deduped", "skipped_complete", "failed", "deferred"]
 
-# Reasons that say least about the work; any other reason is a better summary of why it failed.
-_WEAK_REASONS = {Reason.CONNECT_ERROR.value, Reason.TIMEOUT.value, Reason.BREAKER_OPEN.value, "internal_error"}
 
 
 class EngineLike(Protocol):
@@ -271,7 +269,7 @@ class Orchestrator:
         if deferred is not None:
             return deferred
         if failures:
-            strong = [f for f in failures if f.reason not in _WEAK_REASONS]
+            strong = [f for f in failures if f.reason not in WEAK_REASONS]
             return (strong or failures)[-1]
         return WorkOutcome(work_id, "failed", Reason.NO_CANDIDATES.value, detail="no candidate could be tried")
 

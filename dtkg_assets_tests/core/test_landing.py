@@ -136,6 +136,25 @@ def test_direct_pdf_works_pay_nothing_extra(lsettings, origin, pdf_bytes):
     assert origin.total_requests() == origin.stats("/d/1.pdf").requests
 
 
+def test_a_failed_work_reports_its_most_telling_reason(lsettings, origin):
+    """A 403 on the PDF URL, then a DOI whose resolver cannot be reached: the work has no PDF because of
+    the 403, and the ledger's summary and per-work results say `forbidden`, not `connect_error`."""
+    from dtkg_assets.core.ledger.queries import summary, work_results
+
+    pdf_url = origin.add("/t/403.pdf", b"no", FaultMode(status=403))
+    rec, _ = parse_work(landing_corpus.record("W501", pdf_url=pdf_url, doi="10.5555/t.501"), "t")
+    assert rec is not None and [c.source for c in rec.candidates][-1] == "doi"
+    closed = lsettings.replace(landing={"doi_resolver": "http://127.0.0.1:9/doi/"}, http={"max_attempts": 1})
+    outcomes, _, _ = _run(closed, [rec])
+    # The run's outcome says what is pending: the DOI is tried again later.
+    assert (outcomes["W501"].status, outcomes["W501"].reason) == ("deferred", "connect_error")
+    with Ledger.open_reader(closed) as ledger:
+        jobs = {r[0]: r[1] for r in ledger.query("SELECT candidate_source, last_reason FROM artifact_jobs")}
+        assert jobs["doi"] == "connect_error"  # the last candidate's own reason stays on its job
+        assert summary(ledger)["failed_by_reason"] == {"forbidden": 1}
+        assert work_results(ledger)["W501"] == (False, "forbidden")
+
+
 def test_find_pdf_links_ranks_conventions_and_resolves_base():
     html = b"""<html><head><base href="https://repo.example/files/">
     <meta name="DC.identifier" content="https://repo.example/dc.pdf">

@@ -610,7 +610,8 @@ def test_sensors_checks_and_lease_release_read_and_write_the_postgresql_ledger(
 
 def test_works_retry_finds_failed_works_on_the_postgresql_ledger(tmp_path: Path, pg_url: str) -> None:
     """`dtkg works retry` chooses from `failed_jobs`: on PostgreSQL too, each failed job of a work with
-    nothing left to try, with its reason, its host and the work's reason (its last candidate's)."""
+    nothing left to try, with its reason, its host and the work's reason (its last candidate's that is
+    not a weak one: W3's `offline` after a 403 reports the 403)."""
     from dtkg_assets.core.ledger import Ledger
     from dtkg_assets.core.ledger.queries import failed_jobs
     from dtkg_assets.core.types import Candidate, WorkRecord
@@ -619,14 +620,19 @@ def test_works_retry_finds_failed_works_on_the_postgresql_ledger(tmp_path: Path,
     with Ledger.open_writer(settings, owner="test") as led:
         led.plan([WorkRecord("W1", [Candidate("http://Mirror.Example:8080/a.pdf", "best_oa_location.pdf_url"),
                                     Candidate("https://u@pubs.example/b.pdf", "locations[1].pdf_url")]),
-                  WorkRecord("W2", [Candidate("http://127.0.0.1:9/c.pdf", "best_oa_location.pdf_url")])])
-        for job, reason in zip(led.jobs_for_work("W1"), ("http_404", "no_pdf_link"), strict=True):
-            lease = led.lease(job.job_id, "run:test")
-            assert lease is not None
-            lease.fail(reason=reason)
+                  WorkRecord("W2", [Candidate("http://127.0.0.1:9/c.pdf", "best_oa_location.pdf_url")]),
+                  WorkRecord("W3", [Candidate("http://127.0.0.1:9/d.pdf", "best_oa_location.pdf_url"),
+                                    Candidate("https://doi.org/10.5555/d", "doi")])])
+        for work, reasons in (("W1", ("http_404", "no_pdf_link")), ("W3", ("forbidden", "offline"))):
+            for job, reason in zip(led.jobs_for_work(work), reasons, strict=True):
+                lease = led.lease(job.job_id, "run:test")
+                assert lease is not None
+                lease.fail(reason=reason)
         assert sorted(failed_jobs(led)) == sorted([
             ("W1", led.jobs_for_work("W1")[0].job_id, "http_404", "mirror.example", "no_pdf_link"),
-            ("W1", led.jobs_for_work("W1")[1].job_id, "no_pdf_link", "pubs.example", "no_pdf_link")])
+            ("W1", led.jobs_for_work("W1")[1].job_id, "no_pdf_link", "pubs.example", "no_pdf_link"),
+            ("W3", led.jobs_for_work("W3")[0].job_id, "forbidden", "127.0.0.1", "forbidden"),
+            ("W3", led.jobs_for_work("W3")[1].job_id, "offline", "doi.org", "forbidden")])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,9 +9,19 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from dtkg_assets.core.errors import WEAK_REASONS
 from dtkg_assets.core.ledger.db import Ledger
 from dtkg_assets.core.ledger.states import COMPLETE, COMPLETE_SQL, IN_FLIGHT_SQL, NOT_FAILED_SQL, State, sql_list
 from dtkg_assets.core.store import resolve_store_path
+
+# A work's reason, as the orchestrator reports a failed work: its last candidate's reason that says
+# something about the work (not one of `WEAK_REASONS`: a connect error on the DOI after a 403 on the
+# PDF URL reports the 403), else its last candidate's. (array_agg … ORDER BY)[1] is arg_max in SQL both
+# backends (DuckDB, PostgreSQL) speak; false sorts before true in both.
+WORK_REASON_SQL = (
+    "(array_agg(last_reason ORDER BY coalesce(last_reason IN "
+    + "(" + ", ".join(f"'{r}'" for r in sorted(WEAK_REASONS)) + "), true), candidate_rank DESC))[1]"
+)
 
 
 def works_seen_since(ledger: Ledger, after: float, limit: int) -> list[tuple[str, float]]:
@@ -66,13 +76,12 @@ def finished_artifacts(
 def summary(ledger: Ledger) -> dict[str, object]:
     """The ledger's one summary, in the words every command prints: works counted once each by outcome
     (`works_by_outcome`: stored, deduplicated, in_flight, pending, retrying, failed), the reasons of
-    works that failed (their last candidate's), input problems by reason, candidate jobs by state,
+    works that failed (`WORK_REASON_SQL`), input problems by reason, candidate jobs by state,
     the store's blobs and bytes, and the bytes of finished artifacts."""
     failed_by_reason = ledger.query(
         f"""
         WITH last_fail AS (
-            -- (array_agg … ORDER BY)[1]: arg_max in SQL both backends (DuckDB, PostgreSQL) speak.
-            SELECT work_id, (array_agg(last_reason ORDER BY candidate_rank DESC))[1] AS reason FROM artifact_jobs
+            SELECT work_id, {WORK_REASON_SQL} AS reason FROM artifact_jobs
             GROUP BY work_id
             HAVING NOT bool_or(state IN {sql_list(COMPLETE | {State.PLANNED})}) AND bool_or(state = 'FAILED'))
         SELECT reason, count(*) FROM last_fail GROUP BY reason ORDER BY count(*) DESC, reason
@@ -160,12 +169,11 @@ def works_by_outcome(ledger: Ledger) -> dict[str, int]:
 
 def failed_jobs(ledger: Ledger) -> list[tuple[str, str, str, str, str]]:
     """Failed jobs of works with nothing finished or left to try: (work_id, job_id, the job's reason,
-    its URL's host as planned, the work's reported reason: its last candidate's)."""
+    its URL's host (the host that served a DOI's page), the work's reported reason: `WORK_REASON_SQL`)."""
     rows = ledger.query(
         f"""
         WITH failed_works AS (
-            -- (array_agg … ORDER BY)[1]: arg_max in SQL both backends (DuckDB, PostgreSQL) speak.
-            SELECT work_id, (array_agg(last_reason ORDER BY candidate_rank DESC))[1] AS work_reason
+            SELECT work_id, {WORK_REASON_SQL} AS work_reason
             FROM artifact_jobs
             GROUP BY work_id
             HAVING bool_or(state = 'FAILED')
@@ -209,11 +217,9 @@ def yield_tables(ledger: Ledger) -> dict[str, list[dict[str, object]]]:
 
 
 def work_results(ledger: Ledger) -> dict[str, tuple[bool, str | None]]:
-    """work id -> (finished?, the reason its last candidate gave), for comparing with expectations."""
+    """work id -> (finished?, the work's reason: `WORK_REASON_SQL`), for comparing with expectations."""
     rows = ledger.query(
-        f"SELECT work_id, bool_or(state IN {COMPLETE_SQL}), "
-        # (array_agg … ORDER BY)[1] is arg_max in SQL both ledger backends (DuckDB, PostgreSQL) speak.
-        "(array_agg(last_reason ORDER BY candidate_rank DESC))[1] FROM artifact_jobs GROUP BY work_id"
+        f"SELECT work_id, bool_or(state IN {COMPLETE_SQL}), {WORK_REASON_SQL} FROM artifact_jobs GROUP BY work_id"
     )
     return {str(r[0]): (bool(r[1]), r[2]) for r in rows}
 
