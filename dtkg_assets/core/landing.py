@@ -187,14 +187,18 @@ class Page:
         return "pdf" in self.content_type.lower() or self.body[:1024].lstrip().startswith(b"%PDF-")
 
 
-def fetch_page(client: httpx.Client, url: str, settings: Settings, attempts: list[HttpAttempt]) -> Page:
+def fetch_page(client: httpx.Client, url: str, settings: Settings, attempts: list[HttpAttempt],
+               landed: list[str] | None = None) -> Page:
     """GET one HTML page (retrying network errors, 5xx and 429 as the engine does); raise a reasoned
-    `DtkgError` for refusals (bot challenge, forbidden, rate limited) and other failures."""
+    `DtkgError` for refusals (bot challenge, forbidden, rate limited) and other failures. The URL
+    that answered (after redirects) is appended to `landed`, refusals included."""
     cap = settings.landing.max_html_bytes
     for attempt in retrying(settings.http):
         with attempt, recorded_attempt(attempts, "GET", url) as record, \
                 client.stream("GET", url, headers={"Accept": HTML_ACCEPT}) as response:
             record.status = response.status_code
+            if landed is not None:
+                landed.append(str(response.url))
             body = bytearray()
             truncated = False
             for chunk in response.iter_bytes():
@@ -296,6 +300,7 @@ class Resolver:
         if kind == "doi":
             url = doi_url(url, landing.doi_resolver)
         attempts: list[HttpAttempt] = []
+        landed: list[str] = []
         t0 = time.perf_counter()
         try:
             if work_id is not None and not refresh:
@@ -304,12 +309,12 @@ class Resolver:
                     return probe
             if self.client is None:
                 raise DtkgError(Reason.OFFLINE, "no HTTP client to read landing pages with")
-            page = fetch_page(self.client, url, self.settings, attempts)
+            page = fetch_page(self.client, url, self.settings, attempts, landed)
         except DtkgError as exc:
             result = _failed(url, work_id, exc)
             result.http_attempts = attempts
             result.elapsed_s = time.perf_counter() - t0
-            return result
+            return _served_by(result, kind, url, landed)
         if page.is_pdf:
             # The "landing page" is the PDF itself: fetch it as an artifact (one more request, rare).
             result = self.engine.fetch(page.final_url, work_id=work_id, hooks=hooks, known_sha256=known_sha256,
@@ -318,9 +323,9 @@ class Resolver:
             if result.ok:
                 result.via = "direct"
             result.html = None
-            return result
-        return self._resolve(url, page.final_url, page.body, page.truncated, work_id, hooks, known_sha256,
-                             refresh, attempts, None)
+            return _served_by(result, kind, url, landed)
+        return _served_by(self._resolve(url, page.final_url, page.body, page.truncated, work_id, hooks,
+                                        known_sha256, refresh, attempts, None), kind, url, landed)
 
     def _resolve(
         self, url: str, page_url: str, html: bytes, truncated: bool, work_id: str | None, hooks: FetchHooks,
@@ -395,6 +400,17 @@ _TRY_NEXT_LINK = frozenset({
     Reason.HTTP_404.value, Reason.HTTP_410.value, Reason.HTTP_4XX.value, Reason.NOT_PDF.value,
     Reason.TOO_SMALL.value, Reason.FORBIDDEN.value, Reason.ROBOTS_DISALLOWED.value, Reason.HTML_PAGE.value,
 })
+
+
+def _served_by(result: FetchResult, kind: str, url: str, landed: list[str]) -> FetchResult:
+    """A DOI candidate's result names the host its resolver sent it to (the publisher's landing page),
+    the host yield by host counts it under; the job's URL keeps the resolver's. A resolver that
+    answers itself (an unknown DOI) leaves the job's host as planned."""
+    if kind == "doi" and landed and canonical(landed[-1]) != canonical(url):
+        host = urlsplit(landed[-1]).hostname
+        if host:
+            result.served_host = host.lower()
+    return result
 
 
 def _policy(client: httpx.Client) -> Any:

@@ -117,8 +117,8 @@ def test_landing_corpus_yield_reasons_and_request_budget(lsettings, origin, pdf_
     assert {"bot_challenge", "forbidden", "rate_limited", "no_pdf_link", "page_too_large", "not_pdf"} <= reasons
     hosts = {r["host"]: r for r in tables["by_host"]}
     assert hosts["localhost"]["stored"] == 0 and hosts["localhost"]["failed"] == 3
-    # The DOI candidate counts under the resolver's public host, whatever resolver a setting names.
-    assert hosts["127.0.0.1"]["stored"] == len(linked) - 1 and hosts["doi.org"]["stored"] == 1
+    # The DOI candidate counts under the host that served its landing page, not the resolver's.
+    assert hosts["127.0.0.1"]["stored"] == len(linked) and "doi.org" not in hosts
 
 
 def test_direct_pdf_works_pay_nothing_extra(lsettings, origin, pdf_bytes):

@@ -115,6 +115,7 @@ def completion_values(result: FetchResult, now: float) -> tuple[State, dict[str,
         raise ValueError(f"complete() needs a successful result with a sha256, got {result.status}")
     final = State.INDEXED if result.status == "stored" else State.DEDUPED
     return final, {
+        **served_host_column(result),
         "updated_at": now, "sha256": result.sha256, "path": result.path, "bytes": result.bytes,
         "final_url": result.final_url, "http_status": result.http_status, "decision": result.decision,
         "resumed_from": result.resumed_from, "elapsed_s": result.elapsed_s, "etag": result.etag,
@@ -122,6 +123,12 @@ def completion_values(result: FetchResult, now: float) -> tuple[State, dict[str,
         "failure_class": None, "last_reason": "ok", "last_error": None, "next_eligible_at": None,
         "lease_owner": None, "lease_expires_at": None, "finished_at": now,
     }
+
+
+def served_host_column(result: FetchResult) -> dict[str, Any]:
+    """The job's `host` column when a resolver (the DOI's) sent it to another host: yield and
+    failures by host name the host that served the page (nothing to write otherwise)."""
+    return {"host": result.served_host} if result.served_host else {}
 
 
 def completion_path(final: State) -> tuple[State, ...]:
@@ -360,7 +367,8 @@ class Lease:
         klass, values = failure_values(self.settings, self.attempts, reason, detail, now, retry_after=retry_after)
         if result is not None:
             values = {"http_status": result.http_status, "final_url": result.final_url,
-                      "elapsed_s": result.elapsed_s, "result": json.dumps(result.to_json()), **values}
+                      "elapsed_s": result.elapsed_s, "result": json.dumps(result.to_json()),
+                      **served_host_column(result), **values}
         self._commit(self._write(State.FAILED, {**self._fields, "updated_at": now, **values}, bump=True,
                                  result=result))
         self.last_reason = values["last_reason"]
