@@ -86,6 +86,7 @@ def test_tables_show_the_ledgers_numbers(executed: ExecutedNotebook) -> None:
         by_state = con.execute("SELECT state, count(*) FROM v_artifacts GROUP BY state").fetchall()
         failures = con.execute("SELECT reason, failure_class, host, jobs FROM v_failures").fetchall()
         yield_sources = con.execute("SELECT source, tried, stored, failed FROM v_yield_sources").fetchall()
+        yield_hosts = con.execute("SELECT host, tried, stored, failed FROM v_yield_hosts").fetchall()
         yield_via = con.execute("SELECT via, stored FROM v_yield_via").fetchall()
         yield_failures = con.execute("SELECT reason, source, jobs FROM v_yield_failures").fetchall()
         run_ids = [r[0] for r in con.execute("SELECT run_id FROM runs").fetchall()]
@@ -110,6 +111,11 @@ def test_tables_show_the_ledgers_numbers(executed: ExecutedNotebook) -> None:
     text = executed.text("yield-sources")
     for source, tried, stored, failed in yield_sources:
         assert re.search(rf"\s{re.escape(source)}\s+{tried}\s+{stored}\s+{failed}\s", text), f"{source}\n{text}"
+    text = executed.text("yield-hosts")
+    for host, tried, stored, failed in yield_hosts:
+        assert re.search(rf"\s{re.escape(host)}\s+{tried}\s+{stored}\s+{failed}\s", text), f"{host}\n{text}"
+    # The DOIs (resolved through the demo's origin) count under the host that served their pages.
+    assert "doi.org" not in {h for h, *_ in yield_hosts}, yield_hosts
     via = dict(yield_via)
     assert via["direct"] >= 30 and sum(v for k, v in via.items() if k != "direct") == 3, via
     text = executed.text("yield-via")

@@ -19,8 +19,10 @@ import duckdb
 import psycopg
 import pytest
 
+from dtkg_assets.cli.status import status_report
 from dtkg_assets.core.ledger import pg_schema
 from dtkg_assets.core.ledger.schema import TABLES, VIEWS
+from dtkg_assets.core.settings import Settings
 from dtkg_assets_tests.support.demo_home import DTKG, DemoHome, demo_env
 
 JSON_COLS = {t: {c for c, typ in cols if typ.split()[0] == "JSON"} for t, cols in TABLES.items()}
@@ -123,9 +125,11 @@ def same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def test_postgres_ledger_has_the_duckdb_views_answering_the_same(demo_home: Path, pg_url: str) -> None:
+def test_postgres_ledger_has_the_duckdb_views_answering_the_same(demo_home: Path, pg_url: str,
+                                                                 tmp_path: Path) -> None:
     """The analyst views are written once (core/ledger/views.py): on the PostgreSQL ledger they exist
-    under the same names and give the same columns and rows as the DuckDB ledger's on the same data."""
+    under the same names and give the same columns and rows as the DuckDB ledger's on the same data,
+    and `dtkg status` shows the same yield tables (by host, source field, how found; failures) on both."""
     original = demo_home / "ledger.snapshot.duckdb"
     load_into_postgres(original, pg_url)
     with psycopg.connect(pg_url) as pg, duckdb.connect(str(original), read_only=True) as duck:
@@ -143,6 +147,16 @@ def test_postgres_ledger_has_the_duckdb_views_answering_the_same(demo_home: Path
             assert not differ, differ[:5]
         via = dict(pg.execute(f"SELECT via, stored FROM {pg_schema.SCHEMA}.v_yield_via").fetchall())
         assert via["direct"] >= 30 and sum(v for k, v in via.items() if k != "direct") == 3, via
+
+    def as_data(tables: dict[str, Any]) -> dict[str, Any]:
+        return {name: sorted((tuple(round(float(v), 6) if isinstance(v, (int, float, Decimal)) else v
+                                    for v in row.values()) for row in rows), key=repr)
+                for name, rows in tables.items()}
+
+    on_pg = status_report(Settings().with_home(tmp_path / "pg-home").replace(ledger={"url": pg_url}))["yield"]
+    on_duckdb = status_report(Settings().with_home(demo_home))["yield"]
+    assert set(on_pg) == {"by_host", "by_source", "by_via", "failures"} and all(on_pg.values()), on_pg
+    assert as_data(on_pg) == as_data(on_duckdb)
 
 
 def test_notebook_runs_unchanged_on_the_export(demo_home: Path, pg_url: str, tmp_path: Path) -> None:
