@@ -97,13 +97,15 @@ CandidateKind = Literal["pdf", "landing", "doi", "content"]
 
 def candidate_kind(source: str | None, url: str | None = None) -> CandidateKind:
     """How a candidate is fetched: a PDF URL, a landing page, the DOI (a landing page through the
-    configured resolver; also a landing page URL that is a doi.org link) or the OpenAlex content API."""
+    configured resolver; also any candidate URL that is a doi.org link, such as the `oa_url` OpenAlex
+    gives when it knows only a landing page, which would otherwise be fetched from doi.org itself
+    whatever the DOI settings say) or the OpenAlex content API."""
     if source == "doi":
-        return "doi"
-    if url is not None and source and source.endswith(".landing_page_url") and _DOI_URL.match(url.strip()):
         return "doi"
     if source == "openalex_content":
         return "content"
+    if url is not None and _DOI_URL.match(url.strip()):
+        return "doi"
     if source and source.endswith(".landing_page_url"):
         return "landing"
     # PDF URLs and open_access.oa_url: fetched as artifacts; one that answers HTML is read as a landing page.

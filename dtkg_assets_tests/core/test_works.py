@@ -14,11 +14,12 @@ from dtkg_assets.core.errors import DtkgError
 from dtkg_assets.core.http import host_of
 from dtkg_assets.core.ledger import Ledger
 from dtkg_assets.core.ledger.interface import canonical_url, canonical_url_general
-from dtkg_assets.core.settings import Settings
+from dtkg_assets.core.settings import LandingSettings, Settings
 from dtkg_assets.core.sources import WorksSource, import_works
 from dtkg_assets.core.types import Candidate, InputProblem, WorkRecord
 from dtkg_assets.core.urls import check_url, check_url_fully
 from dtkg_assets.core.works import (
+    candidate_enabled,
     candidate_kind,
     candidate_urls,
     normalize_doi,
@@ -43,6 +44,10 @@ def test_candidates_of_the_public_record_in_spec_order_without_duplicates():
     ]
     kinds = [candidate_kind(c.source, c.url) for c in candidate_urls(W2741809807)]
     assert kinds == ["pdf", "pdf", "doi", "landing", "content"]
+    # An oa_url (or any candidate) that is a doi.org link is the DOI: through the configured resolver,
+    # and not planned when the DOI is turned off.
+    assert candidate_kind("open_access.oa_url", "https://doi.org/10.7717/peerj.4375") == "doi"
+    assert not candidate_enabled("open_access.oa_url", LandingSettings(doi=False), url="https://doi.org/10.5555/x")
 
 
 def test_candidate_order_follows_every_source():

@@ -276,6 +276,16 @@ def build(origin: OriginServer, challenge_host: str) -> list[LandingWork]:
                     ["/items/5e1f0c2a-1b2c-4d3e-8f9a-0b1c2d3e4f5a"],
                     "/bitstreams/0b6c1f2e-8d3a-4f55-9a0e-3c7d2b1a9e41/download"))
 
+    # An oa_url that is a doi.org link (OpenAlex's oa_url when it knows only a landing page): the DOI,
+    # through the configured resolver, never doi.org itself.
+    body = pdf("/oa-landing/117.pdf", TITLES["W117"])
+    html("/oa-landing/117", page("An OA landing page",
+                                 head='<meta name="citation_pdf_url" content="/oa-landing/117.pdf">'))
+    origin.add("/doi/10.5555/oa.117", b"", FaultMode(redirect_to=base + "/oa-landing/117"))
+    add(LandingWork("W117", record("W117", oa_url="https://doi.org/10.5555/oa.117"), "stored", body,
+                    "citation_pdf_url", 1, ["/oa-landing/117"], "/oa-landing/117.pdf",
+                    resolver_path="/doi/10.5555/oa.117"))
+
     # -- pages that end in a distinct failure ---------------------------------------------------
     html("/wall/403", CHALLENGE_403, body_status=403, headers={"cf-mitigated": "challenge", "Server": "cloudflare"})
     add(LandingWork("W201", record("W201", landing=walls + "/wall/403"), "bot_challenge", html_paths=["/wall/403"]))
@@ -342,4 +352,5 @@ TITLES: dict[str, str] = {
     "W114": "Direct downloads from institutional repositories",
     "W115": "Frog populations in alpine lakes",
     "W116": "Bitstreams in the seventh DSpace",
+    "W117": "Gold open access without a PDF link",
 }
