@@ -166,3 +166,34 @@ def test_a_ledger_write_on_a_full_disk_is_reason_disk_full(tmpfs: Path) -> None:
         led.close()
     with Ledger.open_writer(settings, owner="test") as again:  # what was committed before is kept
         assert again.query("SELECT count(*) FROM works")[0][0] >= 10
+
+
+def test_a_download_that_fills_the_disk_is_disk_full_and_keeps_only_a_resumable_part(
+        tmp_path: Path, tmpfs: Path, origin, pdf_bytes) -> None:  # type: ignore[no-untyped-def]
+    """A body of unknown length (no quota estimate) runs the store's filesystem (16 MiB) out of space
+    mid-stream, before its first checkpoint: reason disk_full naming the filesystem and what to do,
+    exit 1. Bytes that no sidecar can record are not kept: they held the last free space and the next
+    fetch threw them away (a part without a sidecar). Whatever part is kept, its sidecar records all
+    of it, and once the filesystem is larger the next fetch resumes from exactly that."""
+    from dtkg_assets.core.streaming import PartState
+    from dtkg_assets_tests.support.origin import FaultMode
+
+    body = pdf_bytes(20_000_000, 5)
+    url = origin.add("/big.pdf", body, FaultMode(omit_content_length=True))
+    env = loopback_env(tmp_path / "home", DTKG_STORE_DIR=str(tmpfs), DTKG_LEDGER_RETRY_BACKOFF_S="0")
+    argv = [sys.executable, "-m", "dtkg_assets.cli", "fetch", url, "--work-id", "W1", "--json"]
+    first = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 1 and "Traceback" not in first.stderr, first.stdout + first.stderr
+    failed = json.loads(first.stdout)
+    assert failed["reason"] == "disk_full", failed
+    assert str(tmpfs) in failed["detail"] and "free space there" in failed["detail"], failed
+    kept = 0
+    for part in tmpfs.rglob("*.part"):
+        state = PartState.read(part.with_name(part.name + ".json"))
+        assert state is not None and state.bytes_on_disk == part.stat().st_size, (part.stat().st_size, state)
+        kept += state.bytes_on_disk
+    sh("mount", "-o", "remount,size=64m", str(tmpfs))
+    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert json.loads(again.stdout)["resumed_from"] == kept
+    assert (tmpfs / "works" / "W1.pdf").read_bytes() == body

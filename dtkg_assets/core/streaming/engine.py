@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import os
 import time
@@ -108,10 +109,14 @@ class Engine:
         except httpx.HTTPError as exc:
             self._fail(result, error_from_httpx(exc))
         except OSError as exc:
-            if exc.errno in (28, 122):  # ENOSPC, EDQUOT
-                self._fail(result, DtkgError(Reason.DISK_FULL, str(exc)))
-            else:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
+            self._fail(result, DtkgError(
+                Reason.DISK_FULL,
+                f"no space left on the store's filesystem ({self.store.staging_dir}) after "
+                f"{result.body_bytes_received} body bytes ({exc.strerror}); the part is kept up to its last "
+                "checkpoint for resume: free space there (or move DTKG_STORE_DIR / DTKG_HOME to a larger disk) "
+                "and run it again"))
         finally:
             result.elapsed_s = time.perf_counter() - t0
             if result.elapsed_s > 0:

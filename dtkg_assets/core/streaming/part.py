@@ -7,6 +7,7 @@ and recorded after an error, finished (final size and hash) before the rename in
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import threading
@@ -176,8 +177,20 @@ class Download:
             os.ftruncate(self.fd, self.pos)
             if self.pos > 0:
                 self.checkpoint()
-        except OSError:
-            pass
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self._back_to_durable()
+
+    def _back_to_durable(self) -> None:
+        """The disk is full, so the bytes past the last checkpoint cannot be recorded (the sidecar
+        cannot be rewritten) and would only hold the last free space: give it back. The part stays
+        resumable from what its sidecar records, and goes when that is nothing."""
+        with contextlib.suppress(OSError):
+            os.ftruncate(self.fd, self.durable)
+            self.pos = self.durable
+            if self.durable == 0:
+                self.part.unlink(missing_ok=True)
+                self.sidecar.unlink(missing_ok=True)
 
     def finish_part(self) -> None:
         """Body complete: cut any preallocation, sync, and record the final size and hash."""
