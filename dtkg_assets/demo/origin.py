@@ -50,7 +50,7 @@ class FaultMode:
     redirects: int = 0  # N hops of 302 (?hop=k) before serving the object
     redirect_to: str | None = None  # 302 to this absolute Location
     content_type: str = "application/pdf"
-    # Extra response headers on the object (Content-Disposition, cf-mitigated …).
+    # Extra response headers on the object or its redirect (Content-Disposition, cf-mitigated, credits …).
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -402,7 +402,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._simple(mode.head_status, head, {"Allow": "GET"} if mode.head_status == 405 else None)
             return
         if mode.redirect_to:
-            self._simple(302, head, {"Location": mode.redirect_to})
+            # The mode's extra headers go on the redirect too (an API's credit headers ride on its 302).
+            self._simple(302, head, {**mode.headers, "Location": mode.redirect_to})
             return
         if mode.redirects > 0:
             try:

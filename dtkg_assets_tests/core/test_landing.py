@@ -303,6 +303,21 @@ def test_content_api_credits_exhausted_is_not_rate_limited(csettings, origin, pd
     assert origin.stats("/works/W311.pdf").requests == 1 and origin.stats("/works/W312.pdf").requests == 0
 
 
+def test_content_api_credit_header_at_zero_stops_its_use(csettings, origin, pdf_bytes):
+    """The credit header is read: an answer saying no credit is left still grants its own download,
+    and the next work does not ask the API (credits_exhausted until the reset)."""
+    body = pdf_bytes(30_000, 321)
+    origin.add("/signed/W321.pdf", body)
+    origin.add("/works/W321.pdf", b"", FaultMode(redirect_to=origin.base_url + "/signed/W321.pdf?sig=1",
+                                                 headers={"X-RateLimit-Credits-Remaining": "0"}))
+    origin.add("/works/W322.pdf", b"", FaultMode(redirect_to=origin.base_url + "/never.pdf"))
+    recs = [parse_work(_content_work(w), "t")[0] for w in ("W321", "W322")]
+    outcomes, _, _ = _run(csettings.replace(landing={"content_daily_budget": 100}), recs)
+    assert outcomes["W321"].ok and outcomes["W321"].sha256 == hashlib.sha256(body).hexdigest()
+    assert (outcomes["W322"].status, outcomes["W322"].reason) == ("deferred", "credits_exhausted")
+    assert origin.stats("/works/W322.pdf").requests == 0
+
+
 # ---- the right paper -------------------------------------------------------------------------
 
 
