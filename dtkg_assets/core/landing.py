@@ -403,13 +403,18 @@ _TRY_NEXT_LINK = frozenset({
 
 
 def _served_by(result: FetchResult, kind: str, url: str, landed: list[str]) -> FetchResult:
-    """A DOI candidate's result names the host its resolver sent it to (the publisher's landing page),
-    the host yield by host counts it under; the job's URL keeps the resolver's. A resolver that
-    answers itself (an unknown DOI) leaves the job's host as planned."""
-    if kind == "doi" and landed and canonical(landed[-1]) != canonical(url):
-        host = urlsplit(landed[-1]).hostname
-        if host:
-            result.served_host = host.lower()
+    """A DOI's or landing page's result names the host that served the page when a redirect led
+    elsewhere (the publisher a DOI resolves to, the repository behind a handle.net link): the host
+    yield by host counts it under; the job's URL keeps the one it was given. A page served where it
+    was asked for (or a resolver that answers itself: an unknown DOI) leaves the job's host as planned."""
+    if kind not in ("doi", "landing") or not landed:
+        return result
+    host = (urlsplit(landed[-1]).hostname or "").lower()
+    # A DOI's planned host is the public resolver's, whichever resolver a setting names: any redirect
+    # counts. A landing page's planned host is its own: only another host counts.
+    moved = canonical(landed[-1]) != canonical(url) if kind == "doi" else host != (urlsplit(url).hostname or "").lower()
+    if host and moved:
+        result.served_host = host
     return result
 
 

@@ -67,8 +67,8 @@ class FetchResult:
     via: str | None = None
     hops: int = 0
     landing_url: str | None = None  # the HTML page the PDF link was found on
-    # The host that served a DOI candidate's landing page (where the resolver sent it): the job's
-    # host for yield by host, instead of the resolver's (the job's URL still names the resolver).
+    # The host that served a DOI's or landing page's page when a redirect led elsewhere (where the
+    # resolver sent it): the job's host for yield by host (the job's URL still names the one given).
     served_host: str | None = None
     html: builtins.bytes | None = None  # an HTML body the engine received instead of a PDF (kept small), not stored
 

@@ -85,7 +85,7 @@ class LandingWork:
     hops: int = 0
     html_paths: list[str] = field(default_factory=list)  # HTML pages it reads (each GET exactly once)
     pdf_path: str | None = None  # the link it fetches as an artifact (the PDF, or what failed to be one)
-    resolver_path: str | None = None  # the DOI resolver's path (one redirect before the landing page)
+    resolver_path: str | None = None  # a resolver's path (the DOI's, a handle's: one redirect before the page)
     wrong_paper: bool = False  # the planted mismatch: its page links another paper's PDF
 
     @property
@@ -286,6 +286,16 @@ def build(origin: OriginServer, challenge_host: str) -> list[LandingWork]:
                     "citation_pdf_url", 1, ["/oa-landing/117"], "/oa-landing/117.pdf",
                     resolver_path="/doi/10.5555/oa.117"))
 
+    # A handle-style landing_page_url that redirects to the repository on another host (`challenge_host`):
+    # the work counts under the repository's host.
+    body = pdf("/repo/items/118.pdf", TITLES["W118"])
+    html("/repo/items/118", page("A repository item",
+                                 head=f'<meta name="citation_pdf_url" content="{base}/repo/items/118.pdf">'))
+    url = base + "/hdl/1234/118"
+    origin.add("/hdl/1234/118", b"", FaultMode(redirect_to=walls + "/repo/items/118"))
+    add(LandingWork("W118", record("W118", landing=url), "stored", body, "citation_pdf_url", 1,
+                    ["/repo/items/118"], "/repo/items/118.pdf", resolver_path="/hdl/1234/118"))
+
     # -- pages that end in a distinct failure ---------------------------------------------------
     html("/wall/403", CHALLENGE_403, body_status=403, headers={"cf-mitigated": "challenge", "Server": "cloudflare"})
     add(LandingWork("W201", record("W201", landing=walls + "/wall/403"), "bot_challenge", html_paths=["/wall/403"]))
@@ -353,4 +363,5 @@ TITLES: dict[str, str] = {
     "W115": "Frog populations in alpine lakes",
     "W116": "Bitstreams in the seventh DSpace",
     "W117": "Gold open access without a PDF link",
+    "W118": "Handles that lead to another host",
 }

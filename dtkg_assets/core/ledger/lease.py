@@ -126,8 +126,8 @@ def completion_values(result: FetchResult, now: float) -> tuple[State, dict[str,
 
 
 def served_host_column(result: FetchResult) -> dict[str, Any]:
-    """The job's `host` column when a resolver (the DOI's) sent it to another host: yield and
-    failures by host name the host that served the page (nothing to write otherwise)."""
+    """The job's `host` column when a redirect (the DOI resolver's, a handle's) sent it to another
+    host: yield and failures by host name the host that served the page (nothing to write otherwise)."""
     return {"host": result.served_host} if result.served_host else {}
 
 
