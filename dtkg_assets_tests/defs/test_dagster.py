@@ -592,3 +592,39 @@ def test_a_data_failure_is_recorded_without_a_stack_trace(
 
         restore_stacks()
         assert getattr(sys, "tracebacklimit", None) != 0
+
+
+def test_checks_warn_on_a_wrong_paper_and_error_on_a_broken_file(
+    tmp_path: Path, origin: OriginServer, home: Path
+) -> None:
+    """One check evaluation per finished work on the instance: a PDF naming its work's title passes; a
+    PDF naming another paper fails with WARN severity and stays on disk (flagged for analysts, never
+    deleted); a stored file with a flipped byte fails with ERROR severity."""
+    from dtkg_assets.definitions import defs
+    from dtkg_assets_tests.support.landing_corpus import paper
+
+    bodies = {"W1": paper("Work W1", 1), "W2": paper("Graphene Growth on Copper Foils", 2), "W3": paper("Work W3", 3)}
+    write_works(tmp_path / "works.jsonl",
+                [work_record(w, [origin.add(f"/{w}.pdf", body)]) for w, body in bodies.items()])
+    with dg.instance_for_test() as instance:
+        assert ingest(instance, home, tmp_path / "works.jsonl").success
+        assert run_range(instance, home, "W1", "W3").success
+        broken = home / "store" / "works" / "W3.pdf"
+        data = bytearray(broken.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        broken.write_bytes(bytes(data))  # the blob shares the inode: the work's own bytes change
+
+        checked = defs.resolve_job_def("artifact_checks_job").execute_in_process(
+            instance=instance, tags={RANGE_START: "W1", RANGE_END: "W3"}, raise_on_error=False)
+        evaluations = {
+            e.event_specific_data.partition: e.event_specific_data
+            for e in checked.all_events if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION}
+        assert set(evaluations) == {"W1", "W2", "W3"}
+        assert evaluations["W1"].passed is True
+        w2, w3 = evaluations["W2"], evaluations["W3"]
+        assert (w2.passed, w2.severity) == (False, dg.AssetCheckSeverity.WARN)
+        assert w2.metadata["paper"].value == "wrong_paper"
+        assert (w3.passed, w3.severity) == (False, dg.AssetCheckSeverity.ERROR)
+        assert w3.metadata["file"].value != "ok"
+        # The wrong paper is flagged, never deleted: its bytes are the origin's.
+        assert (home / "store" / "works" / "W2.pdf").read_bytes() == bodies["W2"]
