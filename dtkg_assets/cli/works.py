@@ -116,9 +116,11 @@ def cmd_works_query(args: argparse.Namespace) -> int:
         raise UsageError("dtkg works query: give --filter, --topic, --from-year/--to-year or --oa-only")
     settings = load_settings()
     with load_source(settings, source, "dtkg works query") as report:
-        announce_import(settings, "dtkg works query", source.filter or source.topic_id or "query", report)
+        if report.works:
+            announce_import(settings, "dtkg works query", source.filter or source.topic_id or "query", report)
     _report_import(report.summary, report, args.json)
-    return EXIT_OK
+    # A query that stopped early (OpenAlex unreachable, refused, out of credit) did not do its work.
+    return EXIT_FAILED if report.stopped_early else EXIT_OK
 
 
 def cmd_works_import(args: argparse.Namespace) -> int:
@@ -126,12 +128,13 @@ def cmd_works_import(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     with load_source(settings, file_source(args.file), "dtkg works import") as report:
-        announce_import(settings, "dtkg works import", str(args.file), report)
+        if report.works:
+            announce_import(settings, "dtkg works import", str(args.file), report)
     _report_import({"file": args.file, **report.summary}, report, args.json)
     if report.works == 0:
         print(f"dtkg works import: no usable work in {args.file}: {why_nothing_usable(args.file)}", file=sys.stderr)
         return EXIT_USAGE
-    return EXIT_OK
+    return EXIT_FAILED if report.stopped_early else EXIT_OK
 
 
 def cmd_works_retry(args: argparse.Namespace) -> int:

@@ -327,6 +327,15 @@ def test_a_50_mb_line_is_skipped_without_taking_the_memory(tmp_path: Path) -> No
     assert ledger_rows(tmp_path / "home", "SELECT work_id FROM works") == [("W2",)]
 
 
+def test_a_query_that_cannot_reach_openalex_is_failed_work(tmp_path: Path) -> None:
+    """Nothing could be read: exit 1 with the reason in words (it said 0 works and exited 0)."""
+    proc = dtkg(tmp_path / "home", "works", "query", "--filter", "publication_year:2024", "--max", "3",
+                DTKG_OPENALEX_BASE_URL="http://127.0.0.1:9", OPENALEX_API_KEY="k", DTKG_HTTP_MAX_ATTEMPTS="1")
+    no_traceback(proc, proc.stderr)
+    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+    assert "stopped early, connect_error" in proc.stderr, proc.stderr
+
+
 # ---- item 8: HTML wrapped as a PDF -------------------------------------------------------------
 
 
