@@ -12,6 +12,7 @@ signal exits at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -148,6 +149,13 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
     except UsageError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        # The reader of our output went away (`dtkg status | head`): stop quietly, as a shell tool
+        # killed by SIGPIPE does, and keep Python from complaining when it flushes stdout at exit.
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_SIGNAL_BASE + signal.SIGPIPE
     except KeyboardInterrupt:
         from dtkg_assets.core import deadline
 

@@ -522,6 +522,16 @@ def test_unusable_paths_are_named_with_what_to_do(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "DTKG_HTTP_MAX_ATTEMPTS" in proc.stderr
 
 
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
+    """`dtkg … | head`: the closed pipe is not "cannot use: Broken pipe; check the file and the disk"."""
+    child = start(tmp_path / "home", "status", "--json")
+    assert child.stdout is not None
+    child.stdout.close()  # before the command prints anything
+    _out, err = child.communicate(timeout=60)
+    assert child.returncode == 128 + signal.SIGPIPE, (child.returncode, err)
+    assert "Traceback" not in err and "Broken pipe" not in err and "Exception ignored" not in err, err
+
+
 @pytest.mark.serial
 def test_sigterm_while_waiting_for_the_ledger_exits_at_once(tmp_path: Path) -> None:
     """Not downloading (here: waiting for the writer lock another process holds): stop right away."""
