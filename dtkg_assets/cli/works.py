@@ -197,7 +197,18 @@ def cmd_works_download(args: argparse.Namespace) -> int:
     if deadline.stop_requested():
         _report_stop(outcomes)
         return stopped_exit_code()
-    return EXIT_FAILED if counts.get("failed") else EXIT_OK
+    # Failed work: permanent failures, and transient ones this run met (timeout, 5xx, disk full …) that
+    # the ledger retries later. Not failures: works another process holds, or in a backoff not yet over.
+    retried_later = [o for o in outcomes if o.status == "deferred" and o.result is not None
+                     and o.reason not in (Reason.LEASE_LOST.value, Reason.INTERRUPTED.value)]
+    if retried_later:
+        by_reason: dict[str, int] = {}
+        for o in retried_later:
+            by_reason[o.reason] = by_reason.get(o.reason, 0) + 1
+        reasons = ", ".join(f"{r} {n}" for r, n in sorted(by_reason.items(), key=lambda kv: -kv[1]))
+        print(f"dtkg works download: {len(retried_later)} works failed this run and are retried later ({reasons}); "
+              "`dtkg status` shows when", file=sys.stderr)
+    return EXIT_FAILED if counts.get("failed") or retried_later else EXIT_OK
 
 
 def _report_stop(outcomes: list[Any]) -> None:

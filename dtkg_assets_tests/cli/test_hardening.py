@@ -124,6 +124,7 @@ def test_stalled_robots_txt_does_not_hold_other_hosts(origin: OriginServer, tmp_
                     DTKG_HTTP_ROBOTS_ENABLED="1", DTKG_HTTP_ATTEMPT_DEADLINE_S="2", DTKG_HTTP_MAX_ATTEMPTS="1")
         elapsed = time.monotonic() - t0
     no_traceback(proc, proc.stderr)
+    assert proc.returncode == 1 and "4 works failed this run and are retried later (timeout 4)" in proc.stderr
     assert elapsed < 2 + 8.0, elapsed
     for w, b in bodies.items():
         assert (home / "store" / "works" / f"{w}.pdf").read_bytes() == b
@@ -155,6 +156,7 @@ def test_trickling_host_gives_its_workers_back(origin: OriginServer, tmp_path: P
         assert (home / "store" / "works" / f"{w}.pdf").read_bytes() == b
     reasons = dict(ledger_rows(home, "SELECT work_id, last_reason FROM artifact_jobs"))
     assert sorted(reasons[w] for w in slow) == ["breaker_open"] * 4 + ["timeout"] * 2, reasons
+    assert proc.returncode == 1 and "(breaker_open 4, timeout 2)" in proc.stderr, proc.stderr
     assert sum(origin.stats(f"/t{i}.pdf").get_requests for i in range(1, 7)) == 2  # one attempt each
     assert elapsed < 1.5 + 8.0, elapsed  # was 6 works x 4 attempts x 1.5 s / 2 workers = 18 s
 
