@@ -86,6 +86,15 @@ http {{
             raise RuntimeError("nginx is not running")
         return Path(self._tmp.name) / "access.log"
 
+    def logged(self, needle: str, expected: int, timeout_s: float = 5.0) -> int:
+        """How many access-log lines contain `needle`, once `expected` are there or `timeout_s` has
+        passed: nginx writes a request's line after it has sent the response, so a client that
+        has its answer can read the log before the line is in it."""
+        deadline = time.monotonic() + timeout_s
+        while (count := self.access_log.read_text().count(needle)) < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return count
+
     def start(self, timeout_s: float = 20.0) -> NginxServer:
         if self._proc is not None:
             return self
