@@ -7,7 +7,10 @@ step logging one materialization per key from 16 threads (as `artifact_pdfs` doe
 logger runs at WARNING, as in `dtkg backfill` (`--console-log-level DEBUG` is `materialize`'s
 default: every event also printed, which slows the floor down).
 
-Usage: python bench/dagster_floor.py [--keys 2000] [--threads 16] [--home DIR] [--console-log-level L]
+``--pooled``: the instance's event log storage is ours, `PooledSqliteEventLogStorage` (Dagster's SQLite
+event storage keeping its connections open), as `dtkg` configures it; without it, Dagster's default.
+
+Usage: python bench/dagster_floor.py [--keys 2000] [--threads 16] [--home DIR] [--console-log-level L] [--pooled]
 Prints one JSON object (seconds) on stdout. (No `from __future__ import annotations`: Dagster
 resolves the asset's annotations at definition time.)
 """
@@ -31,11 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=16)
     ap.add_argument("--home", type=Path, default=None)
     ap.add_argument("--console-log-level", default="WARNING")
+    ap.add_argument("--pooled", action="store_true", help="our PooledSqliteEventLogStorage (as dtkg configures it)")
     args = ap.parse_args(argv)
     home = args.home or Path(tempfile.mkdtemp(prefix="dagster-floor-"))
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    config = "telemetry:\n  enabled: false\n"
+    if args.pooled:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        config += "instance_class:\n  module: dtkg_assets.defs.event_storage\n  class: DtkgDagsterInstance\n"
+    (home / "dagster.yaml").write_text(config)
     os.environ["DAGSTER_HOME"] = str(home)
     t_import = time.perf_counter()
     import dagster as dg
@@ -73,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         mats = len(result.asset_materializations_for_node("floor_asset"))
     out = {
         "keys": args.keys,
+        "event_storage": "pooled" if args.pooled else "dagster",
         "console_log_level": args.console_log_level,
         "materializations": mats,
         "import_dagster_s": round(import_s, 3),

@@ -1,0 +1,205 @@
+"""Dagster's SQLite event log storage without the per-event engine and WAL checkpoint.
+
+`SqliteEventLogStorage` (Dagster 1.13) builds a SQLAlchemy engine with `NullPool` for every
+transaction and disposes it afterwards: each event opens the run shard's file, commits, closes it,
+then does the same on the index shard (materializations, check evaluations, run status events).
+In WAL mode the close of the last connection to a file checkpoints the WAL into the database file
+(another fsync) and deletes it, so the next commit creates it again; and a new engine compiles
+every statement again (SQLAlchemy's compiled cache is per engine). Profiled on this machine, that
+cost more than the writes themselves.
+
+This subclass keeps, per shard it touched recently (the index shard and the last few run shards),
+the engine and one idle SQLite connection that runs no statement after opening the file: while it
+is open, closing a transaction's connection is not the last close, so the WAL stays. Transactions
+still get a new connection each and close it, as Dagster's do: a connection never outlives a
+transaction, so no reader can be left on an old snapshot (a kept connection was: since Python 3.11
+neither commit nor rollback resets a statement a read left unfinished, and the webserver then missed
+a later import's materialization). Same files, schema and statements: the webserver, the daemon and
+other run workers read and write them as before, under SQLite's file locking. Two things depended on
+the checkpoint at close, and are kept:
+
+- The webserver streams a run's events by watching `<run_id>.db` for modification (watchdog); a
+  commit now writes the WAL file only, so after a transaction that wrote to a run shard the database
+  file's mtime is touched, which the watcher sees as a modification.
+- A process forked with open connections must not use or close them: another pid's connections are
+  dropped without closing.
+
+Configured by `dtkg` in the `dagster.yaml` it writes into $DTKG_HOME/dagster (see `defs.instance`):
+`instance_class: DtkgDagsterInstance` (below), whose default storage is `PooledDagsterSqliteStorage`.
+"""
+
+import os
+import sqlite3
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import yaml
+from dagster import DagsterInstance, Field, IntSource, StringSource
+from dagster._core.instance.ref import InstanceRef
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME, SqliteEventLogStorage
+from dagster._core.storage.runs import SqliteRunStorage
+from dagster._core.storage.schedules import SqliteScheduleStorage
+from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
+from dagster._core.storage.sqlite_storage import (
+    DagsterSqliteStorage,
+    _event_logs_directory,
+    _runs_directory,
+    _schedule_directory,
+)
+from dagster._serdes import ConfigurableClassData
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import NullPool
+
+# Run shards kept open besides the index shard: a run worker writes one run shard; the webserver and
+# the daemon read several in turn.
+DEFAULT_OPEN_RUN_SHARDS = 4
+
+
+class PooledSqliteEventLogStorage(SqliteEventLogStorage):
+    """`SqliteEventLogStorage` keeping each recent shard's engine and WAL open (see the module doc)."""
+
+    def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None,
+                 open_run_shards: int = DEFAULT_OPEN_RUN_SHARDS) -> None:
+        # Set before the base class's __init__, which may already connect (first use of a home).
+        self._engines: OrderedDict[str, Engine] = OrderedDict()
+        self._anchors: dict[str, sqlite3.Connection] = {}
+        self._forked_leftovers: list[sqlite3.Connection] = []
+        self._engines_pid = os.getpid()
+        self._open_run_shards = max(1, int(open_run_shards))
+        self._engines_lock = threading.Lock()
+        super().__init__(base_dir, inst_data)
+
+    @classmethod
+    def config_type(cls) -> Any:
+        return {"base_dir": StringSource,
+                "open_run_shards": Field(IntSource, is_required=False, default_value=DEFAULT_OPEN_RUN_SHARDS)}
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
+    ) -> "PooledSqliteEventLogStorage":
+        return cls(inst_data=inst_data, **config_value)
+
+    def _engine(self, shard: str) -> Engine:
+        with self._engines_lock:
+            if self._engines_pid != os.getpid():  # forked: the parent's connections are not ours
+                self._forked_leftovers.extend(self._anchors.values())  # never closed here
+                self._anchors.clear()
+                self._engines.clear()
+                self._engines_pid = os.getpid()
+            kept = self._engines.get(shard)
+            if kept is not None:
+                self._engines.move_to_end(shard)
+                return kept
+            engine = create_engine(self.conn_string_for_shard(shard), poolclass=NullPool,
+                                   connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
+            self._engines[shard] = engine
+            run_shards = [name for name in self._engines if name != INDEX_SHARD_NAME]
+            for name in run_shards[:max(0, len(run_shards) - self._open_run_shards)]:
+                self._engines.pop(name).dispose()
+                anchor = self._anchors.pop(name, None)
+                if anchor is not None:
+                    anchor.close()
+            return engine
+
+    def _anchor(self, shard: str) -> None:
+        """Open the shard's idle connection (after the file exists): it reads the schema once, which
+        maps the WAL index, and then holds no lock and no snapshot until it is closed."""
+        with self._engines_lock:
+            if shard in self._anchors or shard not in self._engines:
+                return
+            try:
+                anchor = sqlite3.connect(self.path_for_shard(shard), timeout=SQLITE_BUSY_TIMEOUT_SECONDS,
+                                         check_same_thread=False)
+                anchor.execute("SELECT count(*) FROM sqlite_master").fetchall()
+            except sqlite3.Error:
+                return  # only a cost: Dagster's own behaviour for this shard
+            self._anchors[shard] = anchor
+
+    @contextmanager
+    def _connect(self, shard: str) -> Iterator[Connection]:
+        with self._db_lock:
+            engine = self._engine(shard)
+            if shard not in self._initialized_dbs:
+                self._initdb(engine)
+                self._initialized_dbs.add(shard)
+            if shard not in self._anchors:
+                self._anchor(shard)
+            with engine.connect() as conn:
+                raw = conn.connection.driver_connection
+                changes_before = getattr(raw, "total_changes", None)
+                with conn.begin():
+                    yield conn
+                wrote = changes_before is None or getattr(raw, "total_changes", None) != changes_before
+            if wrote and shard != INDEX_SHARD_NAME:
+                self._touch(shard)
+
+    def _touch(self, shard: str) -> None:
+        """Let watchers of the run shard's file (the webserver's run log stream) see the write."""
+        with suppress(OSError):
+            os.utime(self.path_for_shard(shard))
+
+    def _dispose_engines(self) -> None:
+        with self._engines_lock:
+            engines, anchors = list(self._engines.values()), list(self._anchors.values())
+            self._engines.clear()
+            self._anchors.clear()
+            ours = self._engines_pid == os.getpid()
+        for engine in engines:
+            engine.dispose(close=ours)
+        if ours:
+            for anchor in anchors:
+                anchor.close()
+
+    def wipe(self) -> None:
+        with self._db_lock:
+            self._dispose_engines()  # the run shards' files are deleted
+        super().wipe()
+
+    def dispose(self) -> None:
+        self._dispose_engines()
+        super().dispose()
+
+
+class PooledDagsterSqliteStorage(DagsterSqliteStorage):
+    """Dagster's default SQLite storage (runs, events, schedules under one DAGSTER_HOME) with
+    `PooledSqliteEventLogStorage` for the events (the default storage of `DtkgDagsterInstance`)."""
+
+    def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None) -> None:
+        self.base_dir = base_dir
+        self._run_storage = SqliteRunStorage.from_local(_runs_directory(base_dir))
+        self._event_log_storage = PooledSqliteEventLogStorage(_event_logs_directory(base_dir))
+        self._schedule_storage = SqliteScheduleStorage.from_local(_schedule_directory(base_dir))
+        self._inst_data = inst_data
+        super(DagsterSqliteStorage, self).__init__()  # DagsterStorage's, not the parent's own storages
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
+    ) -> "PooledDagsterSqliteStorage":
+        return cls.from_local(inst_data=inst_data, **config_value)
+
+
+class DtkgDagsterInstance(DagsterInstance):
+    """`DagsterInstance` whose default storage (no `storage` block in dagster.yaml) is
+    `PooledDagsterSqliteStorage` under the instance's own directory. Named by `instance_class` in
+    the dagster.yaml dtkg writes into a home: Dagster passes the directory it loads the instance
+    from (DAGSTER_HOME, or `DagsterInstance.from_config(path)`) to `config_defaults`, so a moved or
+    copied home, or one opened by path without DAGSTER_HOME, stores where it is. (A `storage` block
+    can only name a fixed path or an environment variable: a copied demo home's `dagster dev` then
+    served the template's event log, and opening a home by path failed without DAGSTER_HOME.)"""
+
+    @classmethod
+    def config_schema(cls) -> dict[str, Any]:
+        return {}
+
+    @staticmethod
+    def config_defaults(base_dir: str) -> Mapping[str, ConfigurableClassData | None]:
+        defaults = dict(InstanceRef.config_defaults(base_dir))
+        defaults["storage"] = ConfigurableClassData(
+            __name__, PooledDagsterSqliteStorage.__name__, yaml.dump({"base_dir": base_dir}, default_flow_style=False))
+        return defaults
