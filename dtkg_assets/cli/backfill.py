@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -39,22 +40,41 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if args.json:
         console.stderr = True  # stdout carries only the JSON object
     preflight(settings, "backfill")
-    from dtkg_assets.cli.launch import dagster_instance, pending_keys, run_checks
+    from dtkg_assets.cli.launch import dagster_instance, pending_keys, run_batch_size, run_checks
 
     instance = dagster_instance(settings)
     keys = pending_keys(settings)
     if args.limit is not None:
         keys = keys[: args.limit]
+    # The checks of each finished download run run in a second process while the next batch
+    # downloads (cli/check_worker.py); on a shared ledger, after the last run (other workers'
+    # batches may lie between ours: `run_checks` checks the joined stretches once).
+    # One batch has nothing to overlap with: no second process then.
+    worker = None
+    if len(keys) > run_batch_size(len(keys), settings.run.batch_size) and not settings.ledger_is_postgres:
+        from dtkg_assets.cli.check_worker import CheckWorker
+
+        worker = CheckWorker()
     started = time.perf_counter()
-    report = backfill_with_progress(instance, settings, args.workers, keys)
+    try:
+        report = backfill_with_progress(instance, settings, args.workers, keys,
+                                        on_finished=worker.submit if worker is not None else None)
+    except BaseException:
+        if worker is not None:
+            worker.stop()
+        raise
     wall = time.perf_counter() - started
     if deadline.stop_requested():
+        if worker is not None:
+            worker.stop()
         done = sum(b.materialized for b in report.batches)
         console.print(f"dtkg backfill: stopped by {deadline.stop_reason()} after {len(report.batches)} runs: "
                       f"{done} of {report.pending} works materialized; parts are kept, run it again to continue")
         return stopped_exit_code()
-    # A batch with a failed work skips its checks in Dagster: check everything once here.
-    checks = run_checks(instance, settings, report) if report.pending else None
+    checks = worker.report() if worker is not None else None
+    if checks is None and report.pending:
+        # No worker (shared ledger), or it died: check everything once here.
+        checks = run_checks(instance, settings, report)
     data = {
         "pending": report.pending,
         "runs": len(report.batches),
@@ -80,9 +100,11 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def backfill_with_progress(
-    instance: Any, settings: Settings, workers: int | None, keys: list[str], command: str = "backfill"
+    instance: Any, settings: Settings, workers: int | None, keys: list[str], command: str = "backfill",
+    on_finished: Callable[[str, str], None] | None = None,
 ) -> Any:
-    """Batch runs over `keys` with a progress bar that advances as each run finishes."""
+    """Batch runs over `keys` with a progress bar that advances as each run finishes; `on_finished`
+    gets each finished run's partition range."""
     from dtkg_assets.cli.launch import backfill
 
     if not keys:
@@ -101,5 +123,7 @@ def backfill_with_progress(
         def on_batch(batch: Any, size: int) -> None:
             state = "ok" if batch.success else "some failed"
             progress.update(task, advance=size, note=f"run {batch.run_id[:8]} {state}")
+            if on_finished is not None:
+                on_finished(batch.start, batch.end)
 
         return backfill(instance, settings, workers=workers, keys=keys, on_batch=on_batch, command=command)

@@ -469,7 +469,8 @@ def test_refresh_schedule_reads_its_source_from_the_environment() -> None:
 def test_cli_backfill_honours_limit_and_checks_what_it_finished(
     tmp_path: Path, origin: OriginServer, five_works: tuple[list[str], dict[str, bytes]]
 ) -> None:
-    env = loopback_env(tmp_path / "cli-home")
+    # Two runs of one work: the checks run in the second process (cli/check_worker.py).
+    env = {**loopback_env(tmp_path / "cli-home"), "DTKG_RUN_BATCH_SIZE": "1"}
     dtkg = str(Path(sys.executable).parent / "dtkg")
     imported = subprocess.run([dtkg, "works", "import", str(tmp_path / "works.jsonl")], env=env,
                               capture_output=True, text=True, timeout=300)
@@ -478,8 +479,8 @@ def test_cli_backfill_honours_limit_and_checks_what_it_finished(
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert data["pending"] == 2 and data["materialized"] == 2
-    assert data["checks"] == {"artifact_pdf_verified": True}
+    assert data["pending"] == 2 and data["materialized"] == 2 and data["runs"] == 2
+    assert data["checks"] == {"artifact_pdf_verified": True} and data["checked"] == 2
     # Only the first two works were fetched; the others were not touched.
     assert [origin.stats(f"/W{i}.pdf").get_requests for i in range(1, 6)] == [1, 1, 0, 0, 0]
     assert sorted(p.name for p in (tmp_path / "cli-home" / "store" / "works").iterdir()) == ["W1.pdf", "W2.pdf"]
