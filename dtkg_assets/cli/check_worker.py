@@ -29,16 +29,14 @@ from dtkg_assets.cli.launch import CheckReport
 
 def _serve(conn: Connection, command: str) -> None:
     from dtkg_assets.cli.common import load_settings
-    from dtkg_assets.cli.launch import _definitions, cli_tags, dagster_instance, quiet_loggers
+    from dtkg_assets.cli.launch import checks_job, dagster_instance, run_check_range
     from dtkg_assets.core import deadline
-    from dtkg_assets.defs.jobs import artifact_checks_job
-    from dtkg_assets.defs.sensors import RANGE_END, RANGE_START
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, _frame: deadline.request_stop(signal.Signals(signum).name))
     settings = load_settings()
     instance = dagster_instance(settings)
-    job = _definitions(settings).resolve_job_def(artifact_checks_job.name)
+    job = checks_job(settings)
     report = CheckReport()
     with instance:
         while not deadline.stop_requested():
@@ -50,12 +48,7 @@ def _serve(conn: Connection, command: str) -> None:
                 conn.send(report)
                 return
             start, end = message
-            report.add(job.execute_in_process(
-                instance=instance,
-                run_config=quiet_loggers(),
-                tags={RANGE_START: start, RANGE_END: end, **cli_tags(command)},
-                raise_on_error=False,
-            ))
+            report.add(run_check_range(instance, job, start, end, command))
 
 
 class CheckWorker:
@@ -75,11 +68,9 @@ class CheckWorker:
             if main:
                 signal.signal(signal.SIGINT, previous)
         child.close()
-        self.submitted: list[tuple[str, str]] = []
         self._broken = False
 
     def submit(self, start: str, end: str) -> None:
-        self.submitted.append((start, end))
         if not self._broken:
             try:
                 self._conn.send((start, end))

@@ -509,12 +509,23 @@ def run_checks(
         ranges = report.check_ranges or joined_ranges([(b.start, b.end) for b in report.batches], ordered, set())
     else:
         ranges = [(ordered[0], ordered[-1])]
-    job = _definitions(settings).resolve_job_def(artifact_checks_job.name)
+    job = checks_job(settings)
     for start, end in ranges:
-        checked.add(job.execute_in_process(
-            instance=instance,
-            run_config=quiet_loggers(),
-            tags={RANGE_START: start, RANGE_END: end, **cli_tags(command)},
-            raise_on_error=False,
-        ))
+        checked.add(run_check_range(instance, job, start, end, command))
     return checked
+
+
+def checks_job(settings: Settings) -> dg.JobDefinition:
+    return _definitions(settings).resolve_job_def(artifact_checks_job.name)
+
+
+def run_check_range(
+    instance: dg.DagsterInstance, job: dg.JobDefinition, start: str, end: str, command: str
+) -> dg.ExecuteInProcessResult:
+    """One check run over the partitions `start`..`end` (here, or in `dtkg backfill`'s check worker)."""
+    return job.execute_in_process(
+        instance=instance,
+        run_config=quiet_loggers(),
+        tags={RANGE_START: start, RANGE_END: end, **cli_tags(command)},
+        raise_on_error=False,
+    )
