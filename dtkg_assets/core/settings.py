@@ -174,6 +174,9 @@ class RunSettings:
     reconcile_interval_s: int = 300
     # Opt-in: download newly registered partitions by Dagster's declarative automation.
     auto_download: bool = False
+    # On SQLite Dagster storage, name the pooled event log (defs/event_storage.py) in the home's
+    # dagster.yaml; off: Dagster's own storage on the same files.
+    pooled_events: bool = True
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@
   (`defs.event_storage`: Dagster's SQLite storage in the instance's directory, with an event log
   keeping its engines and WAL open, about 3x cheaper per event). Written into the home's copy only:
   the project's file also serves a `dagster dev` without DAGSTER_HOME, left as Dagster makes it.
-  `DTKG_DAGSTER_POOLED_EVENTS=0` leaves it out (Dagster's own SQLite event storage, same files).
+  `DTKG_RUN_POOLED_EVENTS=0` leaves it out (Dagster's own SQLite event storage, same files).
 - `DAGSTER_PG_URL` set: `dagster.postgres.yaml` (dagster-postgres storage, queued runs, a process per
   run), so many `dtkg` processes and `dagster dev`/daemon on many hosts share one instance.
 - The `ledger` pool limit (`concurrency.pools.default_limit`) is forced to 1 whenever the ledger is
@@ -26,7 +26,6 @@ REPO_DAGSTER_YAML = REPO_ROOT / "dagster.yaml"
 REPO_DAGSTER_PG_YAML = REPO_ROOT / "dagster.postgres.yaml"
 FALLBACK_DAGSTER_YAML = "telemetry:\n  enabled: false\n"
 DAGSTER_PG_URL = "DAGSTER_PG_URL"
-POOLED_EVENTS = "DTKG_DAGSTER_POOLED_EVENTS"
 
 # Used when the package runs without its repository files (an installed wheel).
 FALLBACK_PG_CONFIG: dict[str, Any] = {
@@ -66,10 +65,7 @@ def instance_yaml(settings: Settings, environ: Mapping[str, str] | None = None) 
     """The text of the dagster.yaml for this environment (see the module doc)."""
     if not uses_postgres(environ):
         text = REPO_DAGSTER_YAML.read_text() if REPO_DAGSTER_YAML.is_file() else FALLBACK_DAGSTER_YAML
-        env = os.environ if environ is None else environ
-        if env.get(POOLED_EVENTS, "1").strip().lower() in ("0", "false", "no", "off"):
-            return text
-        return text.rstrip("\n") + "\n" + pooled_event_storage_yaml(settings)
+        return text.rstrip("\n") + "\n" + POOLED_EVENT_STORAGE_YAML if settings.run.pooled_events else text
     if REPO_DAGSTER_PG_YAML.is_file():
         text = REPO_DAGSTER_PG_YAML.read_text()
         config: dict[str, Any] = yaml.safe_load(text) or {}
@@ -85,13 +81,15 @@ def instance_yaml(settings: Settings, environ: Mapping[str, str] | None = None) 
     return header + yaml.safe_dump(config, sort_keys=False)
 
 
-def pooled_event_storage_yaml(settings: Settings) -> str:
-    """The `instance_class` block of a home's dagster.yaml on SQLite storage: `DtkgDagsterInstance`,
-    whose default storage is Dagster's SQLite layout under the directory the instance is loaded
-    from, with `PooledSqliteEventLogStorage` for the events."""
-    block = {"instance_class": {"module": "dtkg_assets.defs.event_storage", "class": "DtkgDagsterInstance"}}
-    return ("\n# Written by dtkg: Dagster's SQLite storage with an event log that keeps its engines and WAL "
-            "open (dtkg_assets/defs/event_storage.py).\n" + yaml.safe_dump(block, sort_keys=False))
+# The `instance_class` block of a home's dagster.yaml on SQLite storage: `DtkgDagsterInstance`, whose
+# default storage is Dagster's SQLite layout under the directory the instance is loaded from, with
+# `PooledSqliteEventLogStorage` for the events.
+POOLED_EVENT_STORAGE_YAML = (
+    "\n# Written by dtkg: Dagster's SQLite storage with an event log that keeps its engines and WAL open "
+    "(dtkg_assets/defs/event_storage.py).\n"
+    + yaml.safe_dump({"instance_class": {"module": "dtkg_assets.defs.event_storage", "class": "DtkgDagsterInstance"}},
+                     sort_keys=False)
+)
 
 
 def pool_limit(config_text: str) -> int | None:

@@ -52,6 +52,10 @@ def test_instance_config_follows_the_backends(tmp_path: Path) -> None:
     # Embedded default: the project's dagster.yaml, SQLite storage, one run in the ledger pool.
     default = instance_yaml(duck, {})
     assert "storage" not in yaml.safe_load(default) and pool_limit(default) == 1
+    assert yaml.safe_load(default)["instance_class"]["class"] == "DtkgDagsterInstance"
+    # DTKG_RUN_POOLED_EVENTS=0: Dagster's own instance and storage on the same files.
+    stock = instance_yaml(Settings.from_env({"DTKG_RUN_POOLED_EVENTS": "0"}).with_home(tmp_path), {})
+    assert "instance_class" not in yaml.safe_load(stock) and pool_limit(stock) == 1
     # DAGSTER_PG_URL: PostgreSQL storage and a process per run; the ledger pool is 1 only for DuckDB.
     env = {"DAGSTER_PG_URL": "postgresql://u@127.0.0.1:5/d"}
     on_duck, on_pg = instance_yaml(duck, env), instance_yaml(pg_ledger, env)
