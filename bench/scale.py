@@ -15,7 +15,8 @@ in one file, the measured ones first (lowest ids), so `dtkg backfill --limit` pi
 Prints every figure per size, then the ratios 1M / 10k, the backfill ratio last
 (``ratio_backfill_1m_vs_10k=…``; goal <= 1.2).
 
-Usage: python bench/scale.py [--sizes 10000,1000000] [--measured 2000] [--workers 16]
+Usage: python bench/scale.py [--sizes 10000,1000000] [--measured 2000] [--workers 16] [--import-only]
+(--import-only: phases 1 and 2 only, no nginx, no downloads; for iterating on the import)
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def orchestrator_run(env: dict[str, str], ids: list[str], workers: int) -> dict[
     return {"open_s": open_s, "wall_ms": wall / n * 1000, "cpu_ms": cpu / n * 1000, "close_s": close_s}
 
 
-def one_size(total: int, urls: list[str], workers: int, work: Path) -> dict[str, Any]:
+def one_size(total: int, urls: list[str], workers: int, work: Path, *, import_only: bool = False) -> dict[str, Any]:
     home = work / f"home-{total}"
     shutil.rmtree(home, ignore_errors=True)
     env = env_for(home)
@@ -116,6 +117,12 @@ def one_size(total: int, urls: list[str], workers: int, work: Path) -> dict[str,
     states = json.loads(text.strip().splitlines()[-1]).get("states", {})
     out.update(status_s=wall, states=states)
     print(f"[{total}] status {wall:.2f} s ({states})", flush=True)
+    if import_only:
+        ledger_file = home / "ledger.duckdb"
+        out["ledger_mib"] = ledger_file.stat().st_size / 2**20 if ledger_file.exists() else 0.0
+        print(f"[{total}] ledger {out['ledger_mib']:.0f} MiB", flush=True)
+        shutil.rmtree(home, ignore_errors=True)
+        return out
     out["orchestrator"] = orchestrator_run(env, orch_ids, workers)
     print(f"[{total}] orchestrator {json.dumps(out['orchestrator'])}", flush=True)
     cmd = [*dtkg_cmd(), "backfill", "--limit", str(len(backfill_ids)), "--workers", str(workers), "--json"]
@@ -138,10 +145,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="10000,1000000")
     ap.add_argument("--measured", type=int, default=2000, help="works per measured phase")
     ap.add_argument("--workers", type=int, default=16)
+    ap.add_argument("--import-only", action="store_true", help="only the import and status phases")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     work = OUT / "scale"
     work.mkdir(parents=True, exist_ok=True)
+    if args.import_only:
+        results = [one_size(total, [], args.workers, work, import_only=True) for total in sizes]
+        for r in results:
+            print(f"works={r['works']}: import {r['import_s']:.1f} s (RSS {r['import_rss_mib']:.0f} MiB), "
+                  f"status {r['status_s']:.2f} s, ledger {r['ledger_mib']:.0f} MiB")
+        if len(results) > 1:
+            print(f"ratio_rss_import={results[-1]['import_rss_mib'] / results[0]['import_rss_mib']:.2f}")
+        return 0
     names = build_pdfs(2 * args.measured, work / "www")
     from dtkg_assets_tests.support.nginx import NginxServer
 

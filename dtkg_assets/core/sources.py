@@ -234,21 +234,22 @@ def _record(
             ledger.add_input_problems(problems)
             problems.clear()
 
-    try:
-        for item in items:
-            if isinstance(item, InputProblem):
-                counts["problems"] += 1
-                problems.append(item)
-                if len(report.problems) < KEPT_PROBLEMS:
-                    report.problems.append(item)
-            else:
-                counts["works"] += 1
-                works.append(item)
-            if len(works) >= batch_size or len(problems) >= batch_size:
-                flush()
-    except DtkgError as exc:
-        report.stopped_early = str(exc)
-    flush()
+    with ledger.bulk_load():
+        try:
+            for item in items:
+                if isinstance(item, InputProblem):
+                    counts["problems"] += 1
+                    problems.append(item)
+                    if len(report.problems) < KEPT_PROBLEMS:
+                        report.problems.append(item)
+                else:
+                    counts["works"] += 1
+                    works.append(item)
+                if len(works) >= batch_size or len(problems) >= batch_size:
+                    flush()
+        except DtkgError as exc:
+            report.stopped_early = str(exc)
+        flush()
     report.provenance = read.provenance
     summary: dict[str, Any] = {**counts, "provenance": read.provenance}
     if report.stopped_early:

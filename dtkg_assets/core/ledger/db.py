@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 import duckdb
+import numpy as np
 
 from dtkg_assets.core.credentials import remember_candidates
 from dtkg_assets.core.errors import Reason
@@ -73,6 +74,8 @@ from dtkg_assets.core.types import HttpAttempt, InputProblem, WorkRecord
 from dtkg_assets.core.works import candidate_enabled
 
 T = TypeVar("T")
+# WAL a bulk load (`Ledger.bulk_load`) may collect before DuckDB checkpoints it into the file.
+BULK_CHECKPOINT_THRESHOLD = "256MiB"
 _JOB_COLS = ", ".join(f.name for f in fields(Job))
 
 # Re-exported: the ledger package's names for the deterministic keys and the lease error.
@@ -539,6 +542,27 @@ class Ledger:
 
     # ---------------------------------------------------------------- works and jobs
 
+    @contextlib.contextmanager
+    def bulk_load(self) -> Iterator[None]:
+        """Many large write transactions in a row (a works import). DuckDB checkpoints after any
+        commit that leaves more than `checkpoint_threshold` in the WAL, and a checkpoint costs more
+        the larger the ledger: at the default (16 MiB) every 20,000-work batch paid one and a
+        million-work import spent 36 s committing (6 s with one checkpoint at the end). Here the WAL
+        may grow to `BULK_CHECKPOINT_THRESHOLD` first; commits stay durable (the WAL is fsynced),
+        and the memory the larger WAL holds is bounded by that threshold."""
+        if not self.writable:
+            raise PermissionError("bulk_load needs the writer (Ledger.open_writer)")
+        with self._wlock:
+            row = first_row(self._cur(), "SELECT current_setting('checkpoint_threshold')")
+            previous = str(row[0]) if row else "16.0 MiB"
+            self._cur().execute(f"SET checkpoint_threshold = '{BULK_CHECKPOINT_THRESHOLD}'")
+        try:
+            yield
+        finally:
+            with self._wlock:
+                self._cur().execute(f"SET checkpoint_threshold = '{previous}'")
+
+
     def plan(self, works: Iterable[WorkRecord], *, now: float | None = None) -> tuple[int, int]:
         """Upsert works and one job per candidate URL (rank order), in bulk. Returns (new works, new jobs)."""
         now = time.time() if now is None else now
@@ -562,45 +586,59 @@ class Ledger:
                 seen.add(canon)
                 jid = job_id_for(w.work_id, cand.url, canonical=canon)
                 jobs[jid] = (w.work_id, cand.url, host_of(cand.url), rank, cand.source)
+        # Each batch goes to DuckDB as columns (numpy object arrays, scanned in place) rather than as
+        # list parameters, which DuckDB converts value by value: 3x faster for the works at 20,000 rows.
+        works_cols = {
+            "work_id": _column([w.work_id for w in recs]),
+            "doi": _column([w.doi for w in recs]),
+            "title": _column([w.title for w in recs]),
+            "publication_year": _column([w.publication_year for w in recs]),
+            "candidates": _column([json.dumps([{"url": c.url, "source": c.source} for c in w.candidates])
+                                   for w in recs]),
+            "origin": _column([w.origin for w in recs]),
+            "raw": _column([json.dumps(w.raw, default=str) for w in recs]),
+        }
+        vals = list(jobs.values())
+        jobs_cols = {
+            "job_id": _column(list(jobs)),
+            "work_id": _column([v[0] for v in vals]),
+            "url": _column([v[1] for v in vals]),
+            "host": _column([v[2] for v in vals]),
+            "candidate_rank": _column([v[3] for v in vals]),
+            "candidate_source": _column([v[4] for v in vals]),
+        }
+
         def _body(cur: duckdb.DuckDBPyConnection) -> Any:
             before = _count(cur, "works"), _count(cur, "artifact_jobs")
-            cur.execute(
-                """
-                INSERT INTO works
-                SELECT unnest($1), unnest($2), unnest($3), unnest($4), unnest($5)::JSON, unnest($6),
-                       unnest($7)::JSON, $8, $8
-                ON CONFLICT (work_id) DO UPDATE SET doi = excluded.doi, title = excluded.title,
-                    publication_year = excluded.publication_year, candidates = excluded.candidates,
-                    origin = excluded.origin, raw = excluded.raw, last_seen = excluded.last_seen
-                """,
-                [
-                    [w.work_id for w in recs],
-                    [w.doi for w in recs],
-                    [w.title for w in recs],
-                    [w.publication_year for w in recs],
-                    [json.dumps([{"url": c.url, "source": c.source} for c in w.candidates]) for w in recs],
-                    [w.origin for w in recs],
-                    [json.dumps(w.raw, default=str) for w in recs],
-                    now,
-                ],
-            )
+            with _registered(cur, "dtkg_plan_works", works_cols):
+                cur.execute(
+                    """
+                    INSERT INTO works
+                    SELECT work_id, doi, title, publication_year::INTEGER, candidates::JSON, origin, raw::JSON,
+                           $1, $1
+                    FROM dtkg_plan_works
+                    ON CONFLICT (work_id) DO UPDATE SET doi = excluded.doi, title = excluded.title,
+                        publication_year = excluded.publication_year, candidates = excluded.candidates,
+                        origin = excluded.origin, raw = excluded.raw, last_seen = excluded.last_seen
+                    """,
+                    [now],
+                )
             if jobs:
-                ids = list(jobs)
-                vals = list(jobs.values())
                 # The conflict target matters: DuckDB 2.0 checks a target-less ON CONFLICT against a
                 # second unique column (idempotency_key, always equal to job_id) by scanning the table,
                 # so each batch cost grew with the ledger (20,000 jobs: 0.2 s empty, 6 s at 60,000).
-                cur.execute(
-                    """
-                    INSERT INTO artifact_jobs (job_id, idempotency_key, work_id, artifact, url, host,
-                        candidate_rank, candidate_source, state, created_at, updated_at)
-                    SELECT unnest($1), unnest($1), unnest($2), 'pdf', unnest($3), unnest($4), unnest($5),
-                           unnest($6), 'PLANNED', $7, $7
-                    ON CONFLICT (job_id) DO NOTHING
-                    """,
-                    [ids, [v[0] for v in vals], [v[1] for v in vals], [v[2] for v in vals],
-                     [v[3] for v in vals], [v[4] for v in vals], now],
-                )
+                with _registered(cur, "dtkg_plan_jobs", jobs_cols):
+                    cur.execute(
+                        """
+                        INSERT INTO artifact_jobs (job_id, idempotency_key, work_id, artifact, url, host,
+                            candidate_rank, candidate_source, state, created_at, updated_at)
+                        SELECT job_id, job_id, work_id, 'pdf', url, host, candidate_rank::INTEGER, candidate_source,
+                               'PLANNED', $1, $1
+                        FROM dtkg_plan_jobs
+                        ON CONFLICT (job_id) DO NOTHING
+                        """,
+                        [now],
+                    )
             after = _count(cur, "works"), _count(cur, "artifact_jobs")
             return after[0] - before[0], after[1] - before[1]
 
@@ -927,6 +965,23 @@ class Ledger:
             return row is not None
 
         return bool(self._tx(_body))
+
+
+def _column(values: list[Any]) -> np.ndarray[Any, Any]:
+    """A column for DuckDB to scan: an object array (DuckDB reads the Python values; None is NULL)."""
+    column = np.empty(len(values), dtype=object)
+    column[:] = values
+    return column
+
+
+@contextlib.contextmanager
+def _registered(cur: duckdb.DuckDBPyConnection, name: str, columns: dict[str, Any]) -> Iterator[None]:
+    """`columns` (name -> numpy array) as the view `name` on this cursor while the block runs."""
+    cur.register(name, columns)
+    try:
+        yield
+    finally:
+        cur.unregister(name)
 
 
 def _count(cur: duckdb.DuckDBPyConnection, table: str) -> int:
