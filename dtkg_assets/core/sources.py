@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from dtkg_assets.core.background import BackgroundWorker
 from dtkg_assets.core.errors import DtkgError
 from dtkg_assets.core.ledger import Ledger
 from dtkg_assets.core.openalex import OpenAlexClient
@@ -223,33 +224,47 @@ def _record(
     ids = report._ids
     assert ids is not None
 
-    def flush() -> None:
-        if works:
-            new_works, new_jobs = ledger.plan(works)
+    def write(batch: tuple[list[WorkRecord], list[InputProblem]]) -> None:
+        batch_works, batch_problems = batch
+        if batch_works:
+            new_works, new_jobs = ledger.plan(batch_works)
             counts["new_works"] += new_works
             counts["new_jobs"] += new_jobs
-            ids.write("".join(f"{w.work_id}\n" for w in works).encode())
-            works.clear()
-        if problems:
-            ledger.add_input_problems(problems)
-            problems.clear()
+            ids.write("".join(f"{w.work_id}\n" for w in batch_works).encode())
+        if batch_problems:
+            ledger.add_input_problems(batch_problems)
+
+    # Batches are written on a helper thread while the next one is read: DuckDB releases the GIL
+    # while it inserts and commits, so the two overlap on a second core. One batch waits at most.
+    writer = BackgroundWorker(write, name="dtkg-import-writer", depth=1)
+
+    def flush() -> None:
+        nonlocal works, problems
+        if writer.error is not None:
+            raise writer.error  # the ledger failed: stop reading (close raises it again, as the same error)
+        if works or problems:
+            writer.put((works, problems))
+            works, problems = [], []
 
     with ledger.bulk_load():
         try:
-            for item in items:
-                if isinstance(item, InputProblem):
-                    counts["problems"] += 1
-                    problems.append(item)
-                    if len(report.problems) < KEPT_PROBLEMS:
-                        report.problems.append(item)
-                else:
-                    counts["works"] += 1
-                    works.append(item)
-                if len(works) >= batch_size or len(problems) >= batch_size:
-                    flush()
-        except DtkgError as exc:
-            report.stopped_early = str(exc)
-        flush()
+            try:
+                for item in items:
+                    if isinstance(item, InputProblem):
+                        counts["problems"] += 1
+                        problems.append(item)
+                        if len(report.problems) < KEPT_PROBLEMS:
+                            report.problems.append(item)
+                    else:
+                        counts["works"] += 1
+                        works.append(item)
+                    if len(works) >= batch_size or len(problems) >= batch_size:
+                        flush()
+            except DtkgError as exc:
+                report.stopped_early = str(exc)
+            flush()
+        finally:
+            writer.close()  # every batch handed over is written (or its error raised) before the run ends
     report.provenance = read.provenance
     summary: dict[str, Any] = {**counts, "provenance": read.provenance}
     if report.stopped_early:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import dagster as dg
+import pytest
 
 from dtkg_assets.core.errors import DtkgError
 from dtkg_assets.core.http import host_of
@@ -240,3 +242,46 @@ def test_partitions_are_added_in_chunks_once_each_in_first_seen_order() -> None:
         add_work_partitions(instance, ["W5", "W1", "W5", "W2", "W3", "W1", "W4"], chunk=2)
         add_work_partitions(instance, ["W6", "W2"], chunk=2)
         assert instance.get_dynamic_partitions(ARTIFACT_PARTITIONS_NAME) == ["W5", "W1", "W2", "W3", "W4", "W6"]
+
+
+def test_import_stops_reading_at_a_ledger_error_and_raises_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Batches are written on a helper thread: a failed write must still stop the import, not let it
+    # read the rest of the file first.
+    import dtkg_assets.core.sources as sources
+
+    source_file = tmp_path / "works.jsonl"
+    source_file.write_text("".join(json.dumps(make_work(n)) + "\n" for n in range(1, 61)))
+    read: list[object] = []
+
+    def counting(path: str) -> Iterator[WorkRecord | InputProblem]:
+        for item in read_jsonl(path):
+            read.append(item)
+            yield item
+
+    real_plan = Ledger.plan
+
+    def plan(self: Ledger, works: Sequence[WorkRecord], **kw: Any) -> tuple[int, int]:
+        if any(w.work_id == "W9000000004" for w in works):
+            raise OSError(28, "No space left on device")
+        return real_plan(self, works, **kw)
+
+    monkeypatch.setattr(sources, "read_jsonl", counting)
+    monkeypatch.setattr(Ledger, "plan", plan)
+    settings = Settings().with_home(tmp_path / "home")
+    with pytest.raises(OSError, match="No space left"):
+        import_works(WorksSource(jsonl_path=str(source_file)), settings,
+                     lambda: Ledger.open_writer(settings, owner="test"), run_id="r1", batch_size=3)
+    assert len(read) <= 4 * 3 + 1  # the failed batch, one queued, one being read
+    monkeypatch.undo()
+    with Ledger.open_writer(settings, owner="test") as led:
+        kept = led.query("SELECT work_id FROM works ORDER BY work_id")
+    assert kept == [(f"W{9_000_000_000 + n}",) for n in (1, 2, 3)]  # the batch before the failed one
+
+
+def test_bulk_load_raises_the_checkpoint_threshold_only_while_it_lasts(tmp_path: Path) -> None:
+    threshold = "SELECT current_setting('checkpoint_threshold')"
+    with Ledger.open_writer(Settings().with_home(tmp_path), owner="test") as led:
+        before = led.query(threshold)
+        with led.bulk_load():
+            assert led.query(threshold) == [("256.0 MiB",)]
+        assert led.query(threshold) == before != [("256.0 MiB",)]
