@@ -24,10 +24,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import duckdb
-import numpy as np
 
 from dtkg_assets.core.credentials import remember_candidates
 from dtkg_assets.core.errors import Reason
@@ -72,6 +71,9 @@ from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.store import store_relative
 from dtkg_assets.core.types import HttpAttempt, InputProblem, WorkRecord
 from dtkg_assets.core.works import candidate_enabled
+
+if TYPE_CHECKING:
+    import numpy as np
 
 T = TypeVar("T")
 # WAL a bulk load (`Ledger.bulk_load`) may collect before DuckDB checkpoints it into the file.
@@ -969,6 +971,8 @@ class Ledger:
 
 def _column(values: list[Any]) -> np.ndarray[Any, Any]:
     """A column for DuckDB to scan: an object array (DuckDB reads the Python values; None is NULL)."""
+    import numpy as np  # here: only planning needs it, and readers (`dtkg status`) start faster without
+
     column = np.empty(len(values), dtype=object)
     column[:] = values
     return column
