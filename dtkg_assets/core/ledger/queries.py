@@ -82,6 +82,9 @@ def summary(ledger: Ledger) -> dict[str, object]:
         f"""
         WITH last_fail AS (
             SELECT work_id, {WORK_REASON_SQL} AS reason FROM artifact_jobs
+            -- Only works with a failed job can qualify: grouping just those keeps this query from
+            -- sorting every work's jobs (0.6 s of `dtkg status` at a million planned works).
+            WHERE work_id IN (SELECT work_id FROM artifact_jobs WHERE state = 'FAILED')
             GROUP BY work_id
             HAVING NOT bool_or(state IN {sql_list(COMPLETE | {State.PLANNED})}) AND bool_or(state = 'FAILED'))
         SELECT reason, count(*) FROM last_fail GROUP BY reason ORDER BY count(*) DESC, reason
