@@ -639,5 +639,27 @@ def test_works_retry_finds_failed_works_on_the_postgresql_ledger(tmp_path: Path,
             ("W3", led.jobs_for_work("W3")[1].job_id, "offline", "doi.org", "forbidden")])
 
 
+def test_works_import_in_batches_on_the_postgresql_ledger_is_idempotent(tmp_path: Path, pg_url: str) -> None:
+    """The import path (batches on a helper thread, `bulk_load`) on PostgreSQL: every work and job
+    once, the bad line reported once, and a second import of the same file adds nothing."""
+    from dtkg_assets.core.ledger import Ledger
+    from dtkg_assets.core.sources import WorksSource, import_works
+
+    source = write_works(tmp_path / "works.jsonl", {f"W{i}": [f"http://127.0.0.1:9/{i}.pdf"] for i in range(1, 8)})
+    with source.open("a") as f:
+        f.write("{not json\n")
+    settings = Settings().with_home(tmp_path).replace(ledger={"url": pg_url})
+    summaries = []
+    for run in ("r1", "r2"):
+        with import_works(WorksSource(jsonl_path=str(source)), settings,
+                          lambda: Ledger.open_writer(settings, owner="test"), run_id=run, batch_size=2) as report:
+            assert list(report.work_ids()) == [f"W{i}" for i in range(1, 8)]
+            summaries.append({k: v for k, v in report.summary.items() if k != "provenance"})
+    assert summaries == [{"works": 7, "new_works": 7, "new_jobs": 7, "problems": 1},
+                         {"works": 7, "new_works": 0, "new_jobs": 0, "problems": 1}]
+    assert ledger_rows(pg_url, "SELECT count(*) FROM input_problems") == [(1,)]
+    assert ledger_rows(pg_url, "SELECT count(DISTINCT work_id), count(*) FROM artifact_jobs") == [(7, 7)]
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
