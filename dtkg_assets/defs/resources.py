@@ -1,4 +1,4 @@
-"""Resources: settings, ledger, store and the per-run HTTP client, configured in one place.
+"""Resources: settings, ledger, store and the HTTP client, configured in one place.
 
 Paths and secrets are fields of `SettingsResource`: the production resource set fills them from
 `dg.EnvVar` (DTKG_HOME, DTKG_MAILTO, OPENALEX_API_KEY), so the Launchpad shows which variable each
@@ -10,7 +10,9 @@ Dagster's `project_fully_featured` example. No `from __future__ import annotatio
 reads these annotations at load time.
 """
 
+import atexit
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Optional
@@ -19,6 +21,7 @@ import dagster as dg
 import httpx
 from pydantic import PrivateAttr
 
+from dtkg_assets.core.fleet import shared_state_url
 from dtkg_assets.core.http import make_client
 from dtkg_assets.core.ledger import Ledger
 from dtkg_assets.core.settings import Settings
@@ -70,25 +73,68 @@ class StoreResource(dg.ConfigurableResource):
         return Store(self.settings.load())
 
 
+class _ProcessClient:
+    """The HTTP client the runs of one process share, while their settings stay the same.
+
+    `dtkg backfill` executes its batch runs one after another in one process. A client per run would
+    fetch each host's robots.txt again (one round trip that every worker waits for), forget the
+    breakers and the rate-limit spacing at each run boundary, and reopen every connection. Fleet state
+    (a PostgreSQL URL) already shares those across processes, so such settings keep a client per run.
+    A run worker of `dagster dev` runs one run per process: nothing changes there.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._settings: Settings | None = None
+        self._client: httpx.Client | None = None
+        atexit.register(self.close)
+
+    def get(self, settings: Settings) -> httpx.Client | None:
+        """The shared client for `settings`, or None when these settings keep a client per run."""
+        if shared_state_url(settings) is not None:
+            return None
+        with self._lock:
+            if self._client is None or self._settings != settings:
+                self._close_locked()
+                self._client, self._settings = make_client(settings), settings
+            return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        self._client = self._settings = None
+
+
+_process_client = _ProcessClient()
+
+
 class HttpClientResource(dg.ConfigurableResource):
-    """One pooled, polite `httpx.Client` per run, shared by the step's worker threads."""
+    """The pooled, polite `httpx.Client` of a run, shared by the step's worker threads (and by the
+    runs of one process with the same settings: `_ProcessClient`)."""
 
     settings: SettingsResource
     _client: Optional[httpx.Client] = PrivateAttr(default=None)  # noqa: UP045
+    _owned: bool = PrivateAttr(default=False)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._client = make_client(self.settings.load())
+        settings = self.settings.load()
+        shared = _process_client.get(settings)
+        self._client, self._owned = (shared, False) if shared is not None else (make_client(settings), True)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._client is not None:
+        if self._client is not None and self._owned:
             self._client.close()
-            self._client = None
+        self._client = None
 
     @property
     def client(self) -> httpx.Client:
         if self._client is None:
             # Outside a run (e.g. a direct call in a script): create lazily, closed with the resource.
-            self._client = make_client(self.settings.load())
+            self._client, self._owned = make_client(self.settings.load()), True
         return self._client
 
 

@@ -470,7 +470,9 @@ def test_cli_backfill_honours_limit_and_checks_what_it_finished(
     tmp_path: Path, origin: OriginServer, five_works: tuple[list[str], dict[str, bytes]]
 ) -> None:
     # Two runs of one work: the checks run in the second process (cli/check_worker.py).
-    env = {**loopback_env(tmp_path / "cli-home"), "DTKG_RUN_BATCH_SIZE": "1"}
+    # Robots on: the two runs of one process share the HTTP client, so robots.txt is fetched once.
+    origin.add_robots()
+    env = {**loopback_env(tmp_path / "cli-home"), "DTKG_RUN_BATCH_SIZE": "1", "DTKG_HTTP_ROBOTS_ENABLED": "1"}
     dtkg = str(Path(sys.executable).parent / "dtkg")
     imported = subprocess.run([dtkg, "works", "import", str(tmp_path / "works.jsonl")], env=env,
                               capture_output=True, text=True, timeout=300)
@@ -483,6 +485,7 @@ def test_cli_backfill_honours_limit_and_checks_what_it_finished(
     assert data["checks"] == {"artifact_pdf_verified": True} and data["checked"] == 2
     # Only the first two works were fetched; the others were not touched.
     assert [origin.stats(f"/W{i}.pdf").get_requests for i in range(1, 6)] == [1, 1, 0, 0, 0]
+    assert origin.stats("/robots.txt").requests == 1
     assert sorted(p.name for p in (tmp_path / "cli-home" / "store" / "works").iterdir()) == ["W1.pdf", "W2.pdf"]
 
 
