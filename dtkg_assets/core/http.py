@@ -353,7 +353,8 @@ def _failure_status(status: int) -> bool:
 
 
 class HostPolicy:
-    """Per-run host state shared by every client built with it: rate limits, breakers, robots cache.
+    """Host state shared by every client built with it (a run's, or the runs of one `dtkg backfill`): rate
+    limits, breakers, robots cache.
 
     With a PostgreSQL URL for shared state (`fleet.shared_state_url`), limits, breakers and robots
     verdicts hold for every process of the fleet (`core.fleet`), not only for this one.
