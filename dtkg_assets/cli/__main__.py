@@ -4,4 +4,5 @@ import sys
 
 from dtkg_assets.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a helper process (multiprocessing spawn) imports this module
+    sys.exit(main())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,14 +71,15 @@ def file_source(file: str) -> Any:
     return WorksSource(jsonl_path=file) if is_jsonl else WorksSource(ids_path=file)
 
 
-def load_source(settings: Settings, source: Any, command: str) -> ImportReport:
+def load_source(settings: Settings, source: Any, command: str,
+                on_batch: Callable[[list[str]], None] | None = None) -> ImportReport:
     """Import a works source into the ledger, a batch at a time (network sources are read before the
     writer lock is taken). Close the report when done with its work ids."""
     from dtkg_assets.core.sources import SourceError, import_works
 
     try:
         report = import_works(source, settings, lambda: writer(settings, command.removeprefix("dtkg ")),
-                              run_id=f"works-{uuid.uuid4().hex[:12]}")
+                              run_id=f"works-{uuid.uuid4().hex[:12]}", on_batch=on_batch)
     except (SourceError, ValueError) as exc:
         raise UsageError(f"{command}: {exc}") from None
     if report.stopped_early:
@@ -85,15 +87,86 @@ def load_source(settings: Settings, source: Any, command: str) -> ImportReport:
     return report
 
 
-def announce_import(settings: Settings, command: str, what: str, report: ImportReport) -> None:
-    """Make the import visible in Dagster: partitions for the works and one `openalex_works` event."""
-    from dtkg_assets.cli.launch import record_import
-
+def import_and_announce(settings: Settings, source: Any, command: str, what: str) -> ImportReport:
+    """`load_source`, and make the import visible in Dagster: partitions for the works and one
+    `openalex_works` event. A helper process registers each batch's partitions as soon as the ledger
+    has committed it, on the other core while the import goes on (registering a million keys takes
+    about 10 s of Python that would otherwise follow the import); it touches Dagster only when
+    there are works."""
+    announcer = _Announcer(settings, command, what)
     try:
-        record_import(settings, command, what, report.summary, report.work_ids())
-    except Exception as exc:  # the ledger has the works; the work_partitions_sensor registers them later
-        print(f"{command}: the works are in the ledger, but Dagster was not told ({type(exc).__name__}: {exc}); "
+        report = load_source(settings, source, command, on_batch=announcer.send)
+    except BaseException:
+        announcer.finish(None)
+        raise
+    error = announcer.finish(report.summary if report.works else None)
+    if error is not None:  # the ledger has the works; the work_partitions_sensor registers them later
+        print(f"{command}: the works are in the ledger, but Dagster was not told ({error}); "
               "dagster dev's work_partitions_sensor will add their partitions", file=sys.stderr)
+    return report
+
+
+class _Announcer:
+    """The parent's end of `_announce_in_child`: batches of work ids go out on a helper thread (the
+    pipe never holds up the import while the child starts), then the summary (or None: nothing to
+    record), then `finish` returns the child's error in words, or None."""
+
+    def __init__(self, settings: Settings, command: str, what: str) -> None:
+        import multiprocessing
+
+        from dtkg_assets.core.background import BackgroundWorker
+
+        # spawn, not fork: this process has DuckDB's threads running by the time batches arrive.
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child_end = ctx.Pipe()
+        self._proc = ctx.Process(target=_announce_in_child, args=(child_end, settings, command, what),
+                                 name="dtkg-announce", daemon=True)
+        self._proc.start()
+        child_end.close()
+        self._out = BackgroundWorker(self._conn.send, name="dtkg-announce-send")
+        self.send = self._out.put
+
+    def finish(self, summary: dict[str, Any] | None) -> str | None:
+        self._out.put(summary)
+        try:
+            self._out.close()
+            error: str | None = self._conn.recv()
+        except (OSError, EOFError) as exc:
+            error = f"its helper process stopped ({type(exc).__name__})"
+        finally:
+            self._conn.close()
+            self._proc.join()
+        return error
+
+
+def _announce_in_child(conn: Any, settings: Settings, command: str, what: str) -> None:
+    """In the helper process: register the partitions of each batch of work ids, then, given the
+    summary, record the import (`record_import`); None instead of a summary ends without touching
+    Dagster. Answers None or the first error in words (and reads on to the end after one)."""
+    error: str | None = None
+    instance: Any = None
+    while True:
+        message = conn.recv()
+        if isinstance(message, list) and error is None:
+            try:
+                from dtkg_assets.cli.launch import dagster_instance
+                from dtkg_assets.defs.partitions import add_work_partitions
+
+                instance = instance or dagster_instance(settings)
+                add_work_partitions(instance, message)
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+        elif isinstance(message, dict) or message is None:
+            if isinstance(message, dict) and error is None:
+                try:
+                    from dtkg_assets.cli.launch import record_import
+
+                    record_import(settings, command, what, message, [])
+                except Exception as exc:
+                    error = f"{type(exc).__name__}: {exc}"
+            conn.send(error)
+            conn.close()
+            return
 
 
 def _report_import(summary: dict[str, Any], report: ImportReport, as_json: bool) -> None:
@@ -115,9 +188,9 @@ def cmd_works_query(args: argparse.Namespace) -> int:
     if not source.is_query:
         raise UsageError("dtkg works query: give --filter, --topic, --from-year/--to-year or --oa-only")
     settings = load_settings()
-    with load_source(settings, source, "dtkg works query") as report:
-        if report.works:
-            announce_import(settings, "dtkg works query", source.filter or source.topic_id or "query", report)
+    what = source.filter or source.topic_id or "query"
+    report = import_and_announce(settings, source, "dtkg works query", what)
+    report.close()  # Dagster has the work ids already
     _report_import(report.summary, report, args.json)
     # A query that stopped early (OpenAlex unreachable, refused, out of credit) did not do its work.
     return EXIT_FAILED if report.stopped_early else EXIT_OK
@@ -127,9 +200,8 @@ def cmd_works_import(args: argparse.Namespace) -> int:
     from dtkg_assets.core.works import why_nothing_usable
 
     settings = load_settings()
-    with load_source(settings, file_source(args.file), "dtkg works import") as report:
-        if report.works:
-            announce_import(settings, "dtkg works import", str(args.file), report)
+    report = import_and_announce(settings, file_source(args.file), "dtkg works import", str(args.file))
+    report.close()  # Dagster has the work ids already
     _report_import({"file": args.file, **report.summary}, report, args.json)
     if report.works == 0:
         print(f"dtkg works import: no usable work in {args.file}: {why_nothing_usable(args.file)}", file=sys.stderr)

@@ -157,6 +157,7 @@ def import_works(
     *,
     run_id: str,
     batch_size: int = IMPORT_BATCH,
+    on_batch: Callable[[list[str]], None] | None = None,
 ) -> ImportReport:
     """Read `source` into the ledger in batches of `batch_size` works, holding at most one batch.
 
@@ -165,7 +166,8 @@ def import_works(
     network time never holds the writer. The read is recorded as a run (query, cursors, fetch times)
     so an analyst can reproduce it. A source that fails midway (OpenAlex unavailable) keeps what
     arrived; bad configuration raises `SourceError` before anything is read. Close the report (or use
-    it as a context manager) when done."""
+    it as a context manager) when done. `on_batch` gets the work ids of each batch once it is
+    committed (in input order), on the thread that writes the batches."""
     source.check()
     # The ids file lives as long as the report (closed by `ImportReport.close`).
     report = ImportReport(_ids=tempfile.TemporaryFile(prefix="dtkg-import-ids-"))  # noqa: SIM115
@@ -173,10 +175,11 @@ def import_works(
     try:
         if source.kind == "jsonl":
             with writer() as ledger:
-                _record(ledger, iter_works(source, settings, read), report, run_id, source.kind, batch_size, read)
+                _record(ledger, iter_works(source, settings, read), report, run_id, source.kind, batch_size, read,
+                        on_batch)
         else:
             with _spooled(iter_works(source, settings, read), report) as items, writer() as ledger:
-                _record(ledger, items, report, run_id, source.kind, batch_size, read)
+                _record(ledger, items, report, run_id, source.kind, batch_size, read, on_batch)
     except BaseException:
         report.close()
         raise
@@ -216,6 +219,7 @@ def _record(
     kind: str,
     batch_size: int,
     read: SourceReport,
+    on_batch: Callable[[list[str]], None] | None = None,
 ) -> None:
     ledger.start_run(run_id, kind=f"works:{kind}", owner=ledger.owner)
     works: list[WorkRecord] = []
@@ -231,6 +235,8 @@ def _record(
             counts["new_works"] += new_works
             counts["new_jobs"] += new_jobs
             ids.write("".join(f"{w.work_id}\n" for w in batch_works).encode())
+            if on_batch is not None:
+                on_batch([w.work_id for w in batch_works])
         if batch_problems:
             ledger.add_input_problems(batch_problems)
 
