@@ -285,3 +285,18 @@ def test_bulk_load_raises_the_checkpoint_threshold_only_while_it_lasts(tmp_path:
         with led.bulk_load():
             assert led.query(threshold) == [("256.0 MiB",)]
         assert led.query(threshold) == before != [("256.0 MiB",)]
+
+
+def test_job_ids_and_candidate_json_written_directly_match_the_general_encoder() -> None:
+    from dtkg_assets.core.ledger.db import _candidates_json
+    from dtkg_assets.core.ledger.interface import job_id_for, stable_hash
+
+    odd = ["W1", 'a"b\\c', "é/ü?q=ß", "tab\there\x01", "\u2028line", "😀", "</script>", ""]
+    for work_id in odd:
+        for url in [*TRICKY_URLS[:10], *(f"http://x.example/{s}" for s in odd)]:
+            canon = canonical_url(url) if _outcome(canonical_url, url)[0] == "ok" else url
+            expected = stable_hash({"work_id": work_id, "artifact": "pdf", "url": canon})
+            assert job_id_for(work_id, url, canonical=canon) == expected
+    cands = [Candidate(f"http://x.example/{s}", s or "doi") for s in odd]
+    work = WorkRecord("W1", cands)
+    assert _candidates_json(work) == json.dumps([{"url": c.url, "source": c.source} for c in cands])

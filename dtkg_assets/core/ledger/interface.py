@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -48,6 +48,10 @@ from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.types import FetchResult, HttpAttempt, WorkRecord
 
 # Deterministic keys: every backend derives the same job ids and op keys from the same input.
+
+
+# A str as json.dumps(..., ensure_ascii=False) writes it (the C function json.dumps itself uses).
+_json_str: Callable[[str], str] = json.encoder.encode_basestring
 
 
 def stable_hash(obj: Any) -> str:
@@ -87,8 +91,14 @@ def canonical_url_general(url: str) -> str:
 
 
 def job_id_for(work_id: str, url: str, artifact: str = "pdf", *, canonical: str | None = None) -> str:
-    """`canonical` is `canonical_url(url)` when the caller has it already."""
-    return stable_hash({"work_id": work_id, "artifact": artifact, "url": canonical or canonical_url(url)})
+    """`canonical` is `canonical_url(url)` when the caller has it already.
+
+    The same text `stable_hash` hashes (sorted keys, no spaces, strings as json.dumps writes them
+    with ensure_ascii=False), written out directly: an import hashes a million of these, and the
+    general encoder took about 9 us each."""
+    text = (f'{{"artifact":{_json_str(artifact)},"url":{_json_str(canonical or canonical_url(url))},'
+            f'"work_id":{_json_str(work_id)}}}')
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def op_key_for(job_id: str, op_type: str, effect_key: str) -> str:
