@@ -300,3 +300,10 @@ def test_job_ids_and_candidate_json_written_directly_match_the_general_encoder()
     cands = [Candidate(f"http://x.example/{s}", s or "doi") for s in odd]
     work = WorkRecord("W1", cands)
     assert _candidates_json(work) == json.dumps([{"url": c.url, "source": c.source} for c in cands])
+
+
+def test_raw_records_are_stored_as_json_dumps_writes_them() -> None:
+    from dtkg_assets.core.ledger.db import _RAW_ENCODER
+
+    for record in (W2741809807, {"id": "W1", "odd": ['a"b', "é", "😀", 1.5, None, True], "when": Path("/x")}):
+        assert _RAW_ENCODER.encode(record) == json.dumps(record, default=str)

@@ -597,7 +597,7 @@ class Ledger:
             "publication_year": _column([w.publication_year for w in recs]),
             "candidates": _column([_candidates_json(w) for w in recs]),
             "origin": _column([w.origin for w in recs]),
-            "raw": _column([json.dumps(w.raw, default=str) for w in recs]),
+            "raw": _column([_RAW_ENCODER.encode(w.raw) for w in recs]),
         }
         vals = list(jobs.values())
         jobs_cols = {
@@ -968,6 +968,8 @@ class Ledger:
         return bool(self._tx(_body))
 
 
+# json.dumps(raw, default=str) without building an encoder per call (same text; a million per import).
+_RAW_ENCODER = json.JSONEncoder(default=str)
 # A str as json.dumps writes it by default (ensure_ascii): the C function json.dumps itself uses.
 _json_ascii: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
