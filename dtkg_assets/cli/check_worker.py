@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
-import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
+from dtkg_assets.cli.common import start_helper_process
 from dtkg_assets.cli.launch import CheckReport
 
 
@@ -58,15 +58,7 @@ class CheckWorker:
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self._proc: Any = ctx.Process(target=_serve, args=(child, command), name="dtkg-checks", daemon=True)
-        # Started with SIGINT ignored (kept across exec, and Python keeps it so): a Ctrl-C while the
-        # worker still imports must not print its traceback.
-        main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
-        try:
-            self._proc.start()
-        finally:
-            if main:
-                signal.signal(signal.SIGINT, previous)
+        start_helper_process(self._proc)
         child.close()
         self._broken = False
 

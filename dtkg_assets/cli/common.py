@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -175,3 +176,17 @@ def _action(args: argparse.Namespace) -> str:
         if value:
             return str(value)
     return ""
+
+
+def start_helper_process(process: Any) -> None:
+    """Start a spawned helper process (`dtkg backfill`'s checks, `dtkg works import`'s partitions) with
+    SIGINT ignored from birth (kept across exec, and Python keeps it so): a terminal's Ctrl-C reaches
+    the whole process group, and the parent decides; the helper must not print a traceback, even while
+    it still imports."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        process.start()
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)

@@ -16,6 +16,7 @@ from dtkg_assets.cli.common import (
     UsageError,
     load_settings,
     print_result,
+    start_helper_process,
     stopped_exit_code,
 )
 from dtkg_assets.cli.ledger_access import writer
@@ -121,7 +122,7 @@ class _Announcer:
         self._conn, child_end = ctx.Pipe()
         self._proc = ctx.Process(target=_announce_in_child, args=(child_end, settings, command, what),
                                  name="dtkg-announce", daemon=True)
-        self._proc.start()
+        start_helper_process(self._proc)
         child_end.close()
         self._out = BackgroundWorker(self._conn.send, name="dtkg-announce-send")
         self.send = self._out.put
@@ -146,7 +147,10 @@ def _announce_in_child(conn: Any, settings: Settings, command: str, what: str) -
     error: str | None = None
     instance: Any = None
     while True:
-        message = conn.recv()
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone (killed): the work_partitions_sensor registers the rest
         if isinstance(message, list) and error is None:
             try:
                 from dtkg_assets.cli.launch import dagster_instance
