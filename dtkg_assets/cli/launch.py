@@ -88,13 +88,10 @@ def ingest(
     return {k: v.value for k, v in events[-1].metadata.items()} if events else {}
 
 
-def record_import(
-    settings: Settings, command: str, what: str, summary: dict[str, Any], work_ids: Iterable[str]
-) -> None:
-    """Works imported outside a run (`dtkg works import|query`) get their partitions and one
-    `openalex_works` materialization that says what was imported, so every import shows in Dagster."""
-    instance = dagster_instance(settings)
-    add_work_partitions(instance, work_ids)
+def record_import(instance: dg.DagsterInstance, command: str, what: str, summary: dict[str, Any]) -> None:
+    """Works imported outside a run (`dtkg works import|query`, which register their partitions batch
+    by batch) get one `openalex_works` materialization that says what was imported, so every import
+    shows in Dagster."""
     instance.report_runless_asset_event(
         dg.AssetMaterialization(
             asset_key=openalex_works.key,

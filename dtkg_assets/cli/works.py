@@ -163,9 +163,9 @@ def _announce_in_child(conn: Any, settings: Settings, command: str, what: str) -
         elif isinstance(message, dict) or message is None:
             if isinstance(message, dict) and error is None:
                 try:
-                    from dtkg_assets.cli.launch import record_import
+                    from dtkg_assets.cli.launch import dagster_instance, record_import
 
-                    record_import(settings, command, what, message, [])
+                    record_import(instance or dagster_instance(settings), command, what, message)
                 except Exception as exc:
                     error = f"{type(exc).__name__}: {exc}"
             conn.send(error)

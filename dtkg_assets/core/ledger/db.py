@@ -977,8 +977,6 @@ _json_ascii: Callable[[str], str] = json.encoder.encode_basestring_ascii
 def _candidates_json(work: WorkRecord) -> str:
     """json.dumps([{"url": …, "source": …}, …]) of the work's candidates, written out directly for
     string fields (the general encoder cost an import of a million works about 5 s)."""
-    if not all(isinstance(c.url, str) and isinstance(c.source, str) for c in work.candidates):
-        return json.dumps([{"url": c.url, "source": c.source} for c in work.candidates])
     return "[" + ", ".join(f'{{"url": {_json_ascii(c.url)}, "source": {_json_ascii(c.source)}}}'
                            for c in work.candidates) + "]"
 
