@@ -32,13 +32,14 @@ import os
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
 import yaml
 from dagster import DagsterInstance, Field, IntSource, StringSource
 from dagster._core.instance.ref import InstanceRef
+from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME, SqliteEventLogStorage
 from dagster._core.storage.runs import SqliteRunStorage
 from dagster._core.storage.schedules import SqliteScheduleStorage
@@ -53,6 +54,8 @@ from dagster._serdes import ConfigurableClassData
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
+
+from dtkg_assets.defs.dynamic_partitions import DynamicPartitionKeys
 
 # Run shards kept open besides the index shard: a run worker writes one run shard; the webserver and
 # the daemon read several in turn.
@@ -191,7 +194,22 @@ class DtkgDagsterInstance(DagsterInstance):
     from (DAGSTER_HOME, or `DagsterInstance.from_config(path)`) to `config_defaults`, so a moved or
     copied home, or one opened by path without DAGSTER_HOME, stores where it is. (A `storage` block
     can only name a fixed path or an environment variable: a copied demo home's `dagster dev` then
-    served the template's event log, and opening a home by path failed without DAGSTER_HOME.)"""
+    served the template's event log, and opening a home by path failed without DAGSTER_HOME.)
+    With any SQL event storage (SQLite or dagster-postgres: `dagster.postgres.yaml` names this class
+    too) it lists dynamic partition keys through `DynamicPartitionKeys`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        events = self._event_storage
+        self._dynamic_partition_keys = (
+            DynamicPartitionKeys(events.index_connection) if isinstance(events, SqlEventLogStorage) else None)
+
+    def get_dynamic_partitions(self, partitions_def_name: str) -> Sequence[str]:
+        """Every key, as Dagster's storage lists them, without reading the whole table each time
+        (`defs.dynamic_partitions`: Dagster lists them several times per ranged run)."""
+        if self._dynamic_partition_keys is None:
+            return super().get_dynamic_partitions(partitions_def_name)
+        return self._dynamic_partition_keys.get(partitions_def_name)
 
     @classmethod
     def config_schema(cls) -> dict[str, Any]:

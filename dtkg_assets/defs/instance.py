@@ -3,11 +3,13 @@
 - Embedded default: the project's `dagster.yaml` (SQLite storage under $DTKG_HOME/dagster, the
   `ledger` pool limited to one run), plus an `instance_class` block naming `DtkgDagsterInstance`
   (`defs.event_storage`: Dagster's SQLite storage in the instance's directory, with an event log
-  keeping its engines and WAL open, about 3x cheaper per event). Written into the home's copy only:
+  keeping its engines and WAL open, about 3x cheaper per event; and dynamic partition keys listed
+  once per process, then only what was added: `defs.dynamic_partitions`). Written into the home's copy only:
   the project's file also serves a `dagster dev` without DAGSTER_HOME, left as Dagster makes it.
   `DTKG_RUN_POOLED_EVENTS=0` leaves it out (Dagster's own SQLite event storage, same files).
 - `DAGSTER_PG_URL` set: `dagster.postgres.yaml` (dagster-postgres storage, queued runs, a process per
-  run), so many `dtkg` processes and `dagster dev`/daemon on many hosts share one instance.
+  run), so many `dtkg` processes and `dagster dev`/daemon on many hosts share one instance; its
+  `instance_class` is `DtkgDagsterInstance` too, for the listing of dynamic partition keys.
 - The `ledger` pool limit (`concurrency.pools.default_limit`) is forced to 1 whenever the ledger is
   the DuckDB file, whatever the file says: DuckDB allows one read-write process.
 """
@@ -30,6 +32,7 @@ DAGSTER_PG_URL = "DAGSTER_PG_URL"
 # Used when the package runs without its repository files (an installed wheel).
 FALLBACK_PG_CONFIG: dict[str, Any] = {
     "telemetry": {"enabled": False},
+    "instance_class": {"module": "dtkg_assets.defs.event_storage", "class": "DtkgDagsterInstance"},
     "storage": {"postgres": {"postgres_url": {"env": DAGSTER_PG_URL}}},
     "run_coordinator": {"module": "dagster._core.run_coordinator", "class": "QueuedRunCoordinator",
                         "config": {"dequeue_use_threads": True, "dequeue_num_workers": 4}},

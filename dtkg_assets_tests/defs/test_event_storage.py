@@ -5,12 +5,14 @@ wakes the webserver's watcher of a run's file, and keeps a bounded number of sha
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log import SqliteEventLogStorage
 
 from dtkg_assets.core.settings import Settings
+from dtkg_assets.defs.dynamic_partitions import DynamicPartitionKeys
 from dtkg_assets.defs.event_storage import (
     DtkgDagsterInstance,
     PooledDagsterSqliteStorage,
@@ -74,3 +76,49 @@ def test_instance_configured_with_the_pooled_storage(tmp_path: Path) -> None:
         assert dg.materialize([one], instance=instance).success
         assert instance.get_latest_materialization_event(dg.AssetKey("one")) is not None
     assert (home / "history" / "runs" / "index.db").is_file()
+
+
+def test_instance_lists_dynamic_partitions_as_its_storage_does(tmp_path: Path, monkeypatch) -> None:
+    """The instance keeps the keys between calls and reads only what was added: after additions,
+    deletions (first, middle, last) and SQLite's reuse of a deleted last row's id, it answers what
+    the storage itself lists, reading the whole table again only when keys were deleted (or there were none)."""
+    home = tmp_path / "dagster"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(instance_yaml(Settings().with_home(tmp_path), {}))
+    full_reads: list[str] = []
+    read_all = DynamicPartitionKeys._read_all
+
+    def counted(conn: Any, name: str) -> Any:
+        full_reads.append(name)
+        return read_all(conn, name)
+
+    monkeypatch.setattr(DynamicPartitionKeys, "_read_all", staticmethod(counted))
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        storage = instance.event_log_storage
+
+        def check(reads: int) -> None:
+            for name in ("a", "b"):
+                assert instance.get_dynamic_partitions(name) == storage.get_dynamic_partitions(name)
+            assert full_reads.count("a") == reads, full_reads
+
+        check(1)  # first listing; empty
+        instance.add_dynamic_partitions("a", ["k1", "k2", "k3"])
+        check(2)  # nothing to continue from
+        instance.add_dynamic_partitions("b", ["x"])
+        instance.add_dynamic_partitions("a", ["k4", "k5"])
+        check(2)  # only the new keys were read
+        instance.add_dynamic_partitions("a", ["k6"])
+        check(2)
+        listed = instance.get_dynamic_partitions("a")
+        listed.append("mine")  # a caller's copy
+        assert instance.get_dynamic_partitions("a") == ["k1", "k2", "k3", "k4", "k5", "k6"]
+        instance.delete_dynamic_partition("a", "k3")
+        check(3)
+        instance.delete_dynamic_partition("a", "k6")  # the last row: its id goes to the next insert
+        instance.add_dynamic_partitions("a", ["k7"])
+        check(4)
+        instance.delete_dynamic_partition("a", "k1")
+        instance.add_dynamic_partitions("a", ["k8"])  # same count as before
+        check(5)
+        assert instance.get_dynamic_partitions("a") == ["k2", "k4", "k5", "k7", "k8"]
+        check(5)

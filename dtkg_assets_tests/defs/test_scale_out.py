@@ -61,6 +61,7 @@ def test_instance_config_follows_the_backends(tmp_path: Path) -> None:
     on_duck, on_pg = instance_yaml(duck, env), instance_yaml(pg_ledger, env)
     for text in (on_duck, on_pg):
         assert "DAGSTER_PG_URL" in text and "DefaultRunLauncher" in text
+        assert yaml.safe_load(text)["instance_class"]["class"] == "DtkgDagsterInstance"
     assert pool_limit(on_duck) == 1
     assert (pool_limit(on_pg) or 0) > 1
 

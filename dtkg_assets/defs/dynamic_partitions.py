@@ -1,0 +1,76 @@
+"""The keys of a dynamic partitions definition, listed once per process and then only what changed.
+
+Dagster lists every key of a `DynamicPartitionsDefinition` whenever it resolves a partition range:
+twice when a ranged run is created (its planned events) and once more for each `partition_keys` in
+the run, besides our own calls. Each listing reads the whole `dynamic_partitions` table: 2.2 s for a
+million keys on SQLite, four times per batch run. `DynamicPartitionKeys` keeps the list in memory
+and, per call, asks the database only how many keys there are and which ones come after the last
+key it holds (two indexed statements), then appends those. Anything else (a deleted key, a count
+that does not add up) reads the whole list again, so the answer is always the table's.
+"""
+
+import threading
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from dagster._core.storage.event_log.schema import DynamicPartitionsTable
+from sqlalchemy.engine import Connection
+
+TABLE = DynamicPartitionsTable
+
+
+@dataclass
+class _Listing:
+    keys: list[str] = field(default_factory=list)
+    last_id: int | None = None  # storage id of keys[-1]
+
+
+class DynamicPartitionKeys:
+    """Per-process copy of each dynamic partitions definition's keys, in Dagster's order (storage
+    id), checked against the table on every call."""
+
+    def __init__(self, connect: Callable[[], AbstractContextManager[Connection]]) -> None:
+        self._connect = connect  # the event log's index connection (one transaction)
+        self._listings: dict[str, _Listing] = {}
+        self._lock = threading.Lock()
+
+    def get(self, partitions_def_name: str) -> Sequence[str]:
+        with self._lock:
+            listing = self._listings.get(partitions_def_name)
+            with self._connect() as conn:
+                if listing is None or not self._caught_up(conn, partitions_def_name, listing):
+                    listing = self._listings[partitions_def_name] = self._read_all(conn, partitions_def_name)
+            return list(listing.keys)  # callers may change their copy
+
+    @staticmethod
+    def _read_all(conn: Connection, name: str) -> _Listing:
+        rows = conn.execute(
+            sa.select(TABLE.c.id, TABLE.c.partition).where(TABLE.c.partitions_def_name == name).order_by(TABLE.c.id)
+        ).fetchall()
+        return _Listing(keys=[row[1] for row in rows], last_id=rows[-1][0] if rows else None)
+
+    @staticmethod
+    def _caught_up(conn: Connection, name: str, listing: _Listing) -> bool:
+        """Append the keys added since `listing` was read; False when the table changed otherwise."""
+        if listing.last_id is None:
+            return False
+        newer = conn.execute(
+            sa.select(TABLE.c.id, TABLE.c.partition)
+            .where(TABLE.c.partitions_def_name == name, TABLE.c.id >= listing.last_id)
+            .order_by(TABLE.c.id)
+        ).fetchall()
+        # The last key held must still be there under its id: SQLite gives a deleted last row's id
+        # to the next insert, so an id alone would not show that it changed.
+        if not newer or newer[0][0] != listing.last_id or newer[0][1] != listing.keys[-1]:
+            return False
+        count = conn.execute(
+            sa.select(sa.func.count()).select_from(TABLE).where(TABLE.c.partitions_def_name == name)
+        ).scalar_one()
+        if count != len(listing.keys) + len(newer) - 1:
+            return False  # keys were deleted before the last one held
+        listing.keys.extend(row[1] for row in newer[1:])
+        listing.last_id = newer[-1][0]
+        return True
+
