@@ -80,7 +80,8 @@ def load_source(settings: Settings, source: Any, command: str,
 
     try:
         report = import_works(source, settings, lambda: writer(settings, command.removeprefix("dtkg ")),
-                              run_id=f"works-{uuid.uuid4().hex[:12]}", on_batch=on_batch)
+                              run_id=f"works-{uuid.uuid4().hex[:12]}", on_batch=on_batch,
+                              start_process=start_helper_process)
     except (SourceError, ValueError) as exc:
         raise UsageError(f"{command}: {exc}") from None
     if report.stopped_early:

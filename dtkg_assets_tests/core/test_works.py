@@ -209,32 +209,75 @@ def test_url_shortcuts_decide_like_full_parsing() -> None:
         assert _outcome(host_of, url) == _outcome(lambda u: (urlsplit(u).hostname or "").lower(), url), url
 
 
-def test_import_in_small_batches_records_what_one_batch_does(tmp_path: Path) -> None:
+def test_import_in_small_batches_records_what_one_batch_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dtkg_assets.core.sources as sources
+    from dtkg_assets.cli.common import start_helper_process
+
     lines = [json.dumps(make_work(n)) for n in range(1, 15)]
     lines[5:5] = ["{not json", json.dumps({"id": "W99"})]  # a malformed line, a work without a URL
     lines.append(json.dumps({**make_work(3), "display_name": "again"}))  # the same work twice: the last record wins
     source_file = tmp_path / "works.jsonl"
     source_file.write_text("\n".join(lines) + "\n")
-    tables = {"works": "SELECT work_id, title FROM works ORDER BY work_id",
-              "jobs": "SELECT job_id, work_id, url, candidate_rank FROM artifact_jobs ORDER BY job_id",
-              "problems": "SELECT line, reason FROM input_problems ORDER BY line"}
+    tables = {"works": "SELECT work_id, doi, title, publication_year, candidates, origin, raw FROM works "
+                       "ORDER BY work_id",
+              "jobs": "SELECT job_id, work_id, url, host, candidate_rank, candidate_source, state FROM artifact_jobs "
+                      "ORDER BY job_id",
+              "problems": "SELECT origin, line, work_id, reason, detail FROM input_problems ORDER BY line"}
     seen = []
-    for batch_size in (3, 1000):
-        settings = Settings().with_home(tmp_path / f"home-{batch_size}")
+    # Large files are read and planned in a helper process (here: any file): the same rows.
+    monkeypatch.setattr(sources, "PLAN_ELSEWHERE_BYTES", 0)
+    for batch_size, start_process in ((3, None), (1000, None), (3, start_helper_process)):
+        settings = Settings().with_home(tmp_path / f"home-{batch_size}-{start_process is None}")
         with import_works(WorksSource(jsonl_path=str(source_file)), settings,
                           lambda s=settings: Ledger.open_writer(s, owner="test"), run_id="r1",
-                          batch_size=batch_size) as report:
+                          batch_size=batch_size, start_process=start_process) as report:
             ids = list(report.work_ids())
         with Ledger.open_writer(settings, owner="test") as led:
             rows = {name: led.query(sql) for name, sql in tables.items()}
         summary = {k: v for k, v in report.summary.items() if k != "provenance"}
-        seen.append((summary, ids, rows, [(p.line, p.reason) for p in report.problems]))
-    assert seen[0] == seen[1]
-    summary, ids, rows, problems = seen[0]
+        seen.append((summary, ids, rows, [(p.line, p.reason) for p in report.problems], report.provenance))
+    assert seen[0] == seen[1] == seen[2]
+    summary, ids, rows, problems, _ = seen[0]
     assert summary == {"works": 15, "new_works": 14, "new_jobs": len(rows["jobs"]), "problems": 2}
     assert ids == [f"W{9_000_000_000 + n}" for n in [*range(1, 15), 3]]
-    assert ("W9000000003", "again") in rows["works"]
-    assert problems == rows["problems"] == [(6, "bad_input"), (7, "no_candidates")]
+    assert ("W9000000003", "again") in [(w[0], w[2]) for w in rows["works"]]
+    assert problems == [p[1:4:2] for p in rows["problems"]] == [(6, "bad_input"), (7, "no_candidates")]
+
+
+def test_import_read_in_a_helper_process_is_idempotent_and_raises_its_errors(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
+
+    import dtkg_assets.core.sources as sources
+    from dtkg_assets.cli.common import start_helper_process
+
+    source_file = tmp_path / "works.jsonl"
+    source_file.write_text("".join(json.dumps(make_work(n)) + "\n" for n in range(1, 11)))
+    monkeypatch.setattr(sources, "PLAN_ELSEWHERE_BYTES", 0)
+    settings = Settings().with_home(tmp_path / "home")
+
+    def run() -> dict[str, Any]:
+        with import_works(WorksSource(jsonl_path=str(source_file)), settings,
+                          lambda: Ledger.open_writer(settings, owner="test"), run_id="r1", batch_size=3,
+                          start_process=start_helper_process) as report:
+            return report.summary
+
+    assert run()["new_works"] == 10
+    again = run()
+    assert (again["works"], again["new_works"], again["new_jobs"]) == (10, 0, 0)
+    # An error reading the file is raised here as itself; a ledger error ends the reading process.
+    with pytest.raises(FileNotFoundError) as info, \
+            sources._planned_elsewhere(str(tmp_path / "gone.jsonl"), settings, 3, start_helper_process) as batches:
+        list(batches)
+    assert info.value.filename == str(tmp_path / "gone.jsonl")
+
+    def full(self: Ledger, planned: Any, **kw: Any) -> tuple[int, int]:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Ledger, "write_planned", full)
+    with pytest.raises(OSError, match="No space left"):
+        run()
+    assert multiprocessing.active_children() == []
 
 
 def test_partitions_are_added_in_chunks_once_each_in_first_seen_order() -> None:
