@@ -15,11 +15,13 @@ _STOP = object()
 
 class BackgroundWorker:
     """`put(item)` from any thread (it blocks while `depth` items wait; 0 = no limit); `close()` returns
-    once every item handed over was applied, and raises the first error `apply` raised."""
+    once every item handed over was applied, and raises the first error `apply` raised. With
+    `batch` > 1, `apply` gets a list: the items waiting when it is called, at most `batch`."""
 
-    def __init__(self, apply: Callable[[Any], object], *, name: str, depth: int = 0) -> None:
+    def __init__(self, apply: Callable[[Any], object], *, name: str, depth: int = 0, batch: int = 1) -> None:
         self._queue: queue.Queue[Any] = queue.Queue(depth)
         self._apply = apply
+        self._batch = batch
         self.error: BaseException | None = None
         self.put = self._queue.put
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -27,10 +29,21 @@ class BackgroundWorker:
 
     def _run(self) -> None:
         get, apply = self._queue.get, self._apply
-        while (item := get()) is not _STOP:
+        stopping = False
+        while not stopping and (item := get()) is not _STOP:
+            items = [item]
+            while len(items) < self._batch:
+                try:
+                    waiting = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if waiting is _STOP:
+                    stopping = True
+                    break
+                items.append(waiting)
             if self.error is None:
                 try:
-                    apply(item)
+                    apply(items if self._batch > 1 else item)
                 except BaseException as exc:  # keeps taking items, so `put` never blocks for good
                     self.error = exc
 

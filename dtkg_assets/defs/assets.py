@@ -19,7 +19,7 @@ from dtkg_assets.core.orchestrator import WorkOutcome, make_orchestrator
 from dtkg_assets.core.settings import RunSettings
 from dtkg_assets.core.sources import WorksSource, import_works
 from dtkg_assets.core.verify import prepare_request
-from dtkg_assets.defs.event_writer import BackgroundEvents
+from dtkg_assets.defs.event_writer import BackgroundEvents, step_event_logger
 from dtkg_assets.defs.partitions import LEDGER_POOL, add_work_partitions, artifact_partitions
 from dtkg_assets.defs.resources import HttpClientResource, LedgerResource, SettingsResource, StoreResource
 
@@ -245,7 +245,7 @@ def artifact_pdfs(
 
     owner = f"run:{context.run.run_id}"
     # Events go through one background writer: workers never wait on Dagster's event storage.
-    with BackgroundEvents(context.log_event) as events, ledger.writer(owner=owner) as led:
+    with BackgroundEvents(step_event_logger(context)) as events, ledger.writer(owner=owner) as led:
         store_ = store.store()
         prepared = prepare_request(led, store_, keys, depth=loaded.run.verify_depth, retry_failed=not automated)
         orchestrator = make_orchestrator(led, http.client, loaded, owner=owner, run_id=context.run.run_id,

@@ -38,11 +38,15 @@ from typing import Any
 
 import yaml
 from dagster import DagsterInstance, Field, IntSource, StringSource
+from dagster._core.errors import DagsterInvariantViolationError
+from dagster._core.events import ASSET_EVENTS
+from dagster._core.events.log import EventLogEntry
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME, SqliteEventLogStorage
 from dagster._core.storage.runs import SqliteRunStorage
 from dagster._core.storage.schedules import SqliteScheduleStorage
+from dagster._core.storage.sqlalchemy_compat import db_result
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
 from dagster._core.storage.sqlite_storage import (
     DagsterSqliteStorage,
@@ -60,6 +64,8 @@ from dtkg_assets.defs.dynamic_partitions import DynamicPartitionKeys
 # Run shards kept open besides the index shard: a run worker writes one run shard; the webserver and
 # the daemon read several in turn.
 DEFAULT_OPEN_RUN_SHARDS = 4
+# Events per batch write (DAGSTER_EVENT_BATCH_SIZE unset): one batch run's partitions.
+DEFAULT_EVENT_BATCH_SIZE = "100"
 
 
 class PooledSqliteEventLogStorage(SqliteEventLogStorage):
@@ -141,6 +147,33 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             if wrote and shard != INDEX_SHARD_NAME:
                 self._touch(shard)
 
+    def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
+        """Dagster's SQLite storage writes a batch one event at a time: two transactions per asset
+        event (run shard, then index shard). The asset events of one run (what Dagster batches: a
+        run's planned materializations, a step's materializations and observations) are written
+        here by the same statements in one transaction per shard. Anything else, as Dagster does."""
+        run_ids = {event.run_id for event in events}
+        if len(run_ids) != 1 or not all(
+            event.is_dagster_event and event.dagster_event_type in ASSET_EVENTS for event in events
+        ):
+            super().store_event_batch(events)
+            return
+        statements = [self.prepare_insert_event(event) for event in events]
+        with self.run_connection(run_ids.pop()) as conn:
+            for statement in statements:
+                conn.execute(statement)
+        event_ids: list[int] = []
+        with self.index_transaction() as conn:
+            for statement in statements:
+                with db_result(conn, statement) as result:
+                    event_id = result.inserted_primary_key[0]
+                if event_id is None:
+                    raise DagsterInvariantViolationError("Cannot store asset event tags for null event id.")
+                event_ids.append(event_id)
+            self._store_asset_event_tags(conn, list(events), event_ids)
+            for event, event_id in zip(events, event_ids, strict=True):
+                self._store_asset_event(conn, event, event_id)
+
     def _touch(self, shard: str) -> None:
         """Let watchers of the run shard's file (the webserver's run log stream) see the write."""
         with suppress(OSError):
@@ -203,6 +236,12 @@ class DtkgDagsterInstance(DagsterInstance):
         events = self._event_storage
         self._dynamic_partition_keys = (
             DynamicPartitionKeys(events.index_connection) if isinstance(events, SqlEventLogStorage) else None)
+
+    def _get_event_batch_size(self) -> int:
+        """Dagster writes its event batches (a run's planned materializations, a step's drained
+        events: `defs.event_writer`) only when DAGSTER_EVENT_BATCH_SIZE is set; on this instance they
+        are written in batches of up to 100 unless it says otherwise (0: one at a time)."""
+        return int(os.environ.get("DAGSTER_EVENT_BATCH_SIZE", DEFAULT_EVENT_BATCH_SIZE))
 
     def get_dynamic_partitions(self, partitions_def_name: str) -> Sequence[str]:
         """Every key, as Dagster's storage lists them, without reading the whole table each time

@@ -1,30 +1,60 @@
 """Per-partition Dagster events written by one background thread, so download workers never wait.
 
-On the embedded (SQLite) storage each event is a new engine, a commit and a close under one storage
-lock, 10-30 ms of Python: sixteen workers logging inline would queue on that lock instead of
-downloading. Here workers hand the event over and go on; one thread writes events back to back (the
-storage serializes them anyway), overlapping the network waits. `close()` drains the queue before the
-step ends, so every event is written inside the step, in the order the works finished.
+On the embedded (SQLite) storage each event is two write transactions (the run's shard, then the
+index shard) under one storage lock: sixteen workers logging inline would queue on that lock instead
+of downloading. Here workers hand the event over and go on; one thread takes every event waiting
+(at most a batch run's worth) and logs them as one Dagster event batch, which the instance stores
+with one `store_event_batch` (one transaction per shard on `DtkgDagsterInstance`'s SQLite storage,
+one insert on PostgreSQL). `close()` drains the queue before the step ends, so every event is
+written inside the step, in the order the works finished.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import dagster as dg
+from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, generate_event_batch_id
+
 from dtkg_assets.core.background import BackgroundWorker
+
+# Events logged per batch at most (Dagster also flushes a batch at DAGSTER_EVENT_BATCH_SIZE).
+EVENTS_PER_BATCH = 100
+
+PartitionEvent = dg.AssetMaterialization | dg.AssetObservation
+
+
+def step_event_logger(context: dg.AssetExecutionContext) -> Callable[[Sequence[PartitionEvent]], None]:
+    """Logs materializations and observations as `context.log_event` does (event log and the step's
+    events), as one Dagster event batch: `log_event` has no way to say that events belong together."""
+    op_context = context.op_execution_context
+    step_context = op_context._step_execution_context  # noqa: SLF001 (what log_event itself uses)
+
+    def log(events: Sequence[PartitionEvent]) -> None:
+        batch_id = generate_event_batch_id()
+        last = len(events) - 1
+        for i, event in enumerate(events):
+            batch = DagsterEventBatchMetadata(batch_id, i == last)
+            if isinstance(event, dg.AssetMaterialization):
+                logged = DagsterEvent.asset_materialization(step_context, event, batch)
+            else:
+                logged = DagsterEvent.asset_observation(step_context, event, batch)
+            op_context._events.append(logged)  # noqa: SLF001 (as log_event does: the step's events)
+
+    return log
 
 
 class BackgroundEvents(BackgroundWorker):
     """`log(event)` from any thread; `close()` (or leaving the `with` block) waits for all of them and
     raises the first error (a later `log` raises it too: the step stops handing events over)."""
 
-    def __init__(self, log_event: Callable[[Any], None]) -> None:
+    def __init__(self, log_events: Callable[[Sequence[Any]], None]) -> None:
         self.written = 0
 
-        def write(event: Any) -> None:
-            log_event(event)
-            self.written += 1
+        def write(events: Sequence[Any]) -> None:
+            log_events(events)
+            self.written += len(events)
 
-        super().__init__(write, name="dtkg-dagster-events")
+        super().__init__(write, name="dtkg-dagster-events", batch=EVENTS_PER_BATCH)
 
     def log(self, event: Any) -> None:
         if self.error is not None:

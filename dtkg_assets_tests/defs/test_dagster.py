@@ -323,18 +323,26 @@ def test_run_batch_size_splits_evenly_into_fewest_runs() -> None:
 
 
 def test_background_events_keep_order_and_report_the_first_error() -> None:
-    from dtkg_assets.defs.event_writer import BackgroundEvents
+    from dtkg_assets.defs.event_writer import EVENTS_PER_BATCH, BackgroundEvents
 
     seen: list[int] = []
-    with BackgroundEvents(seen.append) as events:
+    batches: list[int] = []
+
+    def log(events: list[int]) -> None:
+        batches.append(len(events))
+        seen.extend(events)
+
+    with BackgroundEvents(log) as events:
         for i in range(500):
             events.log(i)
-    assert seen == list(range(500))
+    # In order, each once, in batches of what was waiting (at most a batch run's worth).
+    assert seen == list(range(500)) and sum(batches) == 500 and max(batches) <= EVENTS_PER_BATCH
 
-    def broken(event: int) -> None:
-        if event == 3:
-            raise RuntimeError("storage down")
-        seen.append(event)
+    def broken(events: list[int]) -> None:
+        for event in events:
+            if event == 3:
+                raise RuntimeError("storage down")
+            seen.append(event)
 
     seen.clear()
     events = BackgroundEvents(broken)

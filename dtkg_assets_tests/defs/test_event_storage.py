@@ -4,6 +4,7 @@ wakes the webserver's watcher of a run's file, and keeps a bounded number of sha
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from dtkg_assets.defs.event_storage import (
     PooledDagsterSqliteStorage,
     PooledSqliteEventLogStorage,
 )
+from dtkg_assets.defs.event_writer import BackgroundEvents, step_event_logger
 from dtkg_assets.defs.instance import instance_yaml
 
 
@@ -122,3 +124,55 @@ def test_instance_lists_dynamic_partitions_as_its_storage_does(tmp_path: Path, m
         check(5)
         assert instance.get_dynamic_partitions("a") == ["k2", "k4", "k5", "k7", "k8"]
         check(5)
+
+
+def test_event_batches_read_as_dagsters_own_events(tmp_path: Path, monkeypatch) -> None:
+    """A ranged run whose step logs its per-partition events through `BackgroundEvents`: the planned
+    events and the step's events are stored as batches (one transaction per shard), and Dagster's own
+    SQLite storage on the same files reads every one of them, per partition."""
+    home = tmp_path / "dagster"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(instance_yaml(Settings().with_home(tmp_path), {}))
+    keys = [f"k{i:02d}" for i in range(30)]
+    parts = dg.DynamicPartitionsDefinition(name="keys")
+
+    @dg.asset(partitions_def=parts, backfill_policy=dg.BackfillPolicy.single_run(), output_required=False)
+    def many(context: dg.AssetExecutionContext) -> Iterator[dg.Output[None]]:
+        with BackgroundEvents(step_event_logger(context)) as events:
+            for key in context.partition_keys:
+                events.log(dg.AssetMaterialization(asset_key=context.asset_key, partition=key))
+            events.log(dg.AssetObservation(asset_key=context.asset_key, partition="k00", metadata={"reason": "x"}))
+        yield from ()
+
+    batches: list[int] = []
+    store_batch = PooledSqliteEventLogStorage.store_event_batch
+
+    def counted(self: PooledSqliteEventLogStorage, events: Any) -> None:
+        batches.append(len(events))
+        store_batch(self, events)
+
+    monkeypatch.setattr(PooledSqliteEventLogStorage, "store_event_batch", counted)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions("keys", keys)
+        result = dg.materialize([many], instance=instance, tags={
+            "dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]})
+        assert result.success
+        assert len(result.asset_materializations_for_node("many")) == 30  # the step's events too
+    assert batches and batches[0] == 30  # the planned events: one batch
+    assert sum(batches) >= 60 and max(batches) > 1
+    reader = SqliteEventLogStorage(str(home / "history" / "runs"))
+    try:
+        by_type: dict[dg.DagsterEventType, list[str | None]] = {}
+        for record in reader.get_records_for_run(result.run_id).records:
+            event = record.event_log_entry.dagster_event
+            if event is not None and event.event_type in (dg.DagsterEventType.ASSET_MATERIALIZATION,
+                                                          dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
+                                                          dg.DagsterEventType.ASSET_OBSERVATION):
+                by_type.setdefault(event.event_type, []).append(event.partition)
+        assert sorted(by_type[dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED]) == keys
+        assert by_type[dg.DagsterEventType.ASSET_MATERIALIZATION] == keys  # in the order logged
+        assert by_type[dg.DagsterEventType.ASSET_OBSERVATION] == ["k00"]
+        # The cross-run index (what the UI's partition status reads) has every partition.
+        assert reader.get_materialized_partitions(dg.AssetKey("many")) == set(keys)
+    finally:
+        reader.dispose()
