@@ -243,6 +243,11 @@ class DtkgDagsterInstance(DagsterInstance):
         are written in batches of up to 100 unless it says otherwise (0: one at a time)."""
         return int(os.environ.get("DAGSTER_EVENT_BATCH_SIZE", DEFAULT_EVENT_BATCH_SIZE))
 
+    def delete_dynamic_partition(self, partitions_def_name: str, partition_key: str) -> None:
+        super().delete_dynamic_partition(partitions_def_name, partition_key)
+        if self._dynamic_partition_keys is not None:
+            self._dynamic_partition_keys.forget(partitions_def_name)
+
     def get_dynamic_partitions(self, partitions_def_name: str) -> Sequence[str]:
         """Every key, as Dagster's storage lists them, without reading the whole table each time
         (`defs.dynamic_partitions`: Dagster lists them several times per ranged run)."""

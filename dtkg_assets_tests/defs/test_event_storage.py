@@ -13,6 +13,7 @@ from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log import SqliteEventLogStorage
 
 from dtkg_assets.core.settings import Settings
+from dtkg_assets.defs import dynamic_partitions
 from dtkg_assets.defs.dynamic_partitions import DynamicPartitionKeys
 from dtkg_assets.defs.event_storage import (
     DtkgDagsterInstance,
@@ -82,8 +83,9 @@ def test_instance_configured_with_the_pooled_storage(tmp_path: Path) -> None:
 
 def test_instance_lists_dynamic_partitions_as_its_storage_does(tmp_path: Path, monkeypatch) -> None:
     """The instance keeps the keys between calls and reads only what was added: after additions,
-    deletions (first, middle, last) and SQLite's reuse of a deleted last row's id, it answers what
-    the storage itself lists, reading the whole table again only when keys were deleted (or there were none)."""
+    deletions (first, middle, last; by this instance or, once it counts again, by another process)
+    and SQLite's reuse of a deleted last row's id, it answers what the storage itself lists, reading
+    the whole table again only when keys were deleted (or there were none)."""
     home = tmp_path / "dagster"
     home.mkdir()
     (home / "dagster.yaml").write_text(instance_yaml(Settings().with_home(tmp_path), {}))
@@ -124,6 +126,15 @@ def test_instance_lists_dynamic_partitions_as_its_storage_does(tmp_path: Path, m
         check(5)
         assert instance.get_dynamic_partitions("a") == ["k2", "k4", "k5", "k7", "k8"]
         check(5)
+        # Deleted elsewhere (the storage itself, as another process would): seen once it counts.
+        monkeypatch.setattr(dynamic_partitions, "RECOUNT_S", 0.0)
+        storage.delete_dynamic_partition("a", "k4")
+        check(6)
+        storage.delete_dynamic_partition("a", "k8")  # the last one, its id then reused
+        storage.add_dynamic_partitions("a", ["k9"])
+        check(7)
+        instance.add_dynamic_partitions("a", ["k10"])
+        check(7)
 
 
 def test_event_batches_read_as_dagsters_own_events(tmp_path: Path, monkeypatch) -> None:
