@@ -651,9 +651,11 @@ class Ledger:
     def complete_work_ids(self, work_ids: Sequence[str]) -> set[str]:
         if not work_ids:
             return set()
-        keys, params = keys_in(work_ids)
         rows = self.query(
-            f"SELECT DISTINCT work_id FROM artifact_jobs WHERE work_id IN {keys} AND state IN {COMPLETE_SQL}", params)
+            "SELECT DISTINCT work_id FROM artifact_jobs WHERE work_id IN (SELECT unnest($1)) "
+            f"AND state IN {COMPLETE_SQL}",
+            [list(work_ids)],
+        )
         return {r[0] for r in rows}
 
     # ---------------------------------------------------------------- leases and state
@@ -664,10 +666,9 @@ class Ledger:
         if not work_ids:
             return out
         with self._timed():
-            keys, params = keys_in(work_ids)
             rows = self._cur().execute(
-                f"SELECT {_JOB_COLS} FROM artifact_jobs WHERE work_id IN {keys} "
-                "ORDER BY work_id, candidate_rank, job_id", params,
+                f"SELECT {_JOB_COLS} FROM artifact_jobs WHERE work_id IN (SELECT unnest($1)) "
+                "ORDER BY work_id, candidate_rank, job_id", [list(work_ids)],
             ).fetchall()
         for r in rows:
             out[r[2]].append(Job(*r))
@@ -691,16 +692,15 @@ class Ledger:
 
         def _body(cur: duckdb.DuckDBPyConnection) -> list[LeaseGrant | None]:
             ids = list(dict.fromkeys(r.job_id for r in requests))
-            keys, params = keys_in(ids)
-            rows = cur.execute(f"{_LITE_SELECT} WHERE job_id IN {keys}", params).fetchall()
+            rows = cur.execute(f"{_LITE_SELECT} WHERE job_id IN (SELECT unnest($1))", [ids]).fetchall()
             jobs = {str(r[0]): _lite(r) for r in rows}
             # The works' other candidates, for requests that do not name them (one statement per batch).
             works = list({jobs[r.job_id].work_id for r in requests if r.other_jobs is None and r.job_id in jobs})
             siblings: dict[str, list[str]] = {}
             if works:
-                keys, params = keys_in(works)
-                for wid, jid in cur.execute(f"SELECT work_id, job_id FROM artifact_jobs WHERE work_id IN {keys}",
-                                            params).fetchall():
+                for wid, jid in cur.execute(
+                    "SELECT work_id, job_id FROM artifact_jobs WHERE work_id IN (SELECT unnest($1))", [works]
+                ).fetchall():
                     siblings.setdefault(str(wid), []).append(str(jid))
             grants: list[LeaseGrant | None] = []
             granted: list[LeaseRequest] = []
@@ -764,8 +764,7 @@ class Ledger:
         writes = [dataclasses.replace(w, values={**w.values, "path": store_relative(w.values["path"], root)})
                   if w.completion is not None and w.values.get("path") else w for w in writes]
         def held_jobs(job_ids: list[str]) -> dict[str, Job]:
-            keys, params = keys_in(job_ids)
-            rows = cur.execute(f"{_LITE_SELECT} WHERE job_id IN {keys}", params).fetchall()
+            rows = cur.execute(f"{_LITE_SELECT} WHERE job_id IN (SELECT unnest($1))", [job_ids]).fetchall()
             return {str(r[0]): _lite(r) for r in rows}
 
         errors, ok = apply_guarded_writes(
@@ -1156,22 +1155,6 @@ def _record_completions(cur: duckdb.DuckDBPyConnection, writes: Sequence[LeaseWr
                  AND (state = 'PLANNED' OR (state = 'FAILED' AND failure_class = 'transient'))""",
             [others, now],
         )
-
-
-# Up to this many keys, `keys_in` names each one: DuckDB then looks them up in the key's index,
-# where `IN (SELECT unnest(list))` scans the whole column (100 works among a million: 6 ms against
-# 86 ms, in every group commit); past about 1,500 the scan is the cheaper.
-INDEXED_KEYS_MAX = 500
-
-
-def keys_in(values: Sequence[str]) -> tuple[str, list[Any]]:
-    """The `(…)` of `column IN (…)` over `values`, and its parameters ($1, $2, …: the statement's only
-    ones)."""
-    if not values:
-        return "(NULL)", []
-    if len(values) <= INDEXED_KEYS_MAX:
-        return "(" + ", ".join(f"${i}" for i in range(1, len(values) + 1)) + ")", list(values)
-    return "(SELECT unnest($1))", [list(values)]
 
 
 def _postgres(settings: Settings, *, owner: str | None, reader: bool = False) -> Ledger:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 
 import pytest
 
@@ -15,7 +14,6 @@ from dtkg_assets.core.ledger import (
     Lease,
     LeaseGrant,
     LeaseLost,
-    LeaseRequest,
     Ledger,
     State,
     job_id_for,
@@ -189,24 +187,6 @@ def test_plan_is_idempotent_and_bulk(ledger):
     assert [j.candidate_rank for j in jobs] == [0, 1, 2]
     assert jobs[0].job_id == job_id_for("W7", "HTTP://127.0.0.1:9/w7/c0.pdf#frag")  # canonical URL
     assert {j.state for j in jobs} == {"PLANNED"}
-
-
-def test_batch_lookups_by_key_give_the_same_rows_named_or_scanned(ledger):
-    """Up to `INDEXED_KEYS_MAX` keys are named one by one (index lookups), more are scanned: the
-    same rows either way, and leases of many works at once."""
-    from dtkg_assets.core.ledger.db import INDEXED_KEYS_MAX
-
-    works = [work(i, 2) for i in range(INDEXED_KEYS_MAX + 20)]
-    ledger.plan(works)
-    ids = [w.work_id for w in works]
-    every = ledger.jobs_for_works(ids)
-    few = ledger.jobs_for_works(ids[:3] + ["W-unknown"])
-    assert len(every) == len(ids) and all(len(jobs) == 2 for jobs in every.values())
-    assert {w: few[w] for w in ids[:3]} == {w: every[w] for w in ids[:3]} and few["W-unknown"] == []
-    assert ledger.complete_work_ids(ids) == set() and ledger.complete_work_ids([]) == set()
-    requests = [LeaseRequest(every[w][0].job_id, "test", None, 60.0, None) for w in ids]
-    grants = ledger.acquire(requests, now=time.time())
-    assert all(g is not None for g in grants)
 
 
 def test_repair_restores_dropped_objects_and_keeps_all_rows(duckdb_settings):
