@@ -132,8 +132,27 @@ def describe_error(command: str, exc: BaseException) -> tuple[str, int]:
     if type(exc).__module__.split(".")[0].lstrip("_") == "duckdb":
         return (f"{command}: the ledger could not be used ({type(exc).__name__}: {exc}); "
                 "see `dtkg ledger health`, and `dtkg ledger repair` to recover"), EXIT_FAILED
+    if (damage := _damaged_sqlite(exc)) is not None:
+        # Dagster's SQLite storage (runs, events, partitions) under DAGSTER_HOME: dtkg's own record is
+        # the ledger, so that storage can start afresh.
+        where = os.environ.get("DAGSTER_HOME") or "$DTKG_HOME/dagster"
+        return (f"{command}: Dagster's storage in {where} is damaged ({damage}): move {where}/history "
+                "aside and run it again; the ledger keeps every download, Dagster's run history starts "
+                "afresh, and `dagster dev`'s work_partitions_sensor lists the works' partitions again"), EXIT_USAGE
     return (f"{command}: unexpected error {type(exc).__name__}: {exc} (a bug: please report it with "
             "the output of the same command run with DTKG_DEBUG=1)"), EXIT_FAILED
+
+
+def _damaged_sqlite(exc: BaseException) -> str | None:
+    """SQLite's words when `exc` (or the driver error SQLAlchemy wraps) says a database file is not
+    one, or is malformed."""
+    import sqlite3
+
+    error = getattr(exc, "orig", None) or exc
+    text = str(error)
+    if isinstance(error, sqlite3.DatabaseError) and ("not a database" in text or "malformed" in text):
+        return text
+    return None
 
 
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:

@@ -142,6 +142,29 @@ def test_every_subcommand_on_a_damaged_home(damage: str, tmp_path: Path, tmpfs: 
         assert run(home, ["ledger", "health"]).returncode == 0
 
 
+def test_a_damaged_dagster_storage_is_named_with_what_to_do(tmp_path: Path, origin, pdf_bytes) -> None:
+    """Dagster's SQLite index (runs, partitions) overwritten with garbage: `dtkg backfill` names the
+    directory and what to do, exit 2, no traceback; moving it aside as told lets the backfill run."""
+    url = origin.add("/w1.pdf", pdf_bytes(20_000, 1))
+    home = tmp_path / "home"
+    populate(home, tmp_path, url)  # W1 stored, Dagster's storage created
+    index = home / "dagster" / "history" / "runs" / "index.db"
+    assert index.is_file()
+    index.write_bytes(os.urandom(8192))
+    (tmp_path / "more.jsonl").write_text(json.dumps(
+        {"id": "https://openalex.org/W2", "best_oa_location": {"pdf_url": origin.add("/w2.pdf", pdf_bytes(9_000, 2))}})
+        + "\n")
+    assert run(home, ["works", "import", str(tmp_path / "more.jsonl")]).returncode == 0  # the ledger is fine
+    proc = run(home, ["backfill"])
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in out, out
+    assert f"Dagster's storage in {home / 'dagster'} is damaged" in out and "history aside" in out, out
+    (home / "dagster" / "history").rename(tmp_path / "history.damaged")
+    proc = run(home, ["backfill", "--json"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["materialized"] == 1
+
+
 def test_a_ledger_write_on_a_full_disk_is_reason_disk_full(tmpfs: Path) -> None:
     """A write transaction that cannot grow the ledger's WAL (the disk filled during a run) raises the
     ledger's disk_full error naming the file, not DuckDB's raw IOException; what was committed stays."""
