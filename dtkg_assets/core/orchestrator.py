@@ -197,6 +197,12 @@ class Orchestrator:
                 try:
                     for _ in pool.map(lambda w: finish(self.process_one(w)), todo):
                         pass
+                except Exception:
+                    # A bug on a worker's path (e.g. in `on_done`), not an interrupt: the works not
+                    # started stay as they are (no lease taken) and the error propagates, so the run
+                    # fails with its stack trace instead of reporting its works interrupted.
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
                 except BaseException:  # noqa: BLE001 - an interrupt raised in this waiting thread
                     # Dagster turns SIGINT/SIGTERM into an exception here (the workers would run on
                     # while the pool waits for them): stop them instead, and return what happened

@@ -102,6 +102,27 @@ def test_plan_process_and_skip_complete_without_network(rig, origin, pdf_bytes, 
     assert after == before
 
 
+def test_an_error_on_a_workers_path_fails_the_call_and_is_no_interrupt(rig, origin, pdf_bytes, osettings):
+    """An exception from `on_done` (a bug, not a signal) propagates out of `process` as itself; no stop
+    is requested (the next call runs), and works not started keep no lease."""
+    from dtkg_assets.core import deadline
+
+    ledger, engine = rig
+    works = [rec(f"W{i}", origin.add(f"/e{i}.pdf", pdf_bytes(5_000 + i, i))) for i in range(8)]
+    orch = Orchestrator(ledger, engine, osettings, owner="o1", run_id="run-e")
+    orch.plan(works)
+
+    def on_done(outcome):
+        raise RuntimeError(f"reporting {outcome.work_id} failed")
+
+    with pytest.raises(RuntimeError, match="reporting W"):
+        orch.process([w.work_id for w in works], workers=1, on_done=on_done)
+    assert not deadline.stop_requested()
+    assert ledger.query("SELECT count(*) FROM artifact_jobs WHERE state = 'LEASED'") == [(0,)]
+    again = Orchestrator(ledger, engine, osettings, owner="o2").process([w.work_id for w in works])
+    assert {o.status for o in again} <= {"downloaded", "skipped_complete"} and len(again) == 8
+
+
 def test_two_orchestrators_on_the_same_works(rig, origin, pdf_bytes, osettings):
     """Two owners in one writer process race on the same works: each work is fetched once."""
     ledger, engine = rig
