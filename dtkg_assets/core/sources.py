@@ -17,7 +17,7 @@ from typing import IO, Any
 from dtkg_assets.core.background import BackgroundWorker
 from dtkg_assets.core.errors import DtkgError
 from dtkg_assets.core.ledger import Ledger
-from dtkg_assets.core.ledger.db import PlannedWorks, plan_columns
+from dtkg_assets.core.ledger.planning import PlannedWorks, plan_columns
 from dtkg_assets.core.openalex import OpenAlexClient
 from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.types import InputProblem, WorkRecord

@@ -331,8 +331,8 @@ def test_bulk_load_raises_the_checkpoint_threshold_only_while_it_lasts(tmp_path:
 
 
 def test_job_ids_and_candidate_json_written_directly_match_the_general_encoder() -> None:
-    from dtkg_assets.core.ledger.db import _candidates_json
     from dtkg_assets.core.ledger.interface import job_id_for, stable_hash
+    from dtkg_assets.core.ledger.planning import candidates_json
 
     odd = ["W1", 'a"b\\c', "é/ü?q=ß", "tab\there\x01", "\u2028line", "😀", "</script>", ""]
     for work_id in odd:
@@ -342,11 +342,11 @@ def test_job_ids_and_candidate_json_written_directly_match_the_general_encoder()
             assert job_id_for(work_id, url, canonical=canon) == expected
     cands = [Candidate(f"http://x.example/{s}", s or "doi") for s in odd]
     work = WorkRecord("W1", cands)
-    assert _candidates_json(work) == json.dumps([{"url": c.url, "source": c.source} for c in cands])
+    assert candidates_json(work) == json.dumps([{"url": c.url, "source": c.source} for c in cands])
 
 
 def test_raw_records_are_stored_as_json_dumps_writes_them() -> None:
-    from dtkg_assets.core.ledger.db import _RAW_ENCODER
+    from dtkg_assets.core.ledger.planning import RAW_ENCODER
 
     for record in (W2741809807, {"id": "W1", "odd": ['a"b', "é", "😀", 1.5, None, True], "when": Path("/x")}):
-        assert _RAW_ENCODER.encode(record) == json.dumps(record, default=str)
+        assert RAW_ENCODER.encode(record) == json.dumps(record, default=str)

@@ -36,26 +36,22 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import fields, replace
 from typing import Any, TypeVar
 
-from dtkg_assets.core.credentials import remember_candidates
 from dtkg_assets.core.errors import Reason
-from dtkg_assets.core.http import host_of
 from dtkg_assets.core.ledger import pg_schema, views
 from dtkg_assets.core.ledger.interface import (
     Job,
     LeaseGrant,
     LeaseRequest,
     LeaseWrite,
-    canonical_url,
-    job_id_for,
 )
 from dtkg_assets.core.ledger.lease import GroupCommit, Lease, apply_guarded_writes, failure_values
+from dtkg_assets.core.ledger.planning import plan_columns
 from dtkg_assets.core.ledger.schema import TABLES
 from dtkg_assets.core.ledger.states import COMPLETE, COMPLETE_SQL, IN_FLIGHT, IN_FLIGHT_SQL, State, check_transition
 from dtkg_assets.core.ledger.storage import LedgerBusy, LedgerUnavailable
 from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.store import store_relative
 from dtkg_assets.core.types import HttpAttempt, InputProblem, WorkRecord
-from dtkg_assets.core.works import candidate_enabled
 
 T = TypeVar("T")
 S = pg_schema.SCHEMA
@@ -295,25 +291,11 @@ class PgLedger:
     def plan(self, works: Iterable[WorkRecord], *, now: float | None = None) -> tuple[int, int]:
         """Upsert works and one PLANNED job per distinct candidate URL, in bulk; (new works, new jobs)."""
         now = time.time() if now is None else now
-        by_id: dict[str, WorkRecord] = {}
-        for w in works:
-            by_id[w.work_id] = w
-        if not by_id:
+        planned = plan_columns(works, self.settings)
+        if planned is None:
             return 0, 0
-        recs = list(by_id.values())
-        # URLs with credentials are planned redacted; the real ones go to the vault, not the ledger.
-        remember_candidates(self.settings.home, recs)
-        jobs: dict[str, tuple[str, str, str, int, str]] = {}
-        for w in recs:
-            seen: set[str] = set()
-            for rank, cand in enumerate(w.candidates):
-                if not candidate_enabled(cand.source, self.settings.landing, self.settings.openalex.api_key, cand.url):
-                    continue  # landing pages, the DOI or the content API turned off in the settings
-                canon = canonical_url(cand.url)
-                if canon in seen:
-                    continue
-                seen.add(canon)
-                jobs[job_id_for(w.work_id, cand.url)] = (w.work_id, cand.url, host_of(cand.url), rank, cand.source)
+        cols, jobs = planned.works, planned.jobs
+        raw = [text.replace("\\u0000", "") for text in cols["raw"]]  # PostgreSQL JSON cannot hold NUL characters
 
         def body(con: Any) -> tuple[int, int]:
             rows = con.execute(
@@ -326,15 +308,12 @@ class PgLedger:
                         publication_year = excluded.publication_year, candidates = excluded.candidates,
                         origin = excluded.origin, raw = excluded.raw, last_seen = excluded.last_seen
                     RETURNING (xmax = 0)""",
-                [now, now, [w.work_id for w in recs], [w.doi for w in recs], [w.title for w in recs],
-                 [w.publication_year for w in recs],
-                 [json.dumps([{"url": c.url, "source": c.source} for c in w.candidates]) for w in recs],
-                 [w.origin for w in recs], [_json_text(w.raw) for w in recs]],
+                [now, now, cols["work_id"], cols["doi"], cols["title"], cols["publication_year"], cols["candidates"],
+                 cols["origin"], raw],
             ).fetchall()
             new_works = sum(1 for r in rows if r[0])
             new_jobs = 0
-            if jobs:
-                ids, vals = list(jobs), list(jobs.values())
+            if jobs["job_id"]:
                 new_jobs = len(con.execute(
                     f"""INSERT INTO {S}.artifact_jobs (job_id, idempotency_key, work_id, artifact, url, host,
                             candidate_rank, candidate_source, state, created_at, updated_at)
@@ -342,8 +321,8 @@ class PgLedger:
                         FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::int4[], %s::text[])
                              AS v(id, w, u, h, r, s)
                         ON CONFLICT DO NOTHING RETURNING job_id""",
-                    [now, now, ids, [v[0] for v in vals], [v[1] for v in vals], [v[2] for v in vals],
-                     [v[3] for v in vals], [v[4] for v in vals]],
+                    [now, now, jobs["job_id"], jobs["work_id"], jobs["url"], jobs["host"], jobs["candidate_rank"],
+                     jobs["candidate_source"]],
                 ).fetchall())
             return new_works, new_jobs
 
@@ -642,11 +621,6 @@ def _configure(con: Any) -> None:
     con.adapters.register_loader("jsonb", TextLoader)
     con.adapters.register_loader("json", TextLoader)
     con.execute(f"SET search_path TO {S}, public")
-
-
-def _json_text(value: Any) -> str:
-    # PostgreSQL JSON cannot hold NUL characters.
-    return json.dumps(value, default=str).replace("\\u0000", "")
 
 
 def _data_problems(con: Any) -> list[str]:
