@@ -4,9 +4,10 @@ On the embedded (SQLite) storage each event is two write transactions (the run's
 index shard) under one storage lock: sixteen workers logging inline would queue on that lock instead
 of downloading. Here workers hand the event over and go on; one thread takes every event waiting
 (at most a batch run's worth) and logs them as one Dagster event batch, which the instance stores
-with one `store_event_batch` (one transaction per shard on `DtkgDagsterInstance`'s SQLite storage,
-one insert on PostgreSQL). `close()` drains the queue before the step ends, so every event is
-written inside the step, in the order the works finished.
+with one `store_event_batch` (one transaction per shard on `DtkgDagsterInstance`'s SQLite storage;
+on PostgreSQL one insert when the batch holds only materializations, else one event at a time).
+`close()` drains the queue before the step ends, so every event is written inside the step, in the
+order the works finished.
 """
 
 from collections.abc import Callable, Sequence
