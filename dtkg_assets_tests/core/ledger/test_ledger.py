@@ -189,6 +189,23 @@ def test_plan_is_idempotent_and_bulk(ledger):
     assert {j.state for j in jobs} == {"PLANNED"}
 
 
+def test_batch_lookups_are_answered_by_the_key_index(duckdb_settings):
+    """A run's works (100) and a group commit's jobs are looked up through the key's index, in the
+    writer and in a snapshot reader: a scan of the whole key column grows with the ledger."""
+    with Ledger.open_writer(duckdb_settings, owner="test") as led:
+        led.plan([work(i, 2) for i in range(3000)])
+        works = [f"W{i}" for i in range(1000, 1100)]
+        jobs = [job_id for w in works[:16] for job_id in (j.job_id for j in led.jobs_for_work(w))]
+        assert sum(len(v) for v in led.jobs_for_works(works).values()) == 200
+        for sql, keys in (("SELECT * FROM artifact_jobs WHERE work_id IN (SELECT unnest($1))", works),
+                          ("SELECT * FROM artifact_jobs WHERE job_id IN (SELECT unnest($1))", jobs)):
+            assert "Index Scan" in led.query("EXPLAIN ANALYZE " + sql, [keys])[0][1]
+    with Ledger.open_reader(duckdb_settings) as reader:
+        plan = reader.query("EXPLAIN ANALYZE SELECT * FROM artifact_jobs WHERE work_id IN (SELECT unnest($1))",
+                            [works])[0][1]
+        assert "Index Scan" in plan
+
+
 def test_repair_restores_dropped_objects_and_keeps_all_rows(duckdb_settings):
     with Ledger.open_writer(duckdb_settings, owner="test") as ledger:
         check_repair_keeps_rows(ledger)
