@@ -77,14 +77,26 @@ T = TypeVar("T")
 # WAL a bulk load (`Ledger.bulk_load`) may collect before DuckDB checkpoints it into the file.
 BULK_CHECKPOINT_THRESHOLD = "256MiB"
 _JOB_COLS = ", ".join(f.name for f in fields(Job))
-# Every connection the ledger opens. The batch lookups (`WHERE key IN (SELECT unnest($1))`, the
-# `UPDATE … FROM (SELECT unnest(…))` of the write path) are hash joins whose small side DuckDB turns
-# into an IN filter on the table scan, which the key's ART index (job_id, work_id) then answers, only
-# while that side has at most `dynamic_or_filter_threshold` keys (default 50). Above it the whole key
-# column is scanned: 100 works among a million 47 ms, 6 ms with the filter (10,000 works: 2.1 vs
-# 2.6 ms). Not higher: past a few hundred keys one index probe per key costs more than the scan (500
-# keys at a million 28 ms vs 46 ms, at 10,000 9.6 vs 2.4 ms). A run is 100 works by default.
-DUCKDB_CONFIG: dict[str, str | bool | int | float | list[str]] = {"dynamic_or_filter_threshold": "256"}
+# Set on every connection the ledger opens. The batch lookups (`WHERE key IN (SELECT unnest($1))`,
+# the `UPDATE … FROM (SELECT unnest(…))` of the write path) are hash joins whose small side DuckDB
+# turns into an IN filter on the table scan, which the key's ART index (job_id, work_id) then
+# answers, only while that side has at most `dynamic_or_filter_threshold` keys (default 50). Above it
+# the whole key column is scanned: 100 works among a million 47 ms, 6 ms with the filter (10,000
+# works: 2.1 vs 2.6 ms). Not higher: past a few hundred keys one index probe per key costs more than
+# the scan (500 keys at a million 28 ms vs 46 ms, at 10,000 9.6 vs 2.4 ms). A run is 100 works by
+# default. SET GLOBAL, not `connect(config=…)`: a connection with another configuration to a file
+# this process already has open (a notebook's, recovery's checks) would be refused.
+_DYNAMIC_FILTER_KEYS = 256
+
+
+def _connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(str(path), read_only=read_only)
+    try:
+        con.execute(f"SET GLOBAL dynamic_or_filter_threshold = {_DYNAMIC_FILTER_KEYS}")
+    except BaseException:
+        con.close()
+        raise
+    return con
 
 # Re-exported: the ledger package's names for the deterministic keys and the lease error.
 __all__ = ["Job", "LeaseLost", "Ledger", "canonical_url", "job_id_for", "op_key_for", "reason_is_transient",
@@ -217,7 +229,7 @@ class Ledger:
                 raise LedgerCorrupt(path, problem)  # before DuckDB writes anything into it (or its snapshot)
             fresh = storage.snapshot_is_current(settings)  # judged before DuckDB touches the file
             path.parent.mkdir(parents=True, exist_ok=True)
-            con = duckdb.connect(str(path), config=DUCKDB_CONFIG)
+            con = _connect(path)
             if (problem := storage.blocks_problem(con, path)) is not None:
                 raise LedgerCorrupt(path, problem)  # before anything is written into it
             applied = schema.migrate(con)
@@ -270,7 +282,7 @@ class Ledger:
                 lock.release()
                 raise LedgerUnavailable(storage.no_snapshot_message(settings))
             try:
-                con = duckdb.connect(str(settings.ledger_path), read_only=True, config=DUCKDB_CONFIG)
+                con = _connect(settings.ledger_path, read_only=True)
             except duckdb.Error as exc:
                 lock.release()
                 raise storage.storage_error(exc, settings.ledger_path) from None
@@ -281,7 +293,7 @@ class Ledger:
                 raise LedgerCorrupt(snap, "it is not a file", snapshot=True)
             raise LedgerUnavailable(storage.no_snapshot_message(settings))
         try:
-            con = duckdb.connect(str(snap), read_only=True, config=DUCKDB_CONFIG)
+            con = _connect(snap, read_only=True)
         except duckdb.Error as exc:
             raise storage.storage_error(exc, snap, snapshot=True) from None
         return cls(con, settings, path=snap, lock=None, writable=False, owner="reader")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import duckdb
 import pytest
 
 from dtkg_assets.core.ledger import (
@@ -201,6 +202,9 @@ def test_batch_lookups_are_answered_by_the_key_index(duckdb_settings):
                           ("SELECT * FROM artifact_jobs WHERE job_id IN (SELECT unnest($1))", jobs)):
             assert "Index Scan" in led.query("EXPLAIN ANALYZE " + sql, [keys])[0][1]
     with Ledger.open_reader(duckdb_settings) as reader:
+        other = duckdb.connect(str(duckdb_settings.snapshot_path), read_only=True)  # e.g. a notebook's
+        assert other.execute("SELECT count(*) FROM works").fetchall() == [(3000,)]
+        other.close()
         plan = reader.query("EXPLAIN ANALYZE SELECT * FROM artifact_jobs WHERE work_id IN (SELECT unnest($1))",
                             [works])[0][1]
         assert "Index Scan" in plan
