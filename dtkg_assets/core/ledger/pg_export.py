@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from dtkg_assets.core.ledger import pg_schema, schema
+from dtkg_assets.core.ledger import pg_schema, schema, storage
 from dtkg_assets.core.ledger.schema import TABLES
 from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.store import fsync_dir, fsync_file
@@ -59,7 +58,7 @@ def _from_snapshot(settings: Settings, tmp: Path) -> dict[str, int]:
     snap = settings.snapshot_path
     if not snap.is_file():
         raise ExportError(f"no published ledger snapshot at {snap} yet: run something that writes the ledger first")
-    shutil.copyfile(snap, tmp)
+    storage.copy_held(snap, tmp)
     con = duckdb.connect(str(tmp), read_only=True)
     try:
         return schema.row_counts(con)

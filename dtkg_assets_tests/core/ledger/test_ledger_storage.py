@@ -18,7 +18,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from dtkg_assets.core.ledger import SCHEMA_VERSION, Ledger, LedgerUnavailable
+from dtkg_assets.core.ledger import SCHEMA_VERSION, Ledger, LedgerUnavailable, storage
 from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.store import Store
 from dtkg_assets.core.types import Candidate, WorkRecord
@@ -309,3 +309,107 @@ def test_the_quota_message_names_the_settings(settings: Settings) -> None:
         pass
     assert info.value.reason == Reason.QUOTA_EXCEEDED
     assert "DTKG_QUOTA_FREE_BYTES_MIN" in info.value.detail and str(settings.store_dir) in info.value.detail
+
+
+def _works(start: int, n: int) -> list[WorkRecord]:
+    """Works whose titles do not compress: a ledger of some MB, where a few new rows elsewhere
+    leave most blocks as they were."""
+    return [WorkRecord(f"W{i}", [Candidate(f"http://127.0.0.1:9/{i}.pdf", "x")], title=os.urandom(600).hex())
+            for i in range(start, start + n)]
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    return a.read_bytes() == b.read_bytes()
+
+
+HOLDING_READER = textwrap.dedent(
+    """
+    import sys, duckdb
+    con = duckdb.connect(sys.argv[1], read_only=True)  # a notebook's plain connection
+    print(con.execute("SELECT count(*) FROM runs").fetchone()[0], flush=True)
+    sys.stdin.readline()
+    print(con.execute("SELECT count(*), sum(length(title)) FROM works").fetchone()[0],
+          con.execute("SELECT count(*) FROM runs").fetchone()[0], flush=True)
+    """
+)
+
+
+def test_publication_writes_the_changes_into_the_spare_unless_a_reader_holds_it(tmp_path: Path) -> None:
+    """Each publication after the second brings the snapshot published before the current one (the
+    spare) up to date in place, writing only what changed; a spare that a reader still has open, in
+    this process (`Ledger.open_reader`) or in another (a plain DuckDB connection), is left as it is
+    and the file is copied whole instead. Every published file is the live file byte for byte."""
+    settings = Settings().with_home(tmp_path).replace(ledger={"snapshot_interval_s": 0})
+    snap, spare = settings.snapshot_path, storage.spare_path(settings.snapshot_path)
+    with Ledger.open_writer(settings) as led:
+        led.plan(_works(0, 6000))
+        assert led.publish_snapshot(force=True)
+        runs = 0
+
+        def publish() -> tuple[int, int]:
+            nonlocal runs
+            led.start_run(f"run-{runs}", kind="test", owner="test")
+            runs += 1
+            before = led.stats.snapshot_bytes
+            assert led.publish_snapshot(force=True)
+            assert _same_bytes(snap, settings.ledger_path)
+            return snap.stat().st_ino, led.stats.snapshot_bytes - before
+
+        size = settings.ledger_path.stat().st_size
+        first = snap.stat().st_ino
+        second, _ = publish()
+        assert spare.stat().st_ino == first
+        third, written = publish()
+        assert third == first and 0 < written < size / 4  # the spare, refreshed: a few chunks
+        # A reader in this process holds the published file: one publication later it is the spare;
+        # the next one copies the file whole instead of refreshing it, and the reader keeps its view.
+        # A second handle shares the first one's database (DuckDB's), and its hold.
+        with Ledger.open_reader(settings) as reader:
+            again = Ledger.open_reader(settings)
+            publish()
+        _, written = publish()
+        assert written >= size
+        assert again.query("SELECT count(*) FROM runs") == [(2,)]
+        again.close()
+        _, written = publish()
+        assert 0 < written < size / 4
+        # A plain DuckDB connection in another process holds the published file the same way.
+        proc = subprocess.Popen([sys.executable, "-c", HOLDING_READER, str(snap)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == str(runs)
+        held = runs
+        publish()
+        _, written = publish()
+        assert written >= size
+        out, _ = proc.communicate("\n", timeout=30)
+        assert out.split() == ["6000", str(held)]
+        _, written = publish()
+        assert 0 < written < size / 4  # nobody holds the spare any more
+    with Ledger.open_reader(settings) as reader:
+        assert reader.query("SELECT count(*) FROM runs") == [(runs,)]
+
+
+def test_a_damaged_spare_is_made_whole_again(tmp_path: Path) -> None:
+    """Whatever the spare holds (a crash in the middle of its refresh, a truncation, garbage), a
+    refresh compares bytes, not a record of what was written: the result is the live file."""
+    settings = Settings().with_home(tmp_path).replace(ledger={"snapshot_interval_s": 0})
+    snap, spare = settings.snapshot_path, storage.spare_path(settings.snapshot_path)
+    with Ledger.open_writer(settings) as led:
+        led.plan(_works(0, 3000))
+        assert led.publish_snapshot(force=True)
+        for start, damage in ((3000, "garbage"), (3010, "short"), (3020, "long")):
+            led.plan(_works(start, 10))
+            assert spare.exists()
+            data = bytearray(spare.read_bytes())
+            if damage == "garbage":
+                data[len(data) // 2: len(data) // 2 + 70_000] = os.urandom(70_000)
+            elif damage == "short":
+                data = data[: len(data) // 3]
+            else:
+                data += os.urandom(300_000)
+            spare.write_bytes(bytes(data))
+            assert led.publish_snapshot(force=True)
+            assert _same_bytes(snap, settings.ledger_path), damage
+            with Ledger.open_reader(settings) as reader:
+                assert reader.query("SELECT count(*) FROM works") == [(start + 10,)]
+                assert reader.validate() == []
