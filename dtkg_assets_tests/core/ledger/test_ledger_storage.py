@@ -413,3 +413,23 @@ def test_a_damaged_spare_is_made_whole_again(tmp_path: Path) -> None:
             with Ledger.open_reader(settings) as reader:
                 assert reader.query("SELECT count(*) FROM works") == [(start + 10,)]
                 assert reader.validate() == []
+
+
+def test_a_ledger_cut_short_under_its_writer_is_not_published(tmp_path: Path, capsys) -> None:
+    """The publication looks at the table blocks again when the file shrank since it was last found
+    whole (here: cut to half while a writer has it open); the snapshot stays as it was."""
+    settings = Settings().with_home(tmp_path).replace(ledger={"snapshot_interval_s": 0})
+    with Ledger.open_writer(settings) as led:
+        led.plan(_works(0, 3000))
+    before = settings.snapshot_path.read_bytes()
+    led = Ledger.open_writer(settings)
+    try:
+        led.cursor().close()  # nothing written, but the next publication must not be skipped
+        os.truncate(settings.ledger_path, settings.ledger_path.stat().st_size // 2)
+        assert led.publish_snapshot(force=True) is False
+        assert "is damaged" in capsys.readouterr().err
+        assert settings.snapshot_path.read_bytes() == before
+    finally:
+        with contextlib.suppress(Exception):
+            led._con.close()
+        led._lock.release()  # type: ignore[union-attr]
