@@ -16,7 +16,10 @@ Prints every figure per size, then the ratios 1M / 10k, the backfill ratio last
 (``ratio_backfill_1m_vs_10k=…``; goal <= 1.2).
 
 Usage: python bench/scale.py [--sizes 10000,1000000] [--measured 2000] [--workers 16] [--import-only]
-(--import-only: phases 1 and 2 only, no nginx, no downloads; for iterating on the import)
+[--repeat N]
+(--import-only: phases 1 and 2 only, no nginx, no downloads; for iterating on the import. --repeat N:
+each size imported once, then N rounds of phases 3 and 4 on copies of the imported homes, the sizes
+taking turns; the median round of each size is reported, with every round's ratio)
 """
 
 from __future__ import annotations
@@ -103,7 +106,8 @@ def orchestrator_run(env: dict[str, str], ids: list[str], workers: int) -> dict[
     return {"open_s": open_s, "wall_ms": wall / n * 1000, "cpu_ms": cpu / n * 1000, "close_s": close_s}
 
 
-def one_size(total: int, urls: list[str], workers: int, work: Path, *, import_only: bool = False) -> dict[str, Any]:
+def imported_home(total: int, urls: list[str], work: Path) -> tuple[Path, dict[str, Any], list[str], list[str]]:
+    """Phases 1 and 2 in a fresh home; returns (home, figures, orchestrator ids, backfill ids)."""
     home = work / f"home-{total}"
     shutil.rmtree(home, ignore_errors=True)
     env = env_for(home)
@@ -117,13 +121,15 @@ def one_size(total: int, urls: list[str], workers: int, work: Path, *, import_on
     states = json.loads(text.strip().splitlines()[-1]).get("states", {})
     out.update(status_s=wall, states=states)
     print(f"[{total}] status {wall:.2f} s ({states})", flush=True)
-    if import_only:
-        ledger_file = home / "ledger.duckdb"
-        out["ledger_mib"] = ledger_file.stat().st_size / 2**20 if ledger_file.exists() else 0.0
-        print(f"[{total}] ledger {out['ledger_mib']:.0f} MiB", flush=True)
-        shutil.rmtree(home, ignore_errors=True)
-        return out
-    out["orchestrator"] = orchestrator_run(env, orch_ids, workers)
+    ledger_file = home / "ledger.duckdb"
+    out["ledger_mib"] = ledger_file.stat().st_size / 2**20 if ledger_file.exists() else 0.0
+    return home, out, orch_ids, backfill_ids
+
+
+def measured_runs(total: int, home: Path, orch_ids: list[str], backfill_ids: list[str], workers: int) -> dict[str, Any]:
+    """Phases 3 and 4 in `home` (as the import left it)."""
+    env = env_for(home)
+    out: dict[str, Any] = {"orchestrator": orchestrator_run(env, orch_ids, workers)}
     print(f"[{total}] orchestrator {json.dumps(out['orchestrator'])}", flush=True)
     cmd = [*dtkg_cmd(), "backfill", "--limit", str(len(backfill_ids)), "--workers", str(workers), "--json"]
     wall, rss, text = run_measured(cmd, env=env, cwd=ROOT)
@@ -134,10 +140,45 @@ def one_size(total: int, urls: list[str], workers: int, work: Path, *, import_on
                backfill_ms=wall / len(backfill_ids) * 1000)
     print(f"[{total}] backfill {wall:.1f} s = {out['backfill_ms']:.1f} ms/artifact (CPU {LAST_CPU_S[0]:.1f} s, "
           f"peak RSS {rss / 1024:.0f} MiB)", flush=True)
-    ledger_file = home / "ledger.duckdb"
-    out["ledger_mib"] = ledger_file.stat().st_size / 2**20 if ledger_file.exists() else 0.0
+    return out
+
+
+def one_size(total: int, urls: list[str], workers: int, work: Path, *, import_only: bool = False) -> dict[str, Any]:
+    home, out, orch_ids, backfill_ids = imported_home(total, urls, work)
+    if not import_only:
+        out.update(measured_runs(total, home, orch_ids, backfill_ids, workers))
     shutil.rmtree(home, ignore_errors=True)
     return out
+
+
+def repeated(sizes: list[int], urls: list[str], workers: int, work: Path, repeat: int) -> list[dict[str, Any]]:
+    """Each size imported once; then `repeat` rounds of phases 3 and 4, the sizes taking turns within
+    a round, each on a fresh copy of its imported home: load that comes and goes on a shared machine
+    then falls on both sizes of a round alike, and each round gives its own ratio."""
+    homes = {}
+    results: list[dict[str, Any]] = []
+    for total in sizes:
+        home, out, orch_ids, backfill_ids = imported_home(total, urls, work)
+        kept = home.with_name(home.name + ".imported")
+        shutil.rmtree(kept, ignore_errors=True)
+        home.rename(kept)
+        homes[total] = (kept, orch_ids, backfill_ids)
+        out["rounds"] = []
+        results.append(out)
+    for r in range(repeat):
+        for total, out in zip(sizes, results, strict=True):
+            kept, orch_ids, backfill_ids = homes[total]
+            home = kept.with_name(f"home-{total}")
+            shutil.rmtree(home, ignore_errors=True)
+            shutil.copytree(kept, home)
+            print(f"[{total}] round {r + 1}", flush=True)
+            out["rounds"].append(measured_runs(total, home, orch_ids, backfill_ids, workers))
+            shutil.rmtree(home, ignore_errors=True)
+    for out in results:
+        shutil.rmtree(homes[out["works"]][0], ignore_errors=True)
+        # The round with the median backfill stands for the size; every round's ratio is printed too.
+        out.update(sorted(out["rounds"], key=lambda x: x["backfill_ms"])[len(out["rounds"]) // 2])
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--measured", type=int, default=2000, help="works per measured phase")
     ap.add_argument("--workers", type=int, default=16)
     ap.add_argument("--import-only", action="store_true", help="only the import and status phases")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds of the orchestrator and backfill phases on copies of each imported home, "
+                         "the sizes taking turns (default 1: one of each, in a fresh home)")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     work = OUT / "scale"
@@ -164,8 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     with NginxServer(work / "www") as nginx:
         urls = [nginx.url(name) for name in names]
-        for total in sizes:
-            results.append(one_size(total, urls, args.workers, work))
+        if args.repeat > 1:
+            results = repeated(sizes, urls, args.workers, work, args.repeat)
+        else:
+            for total in sizes:
+                results.append(one_size(total, urls, args.workers, work))
     small, big = results[0], results[-1]
     for r in results:
         o = r["orchestrator"]
@@ -174,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{o['wall_ms']:.2f} ms wall / {o['cpu_ms']:.2f} ms CPU per artifact (writer open {o['open_s']:.2f} s, "
               f"close {o['close_s']:.2f} s); backfill {r['backfill_ms']:.1f} ms per artifact, "
               f"peak RSS {r['backfill_rss_mib']:.0f} MiB")
+    if args.repeat > 1:
+        pairs = zip(small["rounds"], big["rounds"], strict=True)
+        print("backfill ratio per round: " + ", ".join(f"{b['backfill_ms'] / a['backfill_ms']:.2f}" for a, b in pairs))
     so, bo = small["orchestrator"], big["orchestrator"]
     print(f"ratio_rss_backfill={big['backfill_rss_mib'] / small['backfill_rss_mib']:.2f}")
     print(f"ratio_orchestrator_cpu={bo['cpu_ms'] / so['cpu_ms']:.2f}")
