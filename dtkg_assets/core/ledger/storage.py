@@ -308,7 +308,8 @@ def refresh_spare(src: Path, snapshot: Path) -> tuple[Path, int] | None:
     it reads (`SnapshotHolds`). The spare is written under both kinds of write lock, so a reader can
     neither be reading it nor open it meanwhile (DuckDB refuses a file it cannot lock); and it is not
     at the published path while it is written. The comparison reads both files whole (from the page
-    cache: 0.12 s for 700 MB), the writes are the changes (a few MB per run)."""
+    cache: 0.12 s for 700 MB), the writes are the changes (in a backfill at a million works,
+    DuckDB's checkpoints moved 180-240 MB of a 700 MB file per two runs)."""
     setlk = getattr(fcntl, "F_OFD_SETLK", None)
     if setlk is None:  # not Linux: no lock that sees this process's own readers
         return None
