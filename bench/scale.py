@@ -127,7 +127,9 @@ def imported_home(total: int, urls: list[str], work: Path) -> tuple[Path, dict[s
 
 
 def measured_runs(total: int, home: Path, orch_ids: list[str], backfill_ids: list[str], workers: int) -> dict[str, Any]:
-    """Phases 3 and 4 in `home` (as the import left it)."""
+    """Phases 3 and 4 in `home` (as the import left it). Written data is flushed first: the import's
+    (or a home copy's) gigabytes written back during the measured phases would slow their fsyncs."""
+    os.sync()
     env = env_for(home)
     out: dict[str, Any] = {"orchestrator": orchestrator_run(env, orch_ids, workers)}
     print(f"[{total}] orchestrator {json.dumps(out['orchestrator'])}", flush=True)
