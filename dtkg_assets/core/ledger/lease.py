@@ -176,16 +176,18 @@ class GroupCommit:
         self._writes: list[_Pending] = []
 
     def acquire(self, request: LeaseRequest) -> LeaseGrant | None:
-        grant: LeaseGrant | None = self._submit(self._acquires, request)
+        grant: LeaseGrant | None = self._submit("acquire", request)
         return grant
 
     def commit(self, write: LeaseWrite) -> None:
-        self._submit(self._writes, write)
+        self._submit("commit", write)
 
-    def _submit(self, queue: list[_Pending], item: Any) -> Any:
+    def _submit(self, kind: str, item: Any) -> Any:
         pending = _Pending(item)
         with self._qlock:
-            queue.append(pending)
+            # The queue is chosen under the lock: the leader swaps in fresh lists, and an item put in
+            # a list it has already taken would miss its batch (the leader's answers fall one short).
+            (self._acquires if kind == "acquire" else self._writes).append(pending)
             lead = not self._leading
             self._leading = True
         if lead:

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from dtkg_assets.core.ledger import Ledger, LedgerBusy, State
+from dtkg_assets.core.ledger.interface import LeaseRequest
 from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.types import Candidate, WorkRecord
 
@@ -138,3 +139,57 @@ def test_snapshot_publishes_on_a_reopened_ledger_and_only_when_written(lsettings
         # close published nothing either: the snapshot file is the same one
         assert (lsettings.snapshot_path.stat().st_mtime_ns, lsettings.snapshot_path.stat().st_ino) == stamp
         assert led.stats.snapshot_skips == 0
+
+
+class _CountingBackend:
+    """A write backend that answers at once: the group commit's own queueing is what is tested."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.answered = 0
+
+    def acquire(self, requests, *, now):
+        self.answered += len(requests)
+        return [None] * len(requests)
+
+    def commit(self, writes, *, now):
+        self.answered += len(writes)
+        return [None] * len(writes)
+
+
+def test_group_commit_answers_every_item_submitted_while_a_leader_swaps_queues(lsettings):
+    """Many threads submitting while leaders take the queues: every caller gets its own answer.
+
+    Items are put in a queue chosen under the queue lock; a queue picked before the lock could be
+    the list a leader had just taken, and that batch's answers then fell one short of its items."""
+    from dtkg_assets.core.ledger.lease import GroupCommit
+
+    backend = _CountingBackend(lsettings)
+    commits = GroupCommit(backend)  # type: ignore[arg-type]
+    request = LeaseRequest("J", "owner", None, 60.0)
+    errors: list[BaseException] = []
+    per_thread = 400
+
+    def submit() -> None:
+        try:
+            for _ in range(per_thread):
+                commits.acquire(request)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # hand the GIL over as often as possible: the race needs a switch
+    try:
+        # Daemon threads and one deadline: a caller left waiting (the old failure) fails the test.
+        threads = [threading.Thread(target=submit, daemon=True) for _ in range(16)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        for t in threads:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+    finally:
+        sys.setswitchinterval(old)
+    assert not any(t.is_alive() for t in threads), "a caller never got its answer"
+    assert not errors, errors[:3]
+    assert backend.answered == 16 * per_thread
+    assert commits.stats.acquires == 16 * per_thread
