@@ -16,6 +16,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import mmap
 import os
 import shutil
 import socket
@@ -334,9 +335,7 @@ def refresh_spare(src: Path, snapshot: Path) -> tuple[Path, int] | None:
 
 def _write_differences(src: Path, fd: int) -> int:
     """Make the file open at `fd` byte for byte equal to `src`; returns the bytes written."""
-    import mmap
-
-    import numpy as np
+    import numpy as np  # here: only a writer's publication needs it, and readers start faster without
 
     written = 0
     with open(src, "rb") as f:
@@ -387,28 +386,26 @@ def install_snapshot(staged: Path, snapshot: Path, *, fsync: bool = True) -> Non
     `refresh_spare` sees them and the publication after it copies instead."""
     from dtkg_assets.core.store import fsync_dir, fsync_file
 
-    spare = spare_path(snapshot)
-    keep: Path | None = snapshot.with_name(f".{snapshot.name}.{os.getpid()}.spare.tmp")
-    assert keep is not None
+    keep = snapshot.with_name(f".{snapshot.name}.{os.getpid()}.spare.tmp")
+    kept = False  # the snapshot being replaced, linked at `keep` to become the spare
     try:
         if fsync:
             fsync_file(staged)
         keep.unlink(missing_ok=True)
-        try:
+        with contextlib.suppress(OSError):  # nothing published yet, or no hard links here: no spare
             os.link(snapshot, keep)
-        except OSError:  # nothing published yet, or no hard links here: no spare this time
-            keep = None
+            kept = True
         os.replace(staged, snapshot)
     except BaseException:
         with contextlib.suppress(OSError):
-            if staged != spare:
+            if staged != spare_path(snapshot):
                 staged.unlink()
-            if keep is not None:
+            if kept:
                 keep.unlink()
         raise
-    if keep is not None:
+    if kept:
         try:
-            os.replace(keep, spare)
+            os.replace(keep, spare_path(snapshot))
         except OSError:
             with contextlib.suppress(OSError):
                 keep.unlink()
