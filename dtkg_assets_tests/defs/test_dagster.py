@@ -366,6 +366,23 @@ def test_partition_batches_cover_pending_only() -> None:
     assert list(partition_batches(keys, {"K01", "K02"}, 10, barrier={"K02"})) == [("K01", "K01")]
 
 
+def test_check_ranges_join_where_no_pending_key_lies_between() -> None:
+    from dtkg_assets.cli.launch import joined_ranges, key_positions
+
+    keys = [f"K{i:02d}" for i in range(12)]
+    assert key_positions(keys, ["K03", "K11", "X"]) == {"K03": 3, "K11": 11}
+    pending = {"K01", "K02", "K05", "K06", "K09"}
+    ranges = [("K05", "K06"), ("K01", "K02"), ("K09", "K09")]
+    # K03, K04, K07 and K08 are not pending: every range joins, in partition order.
+    assert joined_ranges(ranges, keys, pending) == [("K01", "K09")]
+    # K04 pending but in no range (another worker's batch): the ranges around it stay apart.
+    assert joined_ranges(ranges, keys, pending | {"K04"}) == [("K01", "K02"), ("K05", "K09")]
+    # Positions given by the caller (of every range end and pending key) give the same answer.
+    given = key_positions(keys, pending | {"K04"})
+    assert joined_ranges(ranges, keys, pending | {"K04"}, positions=given) == [("K01", "K02"), ("K05", "K09")]
+    assert joined_ranges(ranges, keys, set()) == [("K01", "K09")]
+
+
 def test_failed_run_leases_are_released(tmp_path: Path, home: Path, origin: OriginServer) -> None:
     url = origin.add("/slow.pdf", pdf_bytes(50_000, 9))
     write_works(tmp_path / "works.jsonl", [work_record("W1", [url])])
