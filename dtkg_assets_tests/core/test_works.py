@@ -284,7 +284,7 @@ def test_partitions_are_added_in_chunks_once_each_in_first_seen_order() -> None:
     with dg.instance_for_test() as instance:
         add_work_partitions(instance, ["W5", "W1", "W5", "W2", "W3", "W1", "W4"], chunk=2)
         add_work_partitions(instance, ["W6", "W2"], chunk=2)
-        assert instance.get_dynamic_partitions(ARTIFACT_PARTITIONS_NAME) == ["W5", "W1", "W2", "W3", "W4", "W6"]
+        assert list(instance.get_dynamic_partitions(ARTIFACT_PARTITIONS_NAME)) == ["W5", "W1", "W2", "W3", "W4", "W6"]
 
 
 def test_import_stops_reading_at_a_ledger_error_and_raises_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -136,7 +136,7 @@ def test_range_run_matches_ledger_and_rerun_downloads_nothing(
     keys, bodies = five_works
     with dg.instance_for_test() as instance:
         assert ingest(instance, home, tmp_path / "works.jsonl").success
-        assert instance.get_dynamic_partitions(ARTIFACT_PARTITIONS_NAME) == keys
+        assert list(instance.get_dynamic_partitions(ARTIFACT_PARTITIONS_NAME)) == keys
 
         result = run_range(instance, home, "W1", "W5")
         assert not result.success  # W3 failed, so the step fails at the end
@@ -584,7 +584,7 @@ def test_cli_import_is_visible_in_dagster_and_retry_reopens_failed_works(
         event = instance.get_latest_materialization_event(dg.AssetKey("openalex_works"))
         assert event is not None and event.asset_materialization is not None
         assert "dtkg works import" in (event.asset_materialization.description or "")
-        assert instance.get_dynamic_partitions(ARTIFACT_PARTITIONS_NAME) == [f"W{i}" for i in range(1, 6)]
+        assert list(instance.get_dynamic_partitions(ARTIFACT_PARTITIONS_NAME)) == [f"W{i}" for i in range(1, 6)]
     finally:
         instance.dispose()
     assert run("works", "download").returncode == 1  # W3 answers 404

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pytest
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log import SqliteEventLogStorage
 
@@ -102,7 +103,7 @@ def test_instance_lists_dynamic_partitions_as_its_storage_does(tmp_path: Path, m
 
         def check(reads: int) -> None:
             for name in ("a", "b"):
-                assert instance.get_dynamic_partitions(name) == storage.get_dynamic_partitions(name)
+                assert list(instance.get_dynamic_partitions(name)) == storage.get_dynamic_partitions(name)
             assert full_reads.count("a") == reads, full_reads
 
         check(1)  # first listing; empty
@@ -114,8 +115,14 @@ def test_instance_lists_dynamic_partitions_as_its_storage_does(tmp_path: Path, m
         instance.add_dynamic_partitions("a", ["k6"])
         check(2)
         listed = instance.get_dynamic_partitions("a")
-        listed.append("mine")  # a caller's copy
-        assert instance.get_dynamic_partitions("a") == ["k1", "k2", "k3", "k4", "k5", "k6"]
+        assert instance.get_dynamic_partitions("a") is listed  # shared, not copied per call
+        with pytest.raises(AttributeError):
+            listed.append("mine")  # type: ignore[attr-defined]  # no caller can change what the others get
+        assert list(listed) == ["k1", "k2", "k3", "k4", "k5", "k6"]
+        held = instance.get_dynamic_partitions("b")
+        instance.add_dynamic_partitions("b", ["y"])
+        assert list(instance.get_dynamic_partitions("b")) == ["x", "y"]
+        assert list(held) == ["x"]  # what a caller holds stays as it was
         instance.delete_dynamic_partition("a", "k3")
         check(3)
         instance.delete_dynamic_partition("a", "k6")  # the last row: its id goes to the next insert
@@ -124,7 +131,7 @@ def test_instance_lists_dynamic_partitions_as_its_storage_does(tmp_path: Path, m
         instance.delete_dynamic_partition("a", "k1")
         instance.add_dynamic_partitions("a", ["k8"])  # same count as before
         check(5)
-        assert instance.get_dynamic_partitions("a") == ["k2", "k4", "k5", "k7", "k8"]
+        assert list(instance.get_dynamic_partitions("a")) == ["k2", "k4", "k5", "k7", "k8"]
         check(5)
         # Deleted elsewhere (the storage itself, as another process would): seen once it counts.
         monkeypatch.setattr(dynamic_partitions, "RECOUNT_S", 0.0)
