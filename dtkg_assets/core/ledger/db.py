@@ -234,7 +234,10 @@ class Ledger:
             fresh = storage.snapshot_is_current(settings)  # judged before DuckDB touches the file
             path.parent.mkdir(parents=True, exist_ok=True)
             con = _connect(path)
-            if (problem := storage.blocks_problem(con, path)) is not None:
+            # A file the current snapshot was published from was found whole then (a publication
+            # looks first) and has not changed since: the look for table blocks past its end (0.07 s
+            # at a million works, at every run's open) is for a file changed or cut after that.
+            if not fresh and (problem := storage.blocks_problem(con, path)) is not None:
                 raise LedgerCorrupt(path, problem)  # before anything is written into it
             whole_size = path.stat().st_size
             applied = schema.migrate(con)
