@@ -7,9 +7,10 @@ For each ledger size N (fresh DTKG_HOME):
      (`Orchestrator.process`, 16 workers, no Dagster): wall and CPU per artifact, i.e. the ledger,
      engine, validation and finalize at this ledger size;
   4. backfill: another 2,000 works through `dtkg backfill --limit 2000 --workers 16` (Dagster on
-     SQLite, a fresh instance with only these 2,000 partitions): wall per artifact, peak RSS.
+     SQLite; the import registered every one of the N works as a partition, so the instance lists
+     N keys): wall per artifact, peak RSS.
 The 4,000 measured works are distinct PDFs of 20-200 KB served by nginx on loopback; the other
-works point at a closed port and stay PLANNED (they only make the ledger big). Works are imported
+works point at a closed port and stay PLANNED (they only make the ledger and the partition list big). Works are imported
 in one file, the measured ones first (lowest ids), so `dtkg backfill --limit` picks them.
 
 Prints every figure per size, then the ratios 1M / 10k, the backfill ratio last
