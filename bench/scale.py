@@ -10,8 +10,9 @@ For each ledger size N (fresh DTKG_HOME):
      SQLite; the import registered every one of the N works as a partition, so the instance lists
      N keys): wall per artifact, peak RSS.
 The 4,000 measured works are distinct PDFs of 20-200 KB served by nginx on loopback; the other
-works point at a closed port and stay PLANNED (they only make the ledger and the partition list big). Works are imported
-in one file, the measured ones first (lowest ids), so `dtkg backfill --limit` picks them.
+works point at a closed port and stay PLANNED (they only make the ledger and the partition list
+big). Works are imported in one file, the measured ones first (lowest ids), so `dtkg backfill
+--limit` picks them.
 
 Prints every figure per size, then the ratios 1M / 10k, the backfill ratio last
 (``ratio_backfill_1m_vs_10k=…``; goal <= 1.2).

@@ -325,6 +325,7 @@ def test_a_writer_looks_for_missing_blocks_only_in_a_file_changed_since_its_snap
         Ledger.open_writer(settings)
     assert len(looks) == 2
 
+
 def test_the_quota_message_names_the_settings(settings: Settings) -> None:
     from dtkg_assets.core.errors import DtkgError, Reason
     from dtkg_assets.core.store import QuotaGuard
