@@ -10,7 +10,7 @@ and so every redirect hop, passes through `PoliteTransport`, which in order:
 4. refuses hosts whose circuit breaker is open (``breaker_open``, transient: the work is deferred);
 5. checks robots.txt (``robots_disallowed`` / ``robots_unavailable``, see `robots`);
 6. waits for the host's rate limit (shared by all threads; fractional rates mean what they say);
-7. sends, and feeds the outcome to the host's breaker.
+7. sends, and feeds the outcome to the host's breaker (a good answer once its whole body has arrived).
 
 Policy failures are raised as `DtkgError` from inside the transport; network failures stay httpx
 exceptions (translate them with `http_errors.request_error`). Metadata clients (`for_metadata=True`) add an HTTP
@@ -26,7 +26,7 @@ import re
 import ssl
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -352,6 +352,44 @@ def _failure_status(status: int) -> bool:
     return status == 429 or status >= 500
 
 
+class _BreakerCountedBody(httpx.SyncByteStream):
+    """A good answer counts as the host's success only once its whole body has arrived.
+
+    Counted at the headers, a host that answers at once and then trickles its body would reset its
+    failure count with every new request while each download still runs into its deadline, so its
+    breaker would never open and it would keep every worker. A body cut by a timeout or a network
+    error counts as a failure; one the client stops reading on purpose counts as neither.
+    """
+
+    def __init__(self, inner: httpx.SyncByteStream, breakers: Any, host: str, probe: bool) -> None:
+        self._inner = inner
+        self._breakers = breakers
+        self._host = host
+        self._probe = probe
+        self._counted = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._inner
+        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError):
+            self._count(success=False)
+            raise
+        self._count(success=True)
+
+    def _count(self, success: bool) -> None:
+        if not self._counted:
+            self._counted = True
+            self._breakers.record(self._host, success=success, probe=self._probe)
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            if not self._counted:
+                self._counted = True
+                self._breakers.release(self._host, self._probe)
+
+
 class HostPolicy:
     """Host state shared by every client built with it (a run's, or the runs of one `dtkg backfill`): rate
     limits, breakers, robots cache.
@@ -455,7 +493,11 @@ class PoliteTransport(httpx.BaseTransport):
         except BaseException:
             breakers.release(host, probe)
             raise
-        breakers.record(host, success=not _failure_status(response.status_code), probe=probe)
+        if _failure_status(response.status_code):
+            breakers.record(host, success=False, probe=probe)
+        else:
+            assert isinstance(response.stream, httpx.SyncByteStream)  # a sync transport's answer
+            response.stream = _BreakerCountedBody(response.stream, breakers, host, probe)
         return response
 
     def note_failure(self, url: str) -> None:

@@ -188,6 +188,34 @@ def test_breaker_opens_defers_half_opens_and_closes(settings, origin):
     assert origin.stats("/flaky").statuses == [503, 503, 503, 503, 200, 200]
 
 
+def test_breaker_counts_a_good_answer_once_its_body_has_arrived(settings, origin):
+    """Bodies that stall open the breaker although each answer's headers come at once (the next
+    request's headers must not reset the count); a body closed unread counts as neither; a whole
+    body closes the breaker again."""
+    body = b"s" * 200_000
+    url = origin.add("/stalls", body, FaultMode(stall_s=3.0, stall_after_bytes=1000))
+    settings = make_settings(settings, breaker_fail_max=2, breaker_reset_s=1.0, read_timeout_s=0.3)
+    with make_client(settings) as client:
+        breakers = polite_transport(client).policy.breakers  # type: ignore[union-attr]
+        with client.stream("GET", url) as unread:
+            assert unread.status_code == 200
+        with client.stream("GET", url) as response, pytest.raises(httpx.ReadTimeout):
+            response.read()
+        assert breakers.state("127.0.0.1") == "closed"  # one failure; the unread body counted nothing
+        with client.stream("GET", url) as response, pytest.raises(httpx.ReadTimeout):
+            response.read()
+        assert breakers.state("127.0.0.1") == "open"
+        with pytest.raises(DtkgError) as info:
+            client.get(url)
+        assert info.value.reason is Reason.BREAKER_OPEN
+        assert origin.stats("/stalls").requests == 3
+
+        origin.set_mode("/stalls", FaultMode())
+        time.sleep(1.1)
+        assert client.get(url).content == body  # the probe's whole body closes the breaker
+        assert breakers.state("127.0.0.1") == "closed"
+
+
 def test_breaker_counts_connect_errors(settings):
     # A port nobody listens on: connection refused, counted as failures.
     import socket
