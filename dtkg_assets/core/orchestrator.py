@@ -126,6 +126,9 @@ class Orchestrator:
         # Candidates by kind: PDF URLs (their HTML answers read as landing pages), landing pages, the
         # DOI, the OpenAlex content API (core.landing).
         self.resolver = make_resolver(engine, settings, ledger)
+        # At most `workers` downloads at once (sized by each `process` call); the threads beyond them
+        # wait on the ledger outside it.
+        self._download_slots = threading.BoundedSemaphore(max(1, settings.run.workers))
 
     # ---------------------------------------------------------------- planning
 
@@ -149,7 +152,8 @@ class Orchestrator:
         on_done: Callable[[WorkOutcome], None] | None = None,
         refresh: bool = False,
     ) -> list[WorkOutcome]:
-        """Process works concurrently; returns outcomes in input order and publishes the snapshot.
+        """Process works concurrently, at most `workers` downloads at once; returns outcomes in input
+        order and publishes the snapshot.
 
         `refresh` re-downloads even where the work's file exists (a revalidated, changed object).
         Workers watch SIGINT/SIGTERM themselves (`deadline.stop_requested`): inside this call a signal
@@ -193,9 +197,29 @@ class Orchestrator:
             # of our own so that concurrent workers rarely reach for the same work at the same time.
             random.Random(f"{self.owner}:{run_id}").shuffle(todo)
         if todo:
-            with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="dtkg-work") as pool:
+            workers = max(1, workers)
+            self._download_slots = threading.BoundedSemaphore(workers)
+            threads = min(len(todo), workers + bookkeeping_threads(workers))
+            # Ledger rounds gather up to `round_items` requests, fewer as the works run out (a round
+            # never waits for a request that no unfinished work can make).
+            commits, round_items, unfinished = self.ledger.commits, commit_round_items(workers), len(todo)
+            commits.gather(min(round_items, unfinished), COMMIT_LINGER_S)
+
+            def run_one(work_id: str) -> WorkOutcome:
+                nonlocal unfinished
                 try:
-                    for _ in pool.map(lambda w: finish(self.process_one(w)), todo):
+                    return finish(self.process_one(work_id))
+                finally:
+                    with lock:
+                        unfinished -= 1
+                        if unfinished < round_items:
+                            commits.gather(unfinished, COMMIT_LINGER_S)
+
+            with contextlib.ExitStack() as stack:
+                stack.callback(commits.gather, 0, 0.0)
+                pool = stack.enter_context(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dtkg-work"))
+                try:
+                    for _ in pool.map(run_one, todo):
                         pass
                 except Exception:
                     # A bug on a worker's path (e.g. in `on_done`), not an interrupt: the works not
@@ -282,10 +306,14 @@ class Orchestrator:
     def _run_job(self, job: Job, lease: Lease) -> WorkOutcome:
         hooks = LedgerHooks(lease, self.settings.ledger.lease_ttl_s)
         try:
-            result = self.resolver.fetch(
-                job.url, source=job.candidate_source, work_id=job.work_id, hooks=hooks, known_sha256=job.sha256,
-                refresh=self._refresh,
-            )
+            with self._download_slots:
+                # The lease may have waited for this slot while other downloads ran: renew it if little
+                # of it is left (no round trip otherwise) before anything goes out on the network.
+                lease.ensure_live(hooks.renew_every_s)
+                result = self.resolver.fetch(
+                    job.url, source=job.candidate_source, work_id=job.work_id, hooks=hooks,
+                    known_sha256=job.sha256, refresh=self._refresh,
+                )
         except LeaseLost as exc:
             return WorkOutcome(job.work_id, "deferred", Reason.LEASE_LOST.value, job_id=job.job_id, detail=str(exc))
         except Exception as exc:  # a bug or an unexpected OS error: give the job back, keep the batch going
@@ -316,6 +344,26 @@ class Orchestrator:
         reason = lease.last_reason or result.reason
         status = "deferred" if klass == "transient" else "failed"
         return WorkOutcome(job.work_id, status, reason, result, job_id=job.job_id, detail=result.detail)
+
+
+# How long a ledger round waits for `commit_round_items` requests: longer than a round takes
+# (30-60 ms), short against a download at the latencies where the download slots matter.
+COMMIT_LINGER_S = 0.08
+
+
+def bookkeeping_threads(workers: int) -> int:
+    """Threads beyond the `workers` downloads: each work's two ledger round trips (its lease before
+    the download, its completion after) wait for a group commit, which gathers requests for up to
+    `COMMIT_LINGER_S`; meanwhile these threads hold the freed download slots, so `workers` downloads
+    stay in flight instead of `workers` minus those waiting on the ledger."""
+    return (3 * workers) // 4
+
+
+def commit_round_items(workers: int) -> int:
+    """Requests a ledger round gathers before it goes: most of the threads beyond the downloads, so
+    rounds stay as full as when every thread waited for the ledger (measured: 2,000 downloads at
+    200 ms, 16 workers, ~7 items per kind and round; 2-3 without gathering, at twice the ledger's CPU)."""
+    return (5 * workers) // 8
 
 
 def make_orchestrator(

@@ -123,6 +123,21 @@ def test_an_error_on_a_workers_path_fails_the_call_and_is_no_interrupt(rig, orig
     assert {o.status for o in again} <= {"downloaded", "skipped_complete"} and len(again) == 8
 
 
+def test_downloads_in_flight_never_exceed_workers(rig, origin, pdf_bytes, osettings):
+    """Threads beyond `workers` wait on the ledger, never on the network: the origin sees at most
+    `workers` requests at once, and that many while works are left (the slots are kept full)."""
+    ledger, engine = rig
+    works = [rec(f"S{i}", origin.add(f"/s{i}.pdf", pdf_bytes(20_000 + i, 50 + i), FaultMode(latency_s=0.15)))
+             for i in range(24)]
+    orch = Orchestrator(ledger, engine, osettings, owner="slots")
+    orch.plan(works)
+    origin.peak_in_flight = 0
+    outcomes = orch.process([w.work_id for w in works], workers=4)
+    assert [o.status for o in outcomes] == ["downloaded"] * 24
+    assert origin.peak_in_flight == 4
+    assert all(origin.stats(f"/s{i}.pdf").get_requests == 1 for i in range(24))
+
+
 def test_two_orchestrators_on_the_same_works(rig, origin, pdf_bytes, osettings):
     """Two owners in one writer process race on the same works: each work is fetched once."""
     ledger, engine = rig

@@ -140,6 +140,13 @@ class OriginServer(demo.OriginServer):
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         super().__init__(host, port)
         self._root: Path | None = None
+        self._in_flight = 0
+        self.peak_in_flight = 0  # most requests being answered at once (set to 0 to start over)
+
+    def _answering(self, delta: int) -> None:
+        with self._lock:
+            self._in_flight += delta
+            self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
 
     def set_mode(self, path: str, mode: FaultMode) -> None:
         """Replace the fault mode of a path; its fault counters start over."""
@@ -230,7 +237,12 @@ def _stalled_at(
 class _Handler(demo._Handler):
     def _serve(self, method: str) -> None:
         self._header_delay = 0.0
-        super()._serve(method)
+        origin = self.server.origin
+        origin._answering(1)
+        try:
+            super()._serve(method)
+        finally:
+            origin._answering(-1)
 
     def flush_headers(self) -> None:
         """Like the stdlib's, but a `slow_headers_s` mode trickles the header block byte by byte."""

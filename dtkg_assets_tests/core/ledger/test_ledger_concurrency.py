@@ -147,9 +147,11 @@ class _CountingBackend:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.answered = 0
+        self.rounds: list[int] = []  # items per acquire call
 
     def acquire(self, requests, *, now):
         self.answered += len(requests)
+        self.rounds.append(len(requests))
         return [None] * len(requests)
 
     def commit(self, writes, *, now):
@@ -193,3 +195,43 @@ def test_group_commit_answers_every_item_submitted_while_a_leader_swaps_queues(l
     assert not errors, errors[:3]
     assert backend.answered == 16 * per_thread
     assert commits.stats.acquires == 16 * per_thread
+
+
+def _callers(commits, n: int, *, spacing_s: float) -> list[threading.Thread]:
+    """`n` daemon threads, started `spacing_s` apart, each asking for one lease."""
+    threads = []
+    for i in range(n):
+        t = threading.Thread(target=commits.acquire, args=(LeaseRequest(f"J{i}", "owner", None, 60.0),), daemon=True)
+        t.start()
+        threads.append(t)
+        time.sleep(spacing_s)
+    return threads
+
+
+def test_group_commit_gathers_the_round_it_is_asked_for(lsettings):
+    """With `gather(4, …)` four callers arriving one by one make one round, not four; without it
+    each goes alone; a leader lingering for items that will not come goes when its target drops."""
+    from dtkg_assets.core.ledger.lease import GroupCommit
+
+    backend = _CountingBackend(lsettings)
+    commits = GroupCommit(backend)  # type: ignore[arg-type]
+    commits.gather(4, 20.0)
+    for t in _callers(commits, 4, spacing_s=0.05):
+        t.join(timeout=10)
+        assert not t.is_alive()
+    assert backend.rounds == [4]
+
+    commits.gather(0, 0.0)
+    for t in _callers(commits, 3, spacing_s=0.05):
+        t.join(timeout=10)
+    assert backend.rounds == [4, 1, 1, 1]
+
+    commits.gather(3, 60.0)  # two callers, then the third work finishes without asking
+    threads = _callers(commits, 2, spacing_s=0.05)
+    time.sleep(0.2)
+    assert backend.rounds == [4, 1, 1, 1]  # still gathering
+    commits.gather(2, 60.0)
+    for t in threads:
+        t.join(timeout=10)  # far below the 60 s linger
+        assert not t.is_alive(), "a lingering leader was not woken when its target dropped"
+    assert backend.rounds == [4, 1, 1, 1, 2]
