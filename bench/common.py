@@ -47,6 +47,15 @@ def dtkg_cmd() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "dtkg_assets.cli"]
 
 
+def machine_busy_s() -> float:
+    """CPU seconds every process of the machine has spent so far (all cores; idle and I/O wait
+    apart), from /proc/stat: with the origin and the databases on the same cores, what a phase
+    costs the machine as a whole."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 LAST_CPU_S: list[float] = [0.0]  # CPU seconds (user + system) of the last `run_measured` process
 
 

@@ -7,8 +7,9 @@ fresh databases and store: the works are imported once, then that many `dtkg bac
 processes start together; the wall time runs from the first start to the last exit. Every work must be
 stored and every body fetched once before a time counts.
 
-Prints works/s per worker count and, last, the throughput ratios against one worker
-(`ratio_2_workers=…` is the goal line: ≥ 1.7).
+Prints works/s per worker count, the CPU the whole machine spent (workers, origin and PostgreSQL
+share its cores) with the ceiling that puts on each ratio, and, last, the throughput ratios against
+one worker (`ratio_2_workers=…` is the goal line: ≥ 1.7).
 
     .venv/bin/python bench/scale_out.py [--files 800] [--latency-ms 200] [--workers 16] [--runs 1]
 """
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg  # noqa: E402
 
-from bench.common import OUT, PDF_HEAD, PDF_TAIL, dtkg_cmd, make_pdf  # noqa: E402
+from bench.common import OUT, PDF_HEAD, PDF_TAIL, dtkg_cmd, machine_busy_s, make_pdf  # noqa: E402
 from dtkg_assets_tests.support.origin import FaultMode, OriginServer  # noqa: E402
 from dtkg_assets_tests.support.pgcluster import PgCluster  # noqa: E402
 
@@ -68,7 +69,8 @@ def worker_env(home: Path, ledger: str, dagster: str, store: Path) -> dict[str, 
 
 
 def one_run(cluster: PgCluster, origin: OriginServer, files: dict[str, Path], works: Path, k: int,
-            threads: int, tag: str) -> float:
+            threads: int, tag: str) -> tuple[float, float]:
+    """Wall seconds of `k` workers together, and CPU seconds the whole machine spent meanwhile."""
     base = OUT / "scale_out" / tag
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
@@ -77,13 +79,13 @@ def one_run(cluster: PgCluster, origin: OriginServer, files: dict[str, Path], wo
     envs = [worker_env(base / f"home-{i}", ledger, dagster, store) for i in range(k)]
     subprocess.run([*dtkg_cmd(), "works", "import", str(works)], env=envs[0], check=True, capture_output=True)
     origin.reset_stats()
-    cpu0 = _children_cpu()
+    cpu0, busy0 = _children_cpu(), machine_busy_s()
     t0 = time.perf_counter()
     procs = [subprocess.Popen([*dtkg_cmd(), "backfill", "--workers", str(threads), "--json"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for env in envs]
     outs = [p.communicate(timeout=3600) for p in procs]
     wall = time.perf_counter() - t0
-    cpu = _children_cpu() - cpu0
+    cpu, busy = _children_cpu() - cpu0, machine_busy_s() - busy0
     with psycopg.connect(ledger, options="-c search_path=dtkg") as con:
         done = con.execute("SELECT count(DISTINCT work_id) FROM artifact_jobs WHERE state IN ('INDEXED','DEDUPED')"
                            ).fetchone()[0]
@@ -97,8 +99,8 @@ def one_run(cluster: PgCluster, origin: OriginServer, files: dict[str, Path], wo
     # PostgreSQL share two cores, so a worker count whose CPU need exceeds them cannot scale here.
     print(f"workers={k} wall_s={wall:.2f} works_per_s={len(files) / wall:.1f} dagster_runs={runs} "
           f"worker_cpu_s={cpu:.1f} cpu_ms_per_work={cpu / len(files) * 1000:.1f} "
-          f"worker_cores_busy={cpu / wall:.2f}", flush=True)
-    return wall
+          f"worker_cores_busy={cpu / wall:.2f} machine_cores_busy={busy / wall:.2f}", flush=True)
+    return wall, busy
 
 
 def _children_cpu() -> float:
@@ -118,6 +120,7 @@ def main() -> int:
     files = build_corpus(args.files, OUT / "scale_out_www")
     latency = FaultMode(latency_s=args.latency_ms / 1000)
     walls: dict[int, float] = {}
+    busy: dict[int, float] = {}
     with PgCluster(durable=True) as cluster, OriginServer() as origin:
         urls = {}
         for wid, path in files.items():
@@ -131,8 +134,17 @@ def main() -> int:
               f"{args.workers} threads per worker, PostgreSQL ledger + Dagster storage (fsync on)", flush=True)
         for k in counts:
             samples = [one_run(cluster, origin, files, works, k, args.workers, f"k{k}r{r}") for r in range(args.runs)]
-            walls[k] = statistics.median(samples)
+            walls[k] = statistics.median(w for w, _ in samples)
+            busy[k] = statistics.median(b for _, b in samples)
     base = walls[counts[0]]
+    cores = os.cpu_count() or 1
+    for k in counts[1:]:
+        # The most k workers could reach on this machine with the CPU per work they needed: every
+        # core busy, against the first count's throughput (at most k / first count).
+        cpu_per_work = busy[k] / len(files)
+        ceiling = min(k / counts[0], cores / cpu_per_work / (len(files) / base))
+        print(f"cpu_ceiling_{k}_workers={ceiling:.2f} (machine CPU per work: {cpu_per_work * 1000:.1f} ms with "
+              f"{k}, {busy[counts[0]] / len(files) * 1000:.1f} ms with {counts[0]}; {cores} cores)")
     for k in counts[1:]:
         print(f"ratio_{k}_workers={base / walls[k]:.2f}")
     return 0
