@@ -11,8 +11,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from dtkg_assets.cli.common import EXIT_FAILED, EXIT_OK, UsageError, console, load_settings, stopped_exit_code
 from dtkg_assets.cli.ledger_access import ledger_summary, preflight
 from dtkg_assets.core import deadline
@@ -105,6 +103,8 @@ def backfill_with_progress(
 ) -> Any:
     """Batch runs over `keys` with a progress bar that advances as each run finishes; `on_finished`
     gets each finished run's partition range."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from dtkg_assets.cli.launch import backfill
 
     if not keys:

@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import base64
 import math
-import re
 import ssl
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpcore
 import httpx
@@ -41,25 +39,11 @@ from dtkg_assets.core.http_errors import error_for_status, request_error
 from dtkg_assets.core.retrying import retrying
 from dtkg_assets.core.robots import RobotsCache
 from dtkg_assets.core.settings import HttpSettings, Settings
+from dtkg_assets.core.urls import host_of
 from dtkg_assets.core.walls import ChallengeTracker
 
 PRODUCT_TOKEN = "dtkg-assets"
 METADATA_CACHE_FILE = "metadata-cache.sqlite"
-
-
-# http(s)://host, then an optional numeric port, then the path, query, fragment or the end: the host
-# is read off without urllib (the import plans a million URLs).
-_PLAIN_HOST = re.compile(r"(?i:https?)://([A-Za-z0-9.-]+)(?::[0-9]*)?(?:[/?#]|$)", re.ASCII)
-
-
-def host_of(url: str | httpx.URL) -> str:
-    """Lower-case host name of a URL ("" when it has none); the key for limits, breakers and stats."""
-    if isinstance(url, httpx.URL):
-        return url.host.lower()
-    plain = _PLAIN_HOST.match(url)
-    if plain is not None:
-        return plain.group(1).lower()
-    return (urlsplit(url).hostname or "").lower()
 
 
 def user_agent(http: HttpSettings) -> str:

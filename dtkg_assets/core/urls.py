@@ -1,13 +1,20 @@
-"""Is a candidate URL fetchable at all (scheme, host, port)? Asked before the network or the disk."""
+"""Is a candidate URL fetchable at all (scheme, host, port)? Asked before the network or the disk.
+And its host, the key for limits, breakers and stats.
+
+httpx is imported only where a URL needs parsing: the ledger plans works with these functions, and
+commands that only read it (`dtkg status`) should not pay for loading the HTTP stack.
+"""
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import httpx
-
 from dtkg_assets.core.errors import DtkgError, Reason
+
+if TYPE_CHECKING:
+    import httpx
 
 # The common shape of a candidate URL: http(s), a host name (letters, digits, '-', '.', with at least
 # one letter or '-') or an IPv4 address as `ipaddress` accepts it (httpx checks an all-digit host as
@@ -32,6 +39,8 @@ def check_url(url: str) -> None:
 
 def check_url_fully(url: str) -> None:
     """`check_url` without its shortcut for plain URLs: parsed by httpx and urllib."""
+    import httpx
+
     try:
         parsed = httpx.URL(url)
         # httpx accepts ports past 65535 that the standard library (and the socket) refuse.
@@ -45,3 +54,18 @@ def check_url_fully(url: str) -> None:
         )
     if not parsed.host:
         raise DtkgError(Reason.BAD_INPUT, f"URL {url!r} has no host")
+
+
+# http(s)://host, then an optional numeric port, then the path, query, fragment or the end: the host
+# is read off without urllib (the import plans a million URLs).
+_PLAIN_HOST = re.compile(r"(?i:https?)://([A-Za-z0-9.-]+)(?::[0-9]*)?(?:[/?#]|$)", re.ASCII)
+
+
+def host_of(url: str | httpx.URL) -> str:
+    """Lower-case host name of a URL ("" when it has none); the key for limits, breakers and stats."""
+    if not isinstance(url, str):
+        return url.host.lower()
+    plain = _PLAIN_HOST.match(url)
+    if plain is not None:
+        return plain.group(1).lower()
+    return (urlsplit(url).hostname or "").lower()

@@ -13,7 +13,6 @@ from dtkg_assets.core.errors import DtkgError, Reason
 from dtkg_assets.core.http import (
     client_features,
     get_with_retries,
-    host_of,
     make_client,
     polite_transport,
     rate_for,
@@ -21,6 +20,7 @@ from dtkg_assets.core.http import (
 )
 from dtkg_assets.core.http_errors import request_error
 from dtkg_assets.core.settings import Settings
+from dtkg_assets.core.urls import host_of
 from dtkg_assets_tests.support.origin import FaultMode
 
 

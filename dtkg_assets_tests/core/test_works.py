@@ -13,13 +13,12 @@ import dagster as dg
 import pytest
 
 from dtkg_assets.core.errors import DtkgError
-from dtkg_assets.core.http import host_of
 from dtkg_assets.core.ledger import Ledger
 from dtkg_assets.core.ledger.interface import canonical_url, canonical_url_general
 from dtkg_assets.core.settings import LandingSettings, Settings
 from dtkg_assets.core.sources import WorksSource, import_works
 from dtkg_assets.core.types import Candidate, InputProblem, WorkRecord
-from dtkg_assets.core.urls import check_url, check_url_fully
+from dtkg_assets.core.urls import check_url, check_url_fully, host_of
 from dtkg_assets.core.works import (
     candidate_enabled,
     candidate_kind,

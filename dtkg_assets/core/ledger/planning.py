@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from dtkg_assets.core.credentials import remember_candidates
-from dtkg_assets.core.http import host_of
 from dtkg_assets.core.ledger.interface import canonical_url, job_id_for
 from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.types import WorkRecord
+from dtkg_assets.core.urls import host_of
 from dtkg_assets.core.works import candidate_enabled
 
 
