@@ -156,6 +156,22 @@ def test_retries_run_out_with_a_reason(settings, origin):
     assert origin.stats("/down").requests == 3
 
 
+def refused_then_closed_by_probe(client: httpx.Client, origin, path: str, url: str, requests: int) -> httpx.Response:
+    """The open breaker refuses `url` without a request (the origin saw `requests` in all); once `path`
+    is healthy again and the 1 s cooldown has passed, one probe goes through, and its success (read
+    whole) closes the breaker. Returns the probe's response."""
+    with pytest.raises(DtkgError) as info:
+        client.get(url)
+    assert info.value.reason is Reason.BREAKER_OPEN
+    assert origin.stats(path).requests == requests
+    origin.set_mode(path, FaultMode())
+    time.sleep(1.1)
+    probe = client.get(url)
+    transport = polite_transport(client)
+    assert transport is not None and transport.policy.breakers.state("127.0.0.1") == "closed"
+    return probe
+
+
 def test_breaker_opens_defers_half_opens_and_closes(settings, origin):
     url = origin.add("/flaky", b"f" * 100, FaultMode(status=503))
     settings = make_settings(settings, breaker_fail_max=3, breaker_reset_s=1.0)
@@ -175,15 +191,7 @@ def test_breaker_opens_defers_half_opens_and_closes(settings, origin):
         # Half-open: one probe goes through; it fails, so the breaker opens again at once.
         assert transport.policy.breakers.state("127.0.0.1") == "half-open"
         assert client.get(url).status_code == 503
-        with pytest.raises(DtkgError) as info:
-            client.get(url)
-        assert info.value.reason is Reason.BREAKER_OPEN
-        assert origin.stats("/flaky").requests == 4
-
-        origin.set_mode("/flaky", FaultMode())
-        time.sleep(1.1)
-        assert client.get(url).status_code == 200  # the probe succeeds and closes the breaker
-        assert transport.policy.breakers.state("127.0.0.1") == "closed"
+        assert refused_then_closed_by_probe(client, origin, "/flaky", url, requests=4).status_code == 200
         assert client.get(url).status_code == 200
     assert origin.stats("/flaky").statuses == [503, 503, 503, 503, 200, 200]
 
@@ -205,15 +213,7 @@ def test_breaker_counts_a_good_answer_once_its_body_has_arrived(settings, origin
         with client.stream("GET", url) as response, pytest.raises(httpx.ReadTimeout):
             response.read()
         assert breakers.state("127.0.0.1") == "open"
-        with pytest.raises(DtkgError) as info:
-            client.get(url)
-        assert info.value.reason is Reason.BREAKER_OPEN
-        assert origin.stats("/stalls").requests == 3
-
-        origin.set_mode("/stalls", FaultMode())
-        time.sleep(1.1)
-        assert client.get(url).content == body  # the probe's whole body closes the breaker
-        assert breakers.state("127.0.0.1") == "closed"
+        assert refused_then_closed_by_probe(client, origin, "/stalls", url, requests=3).content == body
 
 
 def test_breaker_counts_connect_errors(settings):
