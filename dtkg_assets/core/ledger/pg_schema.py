@@ -89,11 +89,17 @@ def _v3(con: Any) -> None:
         con.execute(VIEWS[name])
 
 
+def _v4(con: Any) -> None:
+    for name in views.TRIED_ONLY_YIELD_NAMES:
+        con.execute(VIEWS[name])
+
+
 # Forward-only: append (version, description, function); never edit applied ones.
 MIGRATIONS: list[tuple[int, str, Any]] = [
     (1, "ledger tables as in the DuckDB ledger (works, jobs, ops, blobs, attempts, runs, versions)", _sync_tables),
     (2, "analyst views (v_artifacts, v_failures, v_hosts, v_runs) and json_valid, as in DuckDB", _v2),
     (3, "yield views (v_yield_hosts, v_yield_sources, v_yield_via, v_yield_failures), as in DuckDB", _v3),
+    (4, "yield views by host and by source read only tried jobs, as in DuckDB", _v4),
 ]
 LATEST = MIGRATIONS[-1][0]
 

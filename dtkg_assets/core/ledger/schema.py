@@ -200,12 +200,18 @@ def _v4(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(sql)
 
 
+def _v5(con: duckdb.DuckDBPyConnection) -> None:
+    for name in views.TRIED_ONLY_YIELD_NAMES:
+        con.execute(VIEWS[name])
+
+
 # Forward-only: append new (version, description, function) entries; never edit applied ones.
 MIGRATIONS: list[tuple[int, str, Any]] = [
     (1, "initial ledger: works, jobs, ops, blobs, attempts, runs, versions, views", _v1),
     (2, "drop the state/eligibility and lease-expiry indexes (each state write rewrote them)", _v2),
     (3, "store paths relative to the store root (a home can be moved or copied)", _v3),
     (4, "yield views: by host, by candidate source field, by how the PDF was found (result.via), failures", _v4),
+    (5, "yield views by host and by source read only tried jobs (the same rows, without scanning planned ones)", _v5),
 ]
 LATEST = MIGRATIONS[-1][0]
 

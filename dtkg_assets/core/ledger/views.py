@@ -98,7 +98,8 @@ _VIEWS: dict[str, str] = {
 }
 
 # Yield in the open (issue 11): success rates by host, by candidate source field and by how the PDF
-# was found, and failures by reason. A job counts once it was tried (finished or failed).
+# was found, and failures by reason. A job counts once it was tried (finished or failed); every column
+# counts tried jobs only, so the views read only those (a million planned works cost nothing).
 _TRIED = "state IN ('INDEXED', 'DEDUPED', 'FAILED')"
 _YIELD_COLS = f"""
         count(*) FILTER (WHERE {_TRIED}) AS tried,
@@ -113,13 +114,13 @@ _YIELD_VIEWS: dict[str, str] = {
     "v_yield_hosts": f"""
         CREATE OR REPLACE VIEW {{t}}v_yield_hosts AS
         SELECT host, {_YIELD_COLS}
-        FROM {{t}}artifact_jobs GROUP BY host HAVING count(*) FILTER (WHERE {_TRIED}) > 0
+        FROM {{t}}artifact_jobs WHERE {_TRIED} GROUP BY host
         ORDER BY tried DESC, host
     """,
     "v_yield_sources": f"""
         CREATE OR REPLACE VIEW {{t}}v_yield_sources AS
         SELECT {_SOURCE} AS source, {_YIELD_COLS}
-        FROM {{t}}artifact_jobs GROUP BY 1 HAVING count(*) FILTER (WHERE {_TRIED}) > 0
+        FROM {{t}}artifact_jobs WHERE {_TRIED} GROUP BY 1
         ORDER BY tried DESC, source
     """,
     # `result` is JSON in DuckDB and jsonb in PostgreSQL; `->>` with a key name reads a field in both.
@@ -143,6 +144,8 @@ _YIELD_VIEWS: dict[str, str] = {
 
 NAMES: tuple[str, ...] = (*_VIEWS, *_YIELD_VIEWS)
 YIELD_NAMES: tuple[str, ...] = tuple(_YIELD_VIEWS)
+# The yield views whose definitions changed after they were first released (tried jobs only).
+TRIED_ONLY_YIELD_NAMES: tuple[str, ...] = ("v_yield_hosts", "v_yield_sources")
 
 
 def create_statements(prefix: str = "") -> dict[str, str]:

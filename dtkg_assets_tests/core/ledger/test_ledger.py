@@ -131,6 +131,41 @@ def test_v1_ledger_migrates_forward_keeping_rows(duckdb_settings):
         assert led.validate() == []
 
 
+def test_v4_ledger_gets_yield_views_that_read_only_tried_jobs(duckdb_settings):
+    """Migration 5 re-creates the yield views by host and by source as filters on tried jobs: the same
+    rows as the grouped form a version-4 ledger holds, a host or source with only planned jobs absent."""
+    from dtkg_assets.core.ledger import views
+
+    tried = views._TRIED  # noqa: SLF001 (the condition both forms share)
+    grouped = {name: views.create_statements()[name].replace(
+        f"WHERE {tried} GROUP BY host", f"GROUP BY host HAVING count(*) FILTER (WHERE {tried}) > 0").replace(
+        f"WHERE {tried} GROUP BY 1", f"GROUP BY 1 HAVING count(*) FILTER (WHERE {tried}) > 0")
+        for name in views.TRIED_ONLY_YIELD_NAMES}
+    assert all("HAVING" in sql for sql in grouped.values())
+    queries = {name: f"SELECT * FROM {name}" for name in views.TRIED_ONLY_YIELD_NAMES}
+    with Ledger.open_writer(duckdb_settings) as led:
+        led.plan([work(i) for i in range(6)])
+        cur = led.cursor()
+        cur.execute("UPDATE artifact_jobs SET host = 'planned-only.example' WHERE work_id = 'W5'")
+        cur.execute("UPDATE artifact_jobs SET candidate_source = 'locations[2].pdf_url' WHERE work_id = 'W4'")
+        cur.execute("UPDATE artifact_jobs SET state = 'INDEXED', sha256 = repeat('a', 64), bytes = 10 "
+                    "WHERE work_id IN ('W0', 'W1') AND candidate_rank = 0")
+        cur.execute("UPDATE artifact_jobs SET state = 'FAILED', failure_class = 'permanent', last_reason = 'http_404' "
+                    "WHERE work_id IN ('W2', 'W4')")
+        for sql in grouped.values():
+            cur.execute(sql)
+        cur.execute("DELETE FROM schema_version WHERE version > 4")
+        before = {name: led.query(q) for name, q in queries.items()}
+    with Ledger.open_writer(duckdb_settings) as led:
+        assert led.query("SELECT max(version) FROM schema_version") == [(SCHEMA_VERSION,)]
+        after = {name: led.query(q) for name, q in queries.items()}
+        definitions = dict(led.query("SELECT view_name, sql FROM duckdb_views() WHERE view_name LIKE 'v_yield_%'"))
+    assert after == before
+    assert [r[0] for r in after["v_yield_hosts"]] == ["127.0.0.1"]  # W5's host had nothing tried
+    assert {r[0] for r in after["v_yield_sources"]} == {"best_oa_location.pdf_url", "locations[].pdf_url"}
+    assert all("HAVING" not in definitions[name] for name in views.TRIED_ONLY_YIELD_NAMES)
+
+
 def test_postgres_migrations_and_repair(pg_settings):
     """PostgreSQL: versioned forward-only migrations (idempotent across opens), health, and repair that
     restores dropped objects while keeping every row."""
