@@ -23,8 +23,28 @@ def add_status(subparsers: Any) -> None:
     p.set_defaults(func=cmd_status)
 
 
+def politeness_features(settings: Settings) -> dict[str, Any]:
+    """Which politeness features are on. Read off the settings: the HTTP stack is not loaded for it."""
+    from dtkg_assets.core import fleet
+
+    http = settings.http
+    return {
+        "offline": http.offline,
+        "user_agent": http.user_agent_header(),
+        "mailto": bool(http.mailto),
+        "rate_limits": dict(http.rate_limits),
+        "breakers": {"fail_max": http.breaker_fail_max, "reset_s": http.breaker_reset_s}
+        if http.breaker_fail_max > 0
+        else False,
+        "robots": {"ttl_s": http.robots_ttl_s} if http.robots_enabled else False,
+        "metadata_cache": str(settings.http_cache_dir) if http.cache_enabled else False,
+        "allow_hosts": list(http.allow_hosts),
+        "fleet_wide_politeness": fleet.redact_url(url) if (url := fleet.shared_state_url(settings)) else False,
+        "max_redirects": http.max_redirects,
+    }
+
+
 def status_report(settings: Settings) -> dict[str, Any]:
-    from dtkg_assets.core.http import client_features
     from dtkg_assets.core.ledger import Ledger, LedgerBusy, LedgerUnavailable
 
     features: dict[str, Any] = {
@@ -42,7 +62,7 @@ def status_report(settings: Settings) -> dict[str, Any]:
             "margin_factor": settings.quota.margin_factor,
             "max_bytes": settings.quota.max_bytes,
         },
-        **client_features(settings),
+        **politeness_features(settings),
         "landing_pages": {
             "max_hops": settings.landing.max_hops, "max_html_bytes": settings.landing.max_html_bytes,
             "doi": settings.landing.doi_resolver if settings.landing.doi else False,

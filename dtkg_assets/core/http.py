@@ -38,22 +38,12 @@ from dtkg_assets.core.errors import DtkgError, Reason
 from dtkg_assets.core.http_errors import error_for_status, request_error
 from dtkg_assets.core.retrying import retrying
 from dtkg_assets.core.robots import RobotsCache
-from dtkg_assets.core.settings import HttpSettings, Settings
+from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.urls import host_of
 from dtkg_assets.core.walls import ChallengeTracker
 
 PRODUCT_TOKEN = "dtkg-assets"
 METADATA_CACHE_FILE = "metadata-cache.sqlite"
-
-
-def user_agent(http: HttpSettings) -> str:
-    """``dtkg-assets/0.1 (+https://…; mailto:you@example.org)``: names the project and a contact."""
-    base = http.user_agent.strip()
-    if not http.mailto:
-        return base
-    if base.endswith(")"):
-        return f"{base[:-1]}; mailto:{http.mailto})"
-    return f"{base} (mailto:{http.mailto})"
 
 
 def get_with_retries(
@@ -425,7 +415,7 @@ class PoliteTransport(httpx.BaseTransport):
         if settings.http.robots_enabled and self.policy.robots is None:
             self.policy.robots = RobotsCache(
                 self._send_without_robots,
-                user_agent=user_agent(settings.http),
+                user_agent=settings.http.user_agent_header(),
                 product=PRODUCT_TOKEN,
                 ttl_s=settings.http.robots_ttl_s,
                 shared=fleet.FleetRobots(self.policy.fleet) if self.policy.fleet is not None else None,
@@ -564,7 +554,7 @@ def make_client(
         timeout=timeout,
         follow_redirects=True,
         max_redirects=http.max_redirects,
-        headers={"User-Agent": user_agent(http)},
+        headers={"User-Agent": http.user_agent_header()},
         trust_env=False,
     )
 
@@ -575,22 +565,3 @@ def polite_transport(client: httpx.Client) -> PoliteTransport | None:
     while transport is not None and not isinstance(transport, PoliteTransport):
         transport = getattr(transport, "next_transport", None)
     return transport
-
-
-def client_features(settings: Settings) -> dict[str, Any]:
-    """Which politeness features are on, for ``dtkg status``."""
-    http = settings.http
-    return {
-        "offline": http.offline,
-        "user_agent": user_agent(http),
-        "mailto": bool(http.mailto),
-        "rate_limits": {host: rate for host, rate in http.rate_limits.items()},
-        "breakers": {"fail_max": http.breaker_fail_max, "reset_s": http.breaker_reset_s}
-        if http.breaker_fail_max > 0
-        else False,
-        "robots": {"ttl_s": http.robots_ttl_s} if http.robots_enabled else False,
-        "metadata_cache": str(settings.http_cache_dir) if http.cache_enabled else False,
-        "allow_hosts": list(http.allow_hosts),
-        "fleet_wide_politeness": fleet.redact_url(url) if (url := fleet.shared_state_url(settings)) else False,
-        "max_redirects": http.max_redirects,
-    }

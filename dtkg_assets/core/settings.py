@@ -115,6 +115,15 @@ class HttpSettings:
     # artifact; a HEAD is then sent only before resuming a part that has no strong validator.
     head_precheck: bool = False
 
+    def user_agent_header(self) -> str:
+        """``dtkg-assets/0.1 (+https://…; mailto:you@example.org)``: names the project and a contact."""
+        base = self.user_agent.strip()
+        if not self.mailto:
+            return base
+        if base.endswith(")"):
+            return f"{base[:-1]}; mailto:{self.mailto})"
+        return f"{base} (mailto:{self.mailto})"
+
 
 @dataclass(frozen=True)
 class LedgerSettings:

@@ -9,14 +9,13 @@ from email.utils import formatdate
 import httpx
 import pytest
 
+from dtkg_assets.cli.status import politeness_features
 from dtkg_assets.core.errors import DtkgError, Reason
 from dtkg_assets.core.http import (
-    client_features,
     get_with_retries,
     make_client,
     polite_transport,
     rate_for,
-    user_agent,
 )
 from dtkg_assets.core.http_errors import request_error
 from dtkg_assets.core.settings import Settings
@@ -67,7 +66,7 @@ def test_user_agent_names_project_and_contact(settings, origin):
         assert client.get(url).status_code == 200
     ua = origin.stats("/ua").user_agents[0]
     assert ua == "dtkg-assets/0.1 (+https://github.com/dtkg-assets/dtkg-assets; mailto:tests@example.org)"
-    assert user_agent(make_settings(settings, mailto="").http) == "dtkg-assets/0.1 (+https://github.com/dtkg-assets/dtkg-assets)"
+    assert make_settings(settings, mailto="").http.user_agent_header() == "dtkg-assets/0.1 (+https://github.com/dtkg-assets/dtkg-assets)"
 
 
 @pytest.mark.serial
@@ -242,7 +241,7 @@ def test_offline_mode_makes_no_connection(settings, origin):
             client.get(url)
         assert info.value.reason is Reason.OFFLINE and not info.value.transient
     assert origin.total_requests() == 0
-    assert client_features(settings)["offline"] is True
+    assert politeness_features(settings)["offline"] is True
 
 
 def test_metadata_cache_hit_serves_zero_origin_requests(settings, origin):
@@ -293,8 +292,8 @@ def test_too_many_redirects_has_a_reason(settings, origin):
     assert request_error(info.value).reason is Reason.TOO_MANY_REDIRECTS
 
 
-def test_client_features_and_host_of():
-    features = client_features(Settings())
+def test_politeness_features_and_host_of():
+    features = politeness_features(Settings())
     assert features["robots"] and features["breakers"] and features["metadata_cache"]
     assert features["rate_limits"]["arxiv.org"] == pytest.approx(1 / 3)
     assert host_of("https://API.OpenAlex.org/works?x=1") == "api.openalex.org"
