@@ -10,6 +10,7 @@ from typing import Any
 from rich.table import Table
 
 from dtkg_assets.cli.common import EXIT_OK, EXIT_USAGE, console, load_settings
+from dtkg_assets.core import fleet
 from dtkg_assets.core.settings import Settings
 
 
@@ -25,8 +26,6 @@ def add_status(subparsers: Any) -> None:
 
 def politeness_features(settings: Settings) -> dict[str, Any]:
     """Which politeness features are on. Read off the settings: the HTTP stack is not loaded for it."""
-    from dtkg_assets.core import fleet
-
     http = settings.http
     return {
         "offline": http.offline,

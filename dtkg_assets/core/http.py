@@ -350,18 +350,21 @@ class _BreakerCountedBody(httpx.SyncByteStream):
             raise
         self._count(success=True)
 
-    def _count(self, success: bool) -> None:
-        if not self._counted:
-            self._counted = True
-            self._breakers.record(self._host, success=success, probe=self._probe)
-
     def close(self) -> None:
         try:
             self._inner.close()
         finally:
-            if not self._counted:
-                self._counted = True
-                self._breakers.release(self._host, self._probe)
+            self._count(success=None)
+
+    def _count(self, success: bool | None) -> None:
+        """The body's outcome for the breaker, once: None (closed before its end) only frees the probe."""
+        if self._counted:
+            return
+        self._counted = True
+        if success is None:
+            self._breakers.release(self._host, self._probe)
+        else:
+            self._breakers.record(self._host, success=success, probe=self._probe)
 
 
 class HostPolicy:
