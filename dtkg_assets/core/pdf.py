@@ -39,8 +39,24 @@ HTML_MARKERS: tuple[bytes, ...] = (
 
 # The end of a revision: `startxref`, the byte offset of its cross-reference section, `%%EOF`.
 _STARTXREF = re.compile(rb"startxref\s+\d+\s+%%EOF")
-# A cross-reference table's trailer, an xref stream's dictionary, or the end of an object.
-_STRUCTURE = re.compile(rb"\btrailer\b|/XRef\b|\bendobj\b")
+# A cross-reference table's trailer, an xref stream's dictionary, or the end of an object, as whole
+# words: (marker, whether it must start a word). Found with bytes.find, not one regex alternation,
+# which tries every offset of the tail (0.19 ms per file against a few microseconds).
+_STRUCTURE: tuple[tuple[bytes, bool], ...] = ((b"trailer", True), (b"/XRef", False), (b"endobj", True))
+_WORD_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+
+def has_structure(data: bytes) -> bool:
+    """Whether `data` holds a trailer, an xref stream or an object end as a whole word (regex `\\b`)."""
+    for marker, starts_word in _STRUCTURE:
+        at = data.rfind(marker)  # they sit at the end of a PDF: search from there
+        while at >= 0:
+            after = at + len(marker)
+            if (not starts_word or at == 0 or data[at - 1] not in _WORD_BYTES) and (
+                    after == len(data) or data[after] not in _WORD_BYTES):
+                return True
+            at = data.rfind(marker, 0, at + len(marker) - 1)
+    return False
 
 
 def find_html_marker(data: bytes) -> bytes | None:
@@ -75,7 +91,7 @@ def classify_pdf(head: bytes, tail: bytes, size: int, settings: ValidationSettin
         return DtkgError(Reason.NOT_PDF, f"no %%EOF trailer in the last {settings.tail_sniff_bytes} bytes")
     if not _STARTXREF.search(end):
         return DtkgError(Reason.NOT_PDF, "no 'startxref <offset> %%EOF' at the end: not a complete PDF")
-    if not _STRUCTURE.search(end):
+    if not has_structure(end):
         return DtkgError(
             Reason.NOT_PDF,
             f"no cross-reference trailer, xref stream or object in the last {settings.tail_sniff_bytes} bytes",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dtkg_assets.core.errors import DtkgError, Reason
-from dtkg_assets.core.pdf import is_valid_pdf, validate_pdf
+from dtkg_assets.core.pdf import has_structure, is_valid_pdf, validate_pdf
 from dtkg_assets.core.settings import ValidationSettings
 
 V = ValidationSettings()
@@ -71,3 +71,25 @@ def test_trailer_must_be_near_the_end(tmp_path: Path) -> None:
     # A few KB of trailing bytes after %%EOF, as some hosts serve, is still a PDF.
     path.write_bytes(b"%PDF-1.7\n" + b"#" * 5000 + END + b"\0" * 4000)
     assert is_valid_pdf(path, V)
+
+
+@pytest.mark.parametrize(
+    ("tail", "found"),
+    [
+        (b"\ntrailer\n", True),
+        (b"trailer", True),  # at both edges of the window
+        (b"xtrailer <<", False),  # inside a longer word
+        (b"trailers", False),
+        (b"1 0 obj\n<< >>\nendobj", True),
+        (b"_endobj\n", False),
+        (b"endobj_ x", False),
+        (b"<< /Type /XRef /W [1 2 1] >>", True),
+        (b"a/XRef ", True),  # a name starts at its slash: no word boundary before it
+        (b"/XRefStm 12", False),
+        (b"xtrailer trailerx /XRefs endobj1 trailer!", True),  # the last occurrence is whole
+        (b"endobjendobj", False),
+        (b"", False),
+    ],
+)
+def test_structure_markers_count_as_whole_words_only(tail: bytes, found: bool) -> None:
+    assert has_structure(tail) is found
