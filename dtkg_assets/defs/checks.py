@@ -24,6 +24,7 @@ from dtkg_assets.core.pdf import is_valid_pdf
 from dtkg_assets.core.rightpaper import check_pdf
 from dtkg_assets.core.store import Store
 from dtkg_assets.core.verify import file_problem
+from dtkg_assets.defs.event_writer import EVENTS_PER_BATCH, step_event_logger
 from dtkg_assets.defs.partitions import artifact_partitions
 from dtkg_assets.defs.resources import LedgerResource
 
@@ -87,7 +88,10 @@ def artifact_checks(context: dg.AssetCheckExecutionContext, ledger: LedgerResour
     with ledger.reader() as led:
         rows = finished_artifacts(led, work_ids=keys or None)
         refs = work_references(led, [r[0] for r in rows])
-    ctx = context.op_execution_context
+    # One event batch per EVENTS_PER_BATCH evaluations (one transaction per shard on the SQLite
+    # storage), not three transactions per evaluation as `log_event` writes them.
+    log_batch = step_event_logger(context)
+    evaluations: list[dg.AssetCheckEvaluation] = []
     asset_key = dg.AssetKey("artifact_pdfs")
     passed = 0
     failures = dict.fromkeys(ASPECTS, 0)
@@ -113,13 +117,15 @@ def artifact_checks(context: dg.AssetCheckExecutionContext, ledger: LedgerResour
         passed += ok
         for name in failed:
             failures[name] += 1
-        # log_event accepts check evaluations (Dagster 1.13), its annotation does not say so.
-        ctx.log_event(
-            dg.AssetCheckEvaluation(  # type: ignore[arg-type]
-                asset_key=asset_key, check_name=CHECK, passed=ok, partition=work_id, metadata=metadata,
-                severity=severity,
-            )
-        )
+        evaluations.append(dg.AssetCheckEvaluation(
+            asset_key=asset_key, check_name=CHECK, passed=ok, partition=work_id, metadata=metadata,
+            severity=severity,
+        ))
+        if len(evaluations) == EVENTS_PER_BATCH:
+            log_batch(evaluations)
+            evaluations = []
+    if evaluations:
+        log_batch(evaluations)
     context.log.info(
         f"checked {checked} of {len(rows)} finished works of {len(keys) or 'all'} partitions: {passed} passed; "
         "failed: "

@@ -33,13 +33,13 @@ import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from typing import Any
 
 import yaml
 from dagster import DagsterInstance, Field, IntSource, StringSource
 from dagster._core.errors import DagsterInvariantViolationError
-from dagster._core.events import ASSET_EVENTS
+from dagster._core.events import ASSET_EVENTS, DagsterEventType
 from dagster._core.events.log import EventLogEntry
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
@@ -80,6 +80,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         self._engines_pid = os.getpid()
         self._open_run_shards = max(1, int(open_run_shards))
         self._engines_lock = threading.Lock()
+        self._batch = threading.local()  # the index connection of a batch being written, on its thread
         super().__init__(base_dir, inst_data)
 
     @classmethod
@@ -149,17 +150,20 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         """Dagster's SQLite storage writes a batch one event at a time: two transactions per asset
-        event (run shard, then index shard). The asset events of one run (what Dagster batches: a
-        run's planned materializations, a step's materializations and observations) are written
-        here by the same statements in one transaction per shard. Anything else, as Dagster does."""
+        event (run shard, then index shard), three per check evaluation (run shard, the index shard's
+        copy, its check execution row). The asset events of one run (what Dagster batches: a run's
+        planned materializations, a step's materializations and observations) and one run's check
+        evaluations (logged as a batch by `artifact_checks`) are written here by the same statements
+        in one transaction per shard. Anything else, as Dagster does."""
         run_ids = {event.run_id for event in events}
-        if len(run_ids) != 1 or not all(
-            event.is_dagster_event and event.dagster_event_type in ASSET_EVENTS for event in events
-        ):
+        kinds = {event.dagster_event_type for event in events}
+        checks = kinds == {DagsterEventType.ASSET_CHECK_EVALUATION}
+        if len(run_ids) != 1 or not run_ids.pop() or not all(event.is_dagster_event for event in events) or not (
+                checks or kinds <= ASSET_EVENTS):
             super().store_event_batch(events)
             return
         statements = [self.prepare_insert_event(event) for event in events]
-        with self.run_connection(run_ids.pop()) as conn:
+        with self.run_connection(events[0].run_id) as conn:
             for statement in statements:
                 conn.execute(statement)
         event_ids: list[int] = []
@@ -170,9 +174,22 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
                 if event_id is None:
                     raise DagsterInvariantViolationError("Cannot store asset event tags for null event id.")
                 event_ids.append(event_id)
+            if checks:
+                # Dagster's own update of each check execution row, on this transaction's connection.
+                self._batch.index_conn = conn
+                try:
+                    for event, event_id in zip(events, event_ids, strict=True):
+                        self.store_asset_check_event(event, event_id)
+                finally:
+                    self._batch.index_conn = None
+                return
             self._store_asset_event_tags(conn, list(events), event_ids)
             for event, event_id in zip(events, event_ids, strict=True):
                 self._store_asset_event(conn, event, event_id)
+
+    def index_connection(self) -> AbstractContextManager[Connection]:
+        conn = getattr(self._batch, "index_conn", None)
+        return nullcontext(conn) if conn is not None else super().index_connection()
 
     def _touch(self, shard: str) -> None:
         """Let watchers of the run shard's file (the webserver's run log stream) see the write."""

@@ -14,19 +14,22 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import dagster as dg
-from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, generate_event_batch_id
+from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, DagsterEventType, generate_event_batch_id
 
 from dtkg_assets.core.background import BackgroundWorker
 
 # Events logged per batch at most (Dagster also flushes a batch at DAGSTER_EVENT_BATCH_SIZE).
 EVENTS_PER_BATCH = 100
 
-PartitionEvent = dg.AssetMaterialization | dg.AssetObservation
+PartitionEvent = dg.AssetMaterialization | dg.AssetObservation | dg.AssetCheckEvaluation
 
 
-def step_event_logger(context: dg.AssetExecutionContext) -> Callable[[Sequence[PartitionEvent]], None]:
-    """Logs materializations and observations as `context.log_event` does (event log and the step's
-    events), as one Dagster event batch: `log_event` has no way to say that events belong together."""
+def step_event_logger(
+    context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext,
+) -> Callable[[Sequence[PartitionEvent]], None]:
+    """Logs materializations, observations and check evaluations as `context.log_event` does (event
+    log and the step's events), as one Dagster event batch: `log_event` has no way to say that events
+    belong together."""
     op_context = context.op_execution_context
     step_context = op_context._step_execution_context  # noqa: SLF001 (what log_event itself uses)
 
@@ -37,8 +40,18 @@ def step_event_logger(context: dg.AssetExecutionContext) -> Callable[[Sequence[P
             batch = DagsterEventBatchMetadata(batch_id, i == last)
             if isinstance(event, dg.AssetMaterialization):
                 logged = DagsterEvent.asset_materialization(step_context, event, batch)
-            else:
+            elif isinstance(event, dg.AssetObservation):
                 logged = DagsterEvent.asset_observation(step_context, event, batch)
+            else:
+                # `DagsterEvent.asset_check_evaluation` takes no batch: the same event, its message as
+                # Dagster 1.13 words it.
+                verdict = "passed." if event.passed else "did not pass."
+                logged = DagsterEvent.from_step(
+                    DagsterEventType.ASSET_CHECK_EVALUATION, step_context, event,
+                    f"Asset check '{event.check_name}' on '{event.asset_key.to_user_string()}' {verdict}"
+                    + ("" if event.description is None else f" Description: '{event.description}'"),
+                    batch,
+                )
             op_context._events.append(logged)  # noqa: SLF001 (as log_event does: the step's events)
 
     return log
