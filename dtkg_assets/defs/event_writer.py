@@ -17,6 +17,7 @@ import dagster as dg
 from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, DagsterEventType, generate_event_batch_id
 
 from dtkg_assets.core.background import BackgroundWorker
+from dtkg_assets.defs.event_storage import PooledSqliteEventLogStorage
 
 # Events logged per batch at most (Dagster also flushes a batch at DAGSTER_EVENT_BATCH_SIZE).
 EVENTS_PER_BATCH = 100
@@ -32,12 +33,16 @@ def step_event_logger(
     belong together."""
     op_context = context.op_execution_context
     step_context = op_context._step_execution_context  # noqa: SLF001 (what log_event itself uses)
+    # Check evaluations go as a batch only to the storage that takes them (ours on SQLite): Dagster's
+    # PostgreSQL storage refuses them in a batch, and the instance would write them again one by one
+    # after printing the error.
+    checks_batch = isinstance(op_context.instance.event_log_storage, PooledSqliteEventLogStorage)
 
     def log(events: Sequence[PartitionEvent]) -> None:
         batch_id = generate_event_batch_id()
         last = len(events) - 1
         for i, event in enumerate(events):
-            batch = DagsterEventBatchMetadata(batch_id, i == last)
+            batch: DagsterEventBatchMetadata | None = DagsterEventBatchMetadata(batch_id, i == last)
             if isinstance(event, dg.AssetMaterialization):
                 logged = DagsterEvent.asset_materialization(step_context, event, batch)
             elif isinstance(event, dg.AssetObservation):
@@ -46,6 +51,7 @@ def step_event_logger(
                 # `DagsterEvent.asset_check_evaluation` takes no batch: the same event, its message as
                 # Dagster 1.13 words it.
                 verdict = "passed." if event.passed else "did not pass."
+                batch = batch if checks_batch else None
                 logged = DagsterEvent.from_step(
                     DagsterEventType.ASSET_CHECK_EVALUATION, step_context, event,
                     f"Asset check '{event.check_name}' on '{event.asset_key.to_user_string()}' {verdict}"

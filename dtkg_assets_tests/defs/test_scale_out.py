@@ -97,6 +97,13 @@ def test_dtkg_backfill_records_its_runs_in_dagster_postgres_storage(
             "AND asset_key LIKE '%artifact_pdfs%'").fetchall()}
     assert statuses and set(statuses) == {"SUCCESS"}
     assert partitions == {"W1", "W2", "W3"}
+    # The check run's evaluations too, each written as Dagster's PostgreSQL storage takes them (it
+    # refuses check evaluations in a batch: a batch would be written again one by one, after an error).
+    with psycopg.connect(pg_url) as con:
+        checked = {r[0] for r in con.execute(
+            "SELECT partition FROM asset_check_executions WHERE execution_status = 'SUCCEEDED'").fetchall()}
+    assert checked == {"W1", "W2", "W3"}
+    assert "Exception while storing event batch" not in proc.stderr, proc.stderr
 
 
 # ---- shared store ---------------------------------------------------------------------------
