@@ -22,6 +22,7 @@ from dtkg_assets.core import deadline
 from dtkg_assets.core.ledger.queries import finished_artifacts, work_references
 from dtkg_assets.core.pdf import is_valid_pdf
 from dtkg_assets.core.rightpaper import check_pdf
+from dtkg_assets.core.settings import Settings
 from dtkg_assets.core.store import Store
 from dtkg_assets.core.verify import file_problem
 from dtkg_assets.defs.event_writer import EVENTS_PER_BATCH, step_event_logger
@@ -92,43 +93,50 @@ def artifact_checks(context: dg.AssetCheckExecutionContext, ledger: LedgerResour
     # storage), not three transactions per evaluation as `log_event` writes them.
     log_batch = step_event_logger(context)
     evaluations: list[dg.AssetCheckEvaluation] = []
-    asset_key = dg.AssetKey("artifact_pdfs")
     passed = 0
     failures = dict.fromkeys(ASPECTS, 0)
     checked = 0
-    for work_id, sha256, _path, size in rows:
-        if deadline.stop_requested():
-            break  # `dtkg backfill` stopped: the works not reached stay unevaluated
-        checked += 1
-        path = store.work_path(work_id)
-        problem = file_problem(path, sha256, size or None, "sha256")
-        is_pdf: bool | None = None
-        paper: str | None = None
-        paper_detail = ""
-        if problem != "file_missing":
-            is_pdf = is_valid_pdf(path, settings.validation)
-            doi, title = refs.get(work_id, (None, None))
-            verdict = check_pdf(path, doi=doi, title=title)
-            paper, paper_detail = verdict.verdict, verdict.detail
-        failed, metadata = check_verdicts(problem, is_pdf, paper, paper_detail, sha256, size)
-        ok = not failed
-        # ERROR when the file or the PDF is wrong; a paper that only looks wrong is a WARN.
-        severity = dg.AssetCheckSeverity.ERROR if {"file", "pdf"} & set(failed) else dg.AssetCheckSeverity.WARN
-        passed += ok
-        for name in failed:
-            failures[name] += 1
-        evaluations.append(dg.AssetCheckEvaluation(
-            asset_key=asset_key, check_name=CHECK, passed=ok, partition=work_id, metadata=metadata,
-            severity=severity,
-        ))
-        if len(evaluations) == EVENTS_PER_BATCH:
+    try:
+        for work_id, sha256, _path, size in rows:
+            if deadline.stop_requested():
+                break  # `dtkg backfill` stopped: the works not reached stay unevaluated
+            checked += 1
+            evaluation, failed = _evaluate(store, settings, refs, work_id, sha256, size)
+            passed += not failed
+            for name in failed:
+                failures[name] += 1
+            evaluations.append(evaluation)
+            if len(evaluations) == EVENTS_PER_BATCH:
+                full, evaluations = evaluations, []
+                log_batch(full)
+    finally:
+        # What was judged is logged, also when a later work's check raised.
+        if evaluations:
             log_batch(evaluations)
-            evaluations = []
-    if evaluations:
-        log_batch(evaluations)
     context.log.info(
         f"checked {checked} of {len(rows)} finished works of {len(keys) or 'all'} partitions: {passed} passed; "
         "failed: "
         + ", ".join(f"{name} {failures[name]}" for name in ASPECTS)
     )
     yield from ()
+
+
+def _evaluate(store: Store, settings: Settings, refs: dict[str, tuple[str | None, str | None]], work_id: str,
+              sha256: str, size: int) -> tuple[dg.AssetCheckEvaluation, list[str]]:
+    """One finished work's check evaluation, and the aspects it failed."""
+    path = store.work_path(work_id)
+    problem = file_problem(path, sha256, size or None, "sha256")
+    is_pdf: bool | None = None
+    paper: str | None = None
+    paper_detail = ""
+    if problem != "file_missing":
+        is_pdf = is_valid_pdf(path, settings.validation)
+        doi, title = refs.get(work_id, (None, None))
+        verdict = check_pdf(path, doi=doi, title=title)
+        paper, paper_detail = verdict.verdict, verdict.detail
+    failed, metadata = check_verdicts(problem, is_pdf, paper, paper_detail, sha256, size)
+    # ERROR when the file or the PDF is wrong; a paper that only looks wrong is a WARN.
+    severity = dg.AssetCheckSeverity.ERROR if {"file", "pdf"} & set(failed) else dg.AssetCheckSeverity.WARN
+    evaluation = dg.AssetCheckEvaluation(asset_key=dg.AssetKey("artifact_pdfs"), check_name=CHECK,
+                                         passed=not failed, partition=work_id, metadata=metadata, severity=severity)
+    return evaluation, failed

@@ -156,14 +156,13 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         evaluations (logged as a batch by `artifact_checks`) are written here by the same statements
         in one transaction per shard. Anything else, as Dagster does."""
         run_ids = {event.run_id for event in events}
-        kinds = {event.dagster_event_type for event in events}
+        kinds = {event.dagster_event_type for event in events}  # None for a non-Dagster event
         checks = kinds == {DagsterEventType.ASSET_CHECK_EVALUATION}
-        if len(run_ids) != 1 or not run_ids.pop() or not all(event.is_dagster_event for event in events) or not (
-                checks or kinds <= ASSET_EVENTS):
+        if len(run_ids) != 1 or not (checks or kinds <= ASSET_EVENTS):
             super().store_event_batch(events)
             return
         statements = [self.prepare_insert_event(event) for event in events]
-        with self.run_connection(events[0].run_id) as conn:
+        with self.run_connection(run_ids.pop()) as conn:
             for statement in statements:
                 conn.execute(statement)
         event_ids: list[int] = []

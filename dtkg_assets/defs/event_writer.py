@@ -42,7 +42,7 @@ def step_event_logger(
         batch_id = generate_event_batch_id()
         last = len(events) - 1
         for i, event in enumerate(events):
-            batch: DagsterEventBatchMetadata | None = DagsterEventBatchMetadata(batch_id, i == last)
+            batch = DagsterEventBatchMetadata(batch_id, i == last)
             if isinstance(event, dg.AssetMaterialization):
                 logged = DagsterEvent.asset_materialization(step_context, event, batch)
             elif isinstance(event, dg.AssetObservation):
@@ -51,12 +51,11 @@ def step_event_logger(
                 # `DagsterEvent.asset_check_evaluation` takes no batch: the same event, its message as
                 # Dagster 1.13 words it.
                 verdict = "passed." if event.passed else "did not pass."
-                batch = batch if checks_batch else None
                 logged = DagsterEvent.from_step(
                     DagsterEventType.ASSET_CHECK_EVALUATION, step_context, event,
                     f"Asset check '{event.check_name}' on '{event.asset_key.to_user_string()}' {verdict}"
                     + ("" if event.description is None else f" Description: '{event.description}'"),
-                    batch,
+                    batch if checks_batch else None,
                 )
             op_context._events.append(logged)  # noqa: SLF001 (as log_event does: the step's events)
 
