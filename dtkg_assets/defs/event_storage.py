@@ -71,6 +71,8 @@ DEFAULT_EVENT_BATCH_SIZE = "100"
 class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     """`SqliteEventLogStorage` keeping each recent shard's engine and WAL open (see the module doc)."""
 
+    batches_check_evaluations = True  # `defs.event_writer` sends them as one batch
+
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None,
                  open_run_shards: int = DEFAULT_OPEN_RUN_SHARDS) -> None:
         # Set before the base class's __init__, which may already connect (first use of a home).

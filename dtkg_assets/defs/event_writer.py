@@ -5,7 +5,8 @@ index shard) under one storage lock: sixteen workers logging inline would queue 
 of downloading. Here workers hand the event over and go on; one thread takes every event waiting
 (at most a batch run's worth) and logs them as one Dagster event batch, which the instance stores
 with one `store_event_batch` (one transaction per shard on `DtkgDagsterInstance`'s SQLite storage;
-on PostgreSQL one insert when the batch holds only materializations, else one event at a time).
+on PostgreSQL one insert when the batch holds only materializations or, with `DtkgPostgresStorage`,
+one transaction for a batch of check evaluations).
 `close()` drains the queue before the step ends, so every event is written inside the step, in the
 order the works finished.
 """
@@ -17,7 +18,6 @@ import dagster as dg
 from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, DagsterEventType, generate_event_batch_id
 
 from dtkg_assets.core.background import BackgroundWorker
-from dtkg_assets.defs.event_storage import PooledSqliteEventLogStorage
 
 # Events logged per batch at most (Dagster also flushes a batch at DAGSTER_EVENT_BATCH_SIZE).
 EVENTS_PER_BATCH = 100
@@ -33,10 +33,10 @@ def step_event_logger(
     belong together."""
     op_context = context.op_execution_context
     step_context = op_context._step_execution_context  # noqa: SLF001 (what log_event itself uses)
-    # Check evaluations go as a batch only to the storage that takes them (ours on SQLite): Dagster's
-    # PostgreSQL storage refuses them in a batch, and the instance would write them again one by one
-    # after printing the error.
-    checks_batch = isinstance(op_context.instance.event_log_storage, PooledSqliteEventLogStorage)
+    # Check evaluations go as a batch only to a storage that takes them (ours, on SQLite and on
+    # PostgreSQL): Dagster's own PostgreSQL storage refuses them in a batch, and the instance would
+    # write them again one by one after printing the error.
+    checks_batch = bool(getattr(op_context.instance.event_log_storage, "batches_check_evaluations", False))
 
     def log(events: Sequence[PartitionEvent]) -> None:
         batch_id = generate_event_batch_id()

@@ -7,9 +7,10 @@
   once per process, then only what was added: `defs.dynamic_partitions`). Written into the home's copy only:
   the project's file also serves a `dagster dev` without DAGSTER_HOME, left as Dagster makes it.
   `DTKG_RUN_POOLED_EVENTS=0` leaves it out (Dagster's own SQLite event storage, same files).
-- `DAGSTER_PG_URL` set: `dagster.postgres.yaml` (dagster-postgres storage, queued runs, a process per
-  run), so many `dtkg` processes and `dagster dev`/daemon on many hosts share one instance; its
-  `instance_class` is `DtkgDagsterInstance` too, for the listing of dynamic partition keys.
+- `DAGSTER_PG_URL` set: `dagster.postgres.yaml` (dagster-postgres storage with the event log of
+  `defs.pg_event_storage`, queued runs, a process per run), so many `dtkg` processes and
+  `dagster dev`/daemon on many hosts share one instance; its `instance_class` is `DtkgDagsterInstance`
+  too, for the listing of dynamic partition keys.
 - The `ledger` pool limit (`concurrency.pools.default_limit`) is forced to 1 whenever the ledger is
   the DuckDB file, whatever the file says: DuckDB allows one read-write process.
 """
@@ -33,7 +34,8 @@ DAGSTER_PG_URL = "DAGSTER_PG_URL"
 FALLBACK_PG_CONFIG: dict[str, Any] = {
     "telemetry": {"enabled": False},
     "instance_class": {"module": "dtkg_assets.defs.event_storage", "class": "DtkgDagsterInstance"},
-    "storage": {"postgres": {"postgres_url": {"env": DAGSTER_PG_URL}}},
+    "storage": {"custom": {"module": "dtkg_assets.defs.pg_event_storage", "class": "DtkgPostgresStorage",
+                           "config": {"postgres_url": {"env": DAGSTER_PG_URL}}}},
     "run_coordinator": {"module": "dagster._core.run_coordinator", "class": "QueuedRunCoordinator",
                         "config": {"dequeue_use_threads": True, "dequeue_num_workers": 4}},
     "run_launcher": {"module": "dagster._core.launcher", "class": "DefaultRunLauncher"},

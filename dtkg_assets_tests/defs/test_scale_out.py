@@ -4,7 +4,6 @@ Everything here runs on a real PostgreSQL cluster (the session `pg_cluster`), re
 and the loopback test origin.
 """
 
-from __future__ import annotations
 
 import contextlib
 import hashlib
@@ -14,14 +13,20 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import dagster as dg
 import psycopg
 import pytest
 import yaml
+from dagster_postgres import PostgresEventLogStorage
 
 from dtkg_assets.core.settings import Settings
-from dtkg_assets.defs.instance import instance_yaml, pool_limit
+from dtkg_assets.defs.event_writer import step_event_logger
+from dtkg_assets.defs.instance import dagster_pg_url, instance_yaml, pool_limit
+from dtkg_assets.defs.pg_event_storage import DtkgPostgresEventLogStorage
 from dtkg_assets_tests.conftest import loopback_env, pdf_bytes
 from dtkg_assets_tests.support.origin import FaultMode, OriginServer
 
@@ -97,13 +102,85 @@ def test_dtkg_backfill_records_its_runs_in_dagster_postgres_storage(
             "AND asset_key LIKE '%artifact_pdfs%'").fetchall()}
     assert statuses and set(statuses) == {"SUCCESS"}
     assert partitions == {"W1", "W2", "W3"}
-    # The check run's evaluations too, each written as Dagster's PostgreSQL storage takes them (it
-    # refuses check evaluations in a batch: a batch would be written again one by one, after an error).
+    # The check run's evaluations too, written as one batch by our storage (Dagster's own refuses check
+    # evaluations in a batch: the instance would write them again one by one, after an error).
     with psycopg.connect(pg_url) as con:
         checked = {r[0] for r in con.execute(
             "SELECT partition FROM asset_check_executions WHERE execution_status = 'SUCCEEDED'").fetchall()}
     assert checked == {"W1", "W2", "W3"}
     assert "Exception while storing event batch" not in proc.stderr, proc.stderr
+
+
+def test_a_check_runs_evaluations_are_one_transaction_on_postgresql_and_read_by_dagsters_storage(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ranged check run logging one evaluation per partition through `step_event_logger` on the
+    instance `dagster.postgres.yaml` configures: the evaluations are stored in one transaction (Dagster's
+    own storage: two commits each), and Dagster's own PostgreSQL storage reads each partition's
+    execution with its status, and the evaluation events in the order they were logged."""
+    home = tmp_path / "dagster"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_PG_URL", dagster_pg_url(pg_url))
+    (home / "dagster.yaml").write_text(instance_yaml(Settings().with_home(tmp_path), {"DAGSTER_PG_URL": pg_url}))
+    keys = [f"k{i:02d}" for i in range(30)]
+    parts = dg.DynamicPartitionsDefinition(name="keys")
+    failing = {"k03", "k17"}
+
+    @dg.asset(partitions_def=parts, backfill_policy=dg.BackfillPolicy.single_run())
+    def many(context: dg.AssetExecutionContext) -> None:
+        return None
+
+    @dg.multi_asset_check(specs=[dg.AssetCheckSpec("looks_right", asset=many, partitions_def=parts)], can_subset=True)
+    def looks_right(context: dg.AssetCheckExecutionContext) -> Iterator[dg.AssetCheckResult]:
+        step_event_logger(context)([
+            dg.AssetCheckEvaluation(asset_key=dg.AssetKey("many"), check_name="looks_right", passed=key not in failing,
+                                    partition=key, metadata={"key": key})
+            for key in context.op_execution_context.partition_keys
+        ])
+        yield from ()
+
+    batches: list[tuple[int, set[str], int]] = []  # events, their types, connections that stored them
+    store_batch, connect = DtkgPostgresEventLogStorage.store_event_batch, DtkgPostgresEventLogStorage._connect
+    connections = [0]
+
+    def counted(self: DtkgPostgresEventLogStorage, events: Any) -> None:
+        before = connections[0]
+        store_batch(self, events)
+        batches.append((len(events), {e.dagster_event_type.value for e in events}, connections[0] - before))
+
+    def counted_connect(self: DtkgPostgresEventLogStorage) -> Any:
+        connections[0] += 1
+        return connect(self)
+
+    monkeypatch.setattr(DtkgPostgresEventLogStorage, "store_event_batch", counted)
+    monkeypatch.setattr(DtkgPostgresEventLogStorage, "_connect", counted_connect)
+    tags = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert isinstance(instance.event_log_storage, DtkgPostgresEventLogStorage)
+        instance.add_dynamic_partitions("keys", keys)
+        assert dg.materialize([many], instance=instance, tags=tags).success
+        result = dg.materialize([many, looks_right], selection=dg.AssetSelection.checks(looks_right),
+                                instance=instance, tags=tags)
+        assert result.success
+    # One connection, one transaction, for the 30 evaluations and their execution rows.
+    assert (30, {"ASSET_CHECK_EVALUATION"}, 1) in batches, batches
+    reader = PostgresEventLogStorage(dagster_pg_url(pg_url))
+    try:
+        records = reader.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey("many"), "looks_right"), limit=100)
+        by_partition = {r.partition: r for r in records if r.run_id == result.run_id}
+        assert set(by_partition) == set(keys)
+        for key, record in by_partition.items():
+            expected = "FAILED" if key in failing else "SUCCEEDED"
+            assert record.status.value == expected, (key, record.status)
+            assert record.event is not None and record.event.dagster_event is not None
+            assert record.event.dagster_event.asset_check_evaluation_data.partition == key
+        run_events = [r.event_log_entry.dagster_event for r in reader.get_records_for_run(result.run_id).records]
+        logged = [e.asset_check_evaluation_data.partition for e in run_events
+                  if e is not None and e.event_type_value == "ASSET_CHECK_EVALUATION"]
+        assert logged == keys  # in the order logged
+    finally:
+        reader.dispose()
 
 
 # ---- shared store ---------------------------------------------------------------------------

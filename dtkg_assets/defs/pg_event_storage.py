@@ -1,0 +1,119 @@
+"""Dagster's PostgreSQL storage, with a run's check evaluations written as one transaction.
+
+dagster-postgres (1.13) stores a batch of events in one statement only when it holds materializations
+or observations; a batch of check evaluations is refused (`BATCH_WRITABLE_EVENTS`), so each evaluation
+costs two commits: the event row (with a NOTIFY kept for old readers), then its check execution row.
+A check run over a 250-work batch run spent more time committing than checking; and before each
+evaluation Dagster asks on another connection whether the check table exists.
+
+`DtkgPostgresEventLogStorage` writes one run's batch of check evaluations (logged as a batch by
+`artifact_checks`) as Dagster's batch path writes materializations: one multi-row insert of the
+events, then Dagster's own update of each check execution row, all in one transaction. Anything
+else goes to dagster-postgres unchanged. Same tables and statements: the webserver, the daemon and
+other workers read them as before.
+
+Configured by `dagster.postgres.yaml` (`storage: custom:` naming `DtkgPostgresStorage`, Dagster's
+PostgreSQL storage with this event log); run processes get it through the instance reference.
+"""
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any, cast
+
+from dagster._core.events import DagsterEventType
+from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.event_log import SqlEventLogStorageTable
+from dagster._serdes import ConfigurableClassData
+from dagster_postgres import DagsterPostgresStorage, PostgresEventLogStorage
+from dagster_postgres.run_storage import PostgresRunStorage
+from dagster_postgres.schedule_storage import PostgresScheduleStorage
+from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
+from sqlalchemy.engine import Connection
+
+
+class DtkgPostgresEventLogStorage(PostgresEventLogStorage):
+    """`PostgresEventLogStorage` writing a run's batch of check evaluations in one transaction."""
+
+    batches_check_evaluations = True  # `defs.event_writer` sends them as one batch
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._batch = threading.local()  # the connection of a batch being written, on its thread
+        self._tables_seen: set[str] = set()
+        super().__init__(*args, **kwargs)
+
+    def has_table(self, table_name: str) -> bool:
+        """Dagster asks before storing each check evaluation (`supports_asset_checks`), on a connection
+        of its own with a catalog query; a table, once there, stays (migrations only add)."""
+        if table_name in self._tables_seen:
+            return True
+        found = super().has_table(table_name)
+        if found:
+            self._tables_seen.add(table_name)
+        return found
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
+    ) -> "DtkgPostgresEventLogStorage":
+        return cls(
+            inst_data=inst_data,
+            postgres_url=pg_url_from_config(config_value),
+            should_autocreate_tables=config_value.get("should_autocreate_tables", True),
+            token_provider=get_token_provider_from_config(config_value),
+        )
+
+    def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
+        run_ids = {event.run_id for event in events}
+        kinds = {event.dagster_event_type for event in events}
+        if len(run_ids) != 1 or "" in run_ids or kinds != {DagsterEventType.ASSET_CHECK_EVALUATION}:
+            super().store_event_batch(events)
+            return
+        insert = self.prepare_insert_event_batch(events).returning(SqlEventLogStorageTable.c.id)
+        with self._batch_transaction() as conn:
+            # Rows come back in the order of the VALUES list (Dagster's own batch path relies on it).
+            event_ids = [cast("int", row[0]) for row in conn.execute(insert).fetchall()]
+            for event, event_id in zip(events, event_ids, strict=True):
+                self.store_asset_check_event(event, event_id)
+
+    @contextmanager
+    def _batch_transaction(self) -> Iterator[Connection]:
+        """One transaction; Dagster's `index_connection` calls on this thread get its connection."""
+        with self.index_transaction() as conn:
+            self._batch.conn = conn
+            try:
+                yield conn
+            finally:
+                self._batch.conn = None
+
+    def index_connection(self) -> AbstractContextManager[Connection]:
+        conn = getattr(self._batch, "conn", None)
+        return nullcontext(conn) if conn is not None else super().index_connection()
+
+
+class DtkgPostgresStorage(DagsterPostgresStorage):
+    """`DagsterPostgresStorage` (runs, events, schedules in one PostgreSQL database) whose event log is
+    `DtkgPostgresEventLogStorage` (run processes rebuild this storage from the instance reference)."""
+
+    def __init__(self, postgres_url: str, should_autocreate_tables: bool = True,
+                 inst_data: ConfigurableClassData | None = None, token_provider: Any = None) -> None:
+        self.postgres_url = postgres_url
+        self.should_autocreate_tables = should_autocreate_tables
+        self._inst_data = inst_data
+        self._run_storage = PostgresRunStorage(postgres_url, should_autocreate_tables, token_provider=token_provider)
+        self._event_log_storage = DtkgPostgresEventLogStorage(
+            postgres_url, should_autocreate_tables, token_provider=token_provider)
+        self._schedule_storage = PostgresScheduleStorage(
+            postgres_url, should_autocreate_tables, token_provider=token_provider)
+        super(DagsterPostgresStorage, self).__init__()  # DagsterStorage's: the parent's builds its own event log
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
+    ) -> "DtkgPostgresStorage":
+        return cls(
+            inst_data=inst_data,
+            postgres_url=pg_url_from_config(config_value),
+            should_autocreate_tables=config_value.get("should_autocreate_tables", True),
+            token_provider=get_token_provider_from_config(config_value),
+        )
