@@ -1,15 +1,18 @@
-"""Dagster's PostgreSQL storage, with a run's check evaluations written as one transaction.
+"""Dagster's PostgreSQL storage, with a run's planned materializations and a check run's evaluations
+each written as one transaction.
 
 dagster-postgres (1.13) stores a batch of events in one statement only when it holds materializations
-or observations; a batch of check evaluations is refused (`BATCH_WRITABLE_EVENTS`), so each evaluation
-costs two commits: the event row (with a NOTIFY kept for old readers), then its check execution row.
-A check run over a 250-work batch run spent more time committing than checking; and before each
-evaluation Dagster asks on another connection whether the check table exists.
+or observations. The planned materializations a ranged run writes when it is created (one per
+partition) go one at a time, two commits each, and a batch of check evaluations is refused
+(`BATCH_WRITABLE_EVENTS`): each evaluation costs two commits too, the event row (with a NOTIFY kept
+for old readers) and its check execution row. Creating a 200-partition run took 0.5 s, and a check
+run over a batch spent more time committing than checking; before each evaluation Dagster also asks,
+on a connection of its own, whether the check table exists.
 
-`DtkgPostgresEventLogStorage` writes one run's batch of check evaluations (logged as a batch by
-`artifact_checks`) as Dagster's batch path writes materializations: one multi-row insert of the
-events, then Dagster's own update of each check execution row, all in one transaction. Anything
-else goes to dagster-postgres unchanged. Same tables and statements: the webserver, the daemon and
+`DtkgPostgresEventLogStorage` writes such a batch (one run's, one kind) as Dagster's batch path
+writes materializations: one multi-row insert of the events, then, in the same transaction, their
+tags and the asset's row, or Dagster's own update of each check execution row. Anything else goes to
+dagster-postgres unchanged. Same tables and statements: the webserver, the daemon and
 other workers read them as before.
 
 Configured by `dagster.postgres.yaml` (`storage: custom:` naming `DtkgPostgresStorage`, Dagster's
@@ -30,6 +33,10 @@ from dagster_postgres.run_storage import PostgresRunStorage
 from dagster_postgres.schedule_storage import PostgresScheduleStorage
 from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
 from sqlalchemy.engine import Connection
+
+# Batches written here in one transaction: a run's planned materializations (written when a ranged run
+# is created) and a check run's evaluations. Dagster writes either one event at a time.
+BATCHED_HERE = {DagsterEventType.ASSET_MATERIALIZATION_PLANNED, DagsterEventType.ASSET_CHECK_EVALUATION}
 
 
 class DtkgPostgresEventLogStorage(PostgresEventLogStorage):
@@ -66,15 +73,24 @@ class DtkgPostgresEventLogStorage(PostgresEventLogStorage):
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         run_ids = {event.run_id for event in events}
         kinds = {event.dagster_event_type for event in events}
-        if len(run_ids) != 1 or "" in run_ids or kinds != {DagsterEventType.ASSET_CHECK_EVALUATION}:
+        if len(run_ids) != 1 or "" in run_ids or len(kinds) != 1 or not kinds <= BATCHED_HERE:
             super().store_event_batch(events)
             return
         insert = self.prepare_insert_event_batch(events).returning(SqlEventLogStorageTable.c.id)
         with self._batch_transaction() as conn:
             # Rows come back in the order of the VALUES list (Dagster's own batch path relies on it).
             event_ids = [cast("int", row[0]) for row in conn.execute(insert).fetchall()]
-            for event, event_id in zip(events, event_ids, strict=True):
-                self.store_asset_check_event(event, event_id)
+            if kinds == {DagsterEventType.ASSET_CHECK_EVALUATION}:
+                for event, event_id in zip(events, event_ids, strict=True):
+                    self.store_asset_check_event(event, event_id)
+                return
+            self._store_asset_event_tags(conn, list(events), event_ids)
+            # The asset's row follows its latest event, as in Dagster's batch of materializations.
+            latest = {event.dagster_event.asset_key: (event, event_id)
+                      for event, event_id in zip(events, event_ids, strict=True)
+                      if event.dagster_event is not None and event.dagster_event.asset_key is not None}
+            for event, event_id in latest.values():
+                self._store_asset_event(conn, event, event_id)
 
     @contextmanager
     def _batch_transaction(self) -> Iterator[Connection]:

@@ -111,13 +111,14 @@ def test_dtkg_backfill_records_its_runs_in_dagster_postgres_storage(
     assert "Exception while storing event batch" not in proc.stderr, proc.stderr
 
 
-def test_a_check_runs_evaluations_are_one_transaction_on_postgresql_and_read_by_dagsters_storage(
+def test_planned_events_and_check_evaluations_are_one_transaction_on_postgresql_and_read_by_dagster(
     tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A ranged check run logging one evaluation per partition through `step_event_logger` on the
-    instance `dagster.postgres.yaml` configures: the evaluations are stored in one transaction (Dagster's
-    own storage: two commits each), and Dagster's own PostgreSQL storage reads each partition's
-    execution with its status, and the evaluation events in the order they were logged."""
+    """A ranged run and a ranged check run logging one evaluation per partition through
+    `step_event_logger` on the instance `dagster.postgres.yaml` configures: the planned
+    materializations and the evaluations are each stored in one transaction (Dagster's own storage:
+    two commits each), and Dagster's own PostgreSQL storage reads each partition's planned run, each
+    partition's check execution with its status, and the evaluation events in the order logged."""
     home = tmp_path / "dagster"
     home.mkdir()
     monkeypatch.setenv("DAGSTER_PG_URL", dagster_pg_url(pg_url))
@@ -158,14 +159,22 @@ def test_a_check_runs_evaluations_are_one_transaction_on_postgresql_and_read_by_
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert isinstance(instance.event_log_storage, DtkgPostgresEventLogStorage)
         instance.add_dynamic_partitions("keys", keys)
-        assert dg.materialize([many], instance=instance, tags=tags).success
+        materialized = dg.materialize([many], instance=instance, tags=tags)
+        assert materialized.success
         result = dg.materialize([many, looks_right], selection=dg.AssetSelection.checks(looks_right),
                                 instance=instance, tags=tags)
         assert result.success
-    # One connection, one transaction, for the 30 evaluations and their execution rows.
+    # One connection, one transaction, for the run's 30 planned materializations (written when it is
+    # created), and for the 30 evaluations with their execution rows (Dagster's own: 61 and 90).
+    assert (30, {"ASSET_MATERIALIZATION_PLANNED"}, 1) in batches, batches
     assert (30, {"ASSET_CHECK_EVALUATION"}, 1) in batches, batches
     reader = PostgresEventLogStorage(dagster_pg_url(pg_url))
     try:
+        for key in keys:
+            planned = reader.get_latest_planned_materialization_info(dg.AssetKey("many"), key)
+            assert planned is not None and planned.run_id == materialized.run_id, key
+        [asset] = reader.get_asset_records([dg.AssetKey("many")])
+        assert asset.asset_entry.last_run_id == materialized.run_id  # the asset row follows the batch
         records = reader.get_asset_check_execution_history(
             dg.AssetCheckKey(dg.AssetKey("many"), "looks_right"), limit=100)
         by_partition = {r.partition: r for r in records if r.run_id == result.run_id}
