@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -237,7 +238,10 @@ def backfill(
             reader = stack.enter_context(Ledger.open_reader(settings))
             batches = fleet = _FleetBatches(reader, ordered, pending_set, fleet_order(windows),
                                             others=functools.partial(other_workers_ranges, instance, me))
-        runner = _PipelinedRuns(instance, job, run_config, tags)
+        # A fleet chooses each batch and creates its run one worker at a time, so that workers
+        # starting together see each other's runs instead of taking the same batch.
+        choosing = functools.partial(reader.exclusive, "batch-choice") if fleet is not None else None
+        runner = _PipelinedRuns(instance, job, run_config, tags, choosing=choosing)
         stack.callback(runner.close)
         # Batches start and end at pending keys: their positions are all this needs.
         positions = key_positions(ordered, pending_set)
@@ -300,14 +304,16 @@ class _PipelinedRuns:
     `dg.materialize` creates and executes in one call, so that time never overlapped a download.
     Here run k+1 is created (its planned events written) on a helper thread while run k downloads;
     the windows are taken from `windows` one at a time, on that thread, just before their run is
-    created (a fleet's batches are chosen then). A created run that `worth_running` then declines, or
+    created (a fleet's batches are chosen then, inside `choosing`, so that the choice and the run
+    that shows it to other workers are one step for the fleet). A created run that `worth_running` then declines, or
     that never executes (the backfill stopped), is reported canceled, never left pending; a canceled
     run marks no partition failed. Execution is what `JobDefinition.execute_in_process` does, with the
     run created beforehand.
     """
 
     def __init__(self, instance: dg.DagsterInstance, job_def: dg.JobDefinition,
-                 run_config: Mapping[str, Any], tags: Mapping[str, str]) -> None:
+                 run_config: Mapping[str, Any], tags: Mapping[str, str],
+                 choosing: Callable[[], AbstractContextManager[None]] | None = None) -> None:
         from dagster._core.definitions.job_base import InMemoryJob
         from dagster._core.execution.api import create_execution_plan
         from dagster._core.execution.build_resources import wrap_resources_for_execution
@@ -322,20 +328,22 @@ class _PipelinedRuns:
         self.plan = create_execution_plan(
             self.job, run_config=run_config, instance_ref=instance.get_ref() if instance.is_persistent else None
         )
+        self._choosing = choosing or contextlib.nullcontext
         self._creator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dtkg-run-create")
         self._pending: list[Future[Any]] = []
         self.not_run = 0  # created runs `worth_running` declined
 
     def _create_next(self, windows: Iterator[tuple[str, str]]) -> tuple[str, str, Any] | None:
-        window = next(windows, None)
-        if window is None:
-            return None
-        start, end = window
-        tags = {RANGE_START: start, RANGE_END: end, **self.tags}
-        dagster_run = self.instance.create_run_for_job(
-            job_def=self.job_def, run_config=self.run_config, tags={**self.job_def.run_tags, **tags},
-            execution_plan=self.plan,
-        )
+        with self._choosing():
+            window = next(windows, None)
+            if window is None:
+                return None
+            start, end = window
+            tags = {RANGE_START: start, RANGE_END: end, **self.tags}
+            dagster_run = self.instance.create_run_for_job(
+                job_def=self.job_def, run_config=self.run_config, tags={**self.job_def.run_tags, **tags},
+                execution_plan=self.plan,
+            )
         return start, end, dagster_run
 
     def run(

@@ -413,6 +413,71 @@ def test_fleet_batches_leave_what_other_workers_finished_or_hold_to_them(tmp_pat
             assert not fleet.worth_running("W2", "W3")
 
 
+def test_workers_starting_together_choose_different_batches(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two backfills on one ledger and one Dagster instance choose their first batch at the same moment,
+    walking the batches in the same order: each choice and the run that shows it to the others are one
+    fleet-wide step (`PgLedger.exclusive`), so the second worker sees the first one's run and takes
+    another batch, even when creating a run is slow. (Taken at once, both chose the same batch and
+    raced through it, and two-worker backfills took 12 s instead of 10 s in `bench/scale_out.py`.)"""
+    import functools
+    import threading
+
+    from dtkg_assets.cli.launch import (
+        WORKER_TAG,
+        _definitions,
+        _FleetBatches,
+        _PipelinedRuns,
+        dagster_instance,
+        other_workers_ranges,
+    )
+    from dtkg_assets.core.ledger import Ledger
+    from dtkg_assets.core.types import Candidate, WorkRecord
+    from dtkg_assets.defs.jobs import artifact_pdfs_job
+    from dtkg_assets.defs.partitions import add_work_partitions
+
+    monkeypatch.setenv("DAGSTER_PG_URL", dagster_pg_url(pg_url))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))
+    settings = Settings().with_home(tmp_path).replace(ledger={"url": pg_url})
+    ids = [f"W{i}" for i in range(1, 9)]
+    windows = [("W1", "W2"), ("W3", "W4"), ("W5", "W6"), ("W7", "W8")]
+    with Ledger.open_writer(settings, owner="test") as led:
+        led.plan([WorkRecord(w, [Candidate(f"http://127.0.0.1:9/{w}.pdf", "best_oa_location.pdf_url")]) for w in ids])
+    instance = dagster_instance(settings)
+    add_work_partitions(instance, ids)
+    job = _definitions(settings).resolve_job_def(artifact_pdfs_job.name)
+    create = instance.create_run_for_job
+
+    def slow_create(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.5)  # a slow run creation: the race window of two workers starting together
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(instance, "create_run_for_job", slow_create)
+    chosen: dict[str, tuple[str, str]] = {}
+    start = threading.Barrier(2)
+
+    def worker(me: str) -> None:
+        with Ledger.open_reader(settings) as reader:
+            fleet = _FleetBatches(reader, ids, set(ids), windows,
+                                  others=functools.partial(other_workers_ranges, instance, me))
+            runner = _PipelinedRuns(instance, job, {}, {WORKER_TAG: me},
+                                    choosing=functools.partial(reader.exclusive, "batch-choice"))
+            start.wait()
+            created = runner._create_next(iter(fleet))
+            assert created is not None
+            chosen[me] = created[0], created[1]
+
+    threads = [threading.Thread(target=worker, args=(f"host:{n}",)) for n in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(chosen) == 2
+    first, second = chosen.values()
+    assert first != second and {first, second} <= set(windows), chosen
+
+
 def test_a_work_another_worker_holds_is_neither_materialized_nor_failed_by_this_run(
     tmp_path: Path, origin: OriginServer, pg_cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:

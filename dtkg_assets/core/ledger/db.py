@@ -343,6 +343,15 @@ class Ledger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    _exclusive = threading.Lock()
+
+    @contextlib.contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """A critical section for the whole fleet (`PgLedger.exclusive`). One process writes a DuckDB
+        ledger, so this process is the fleet: one thread at a time runs the block."""
+        with self._exclusive:
+            yield
+
     # ---------------------------------------------------------------- snapshot
 
     def publish_snapshot(self, *, force: bool = False) -> bool:

@@ -18,7 +18,7 @@ from dtkg_assets.core.ledger import views
 from dtkg_assets.core.ledger.schema import SEQUENCES, TABLES
 
 SCHEMA = "dtkg"
-_ADVISORY_CLASS = 0x64746B  # the same first key as core.fleet's locks
+ADVISORY_CLASS = 0x64746B  # the same first key as core.fleet's locks
 _MIGRATE_LOCK = zlib.crc32(b"ledger-migrate") & 0x7FFFFFFF
 _TYPES = {"VARCHAR": "TEXT", "DOUBLE": "DOUBLE PRECISION", "JSON": "JSONB", "BIGINT": "BIGINT",
           "INTEGER": "INTEGER", "BOOLEAN": "BOOLEAN"}
@@ -122,7 +122,7 @@ def migrate(con: Any) -> list[int]:
     """Apply pending migrations (one transaction, serialized across processes by an advisory lock)."""
     applied: list[int] = []
     with con.transaction():
-        con.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_ADVISORY_CLASS, _MIGRATE_LOCK])
+        con.execute("SELECT pg_advisory_xact_lock(%s, %s)", [ADVISORY_CLASS, _MIGRATE_LOCK])
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
         con.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_version "
                     "(version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION, description TEXT)")
