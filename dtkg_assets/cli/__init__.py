@@ -18,6 +18,8 @@ the Dagster definitions in this process (`backfill`, `demo`, `works import|query
 from __future__ import annotations
 
 import argparse
+import gc
+import sys
 from collections.abc import Sequence
 
 from dtkg_assets.cli.backfill import add_backfill
@@ -43,4 +45,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(build_parser(), argv)
 
 
-__all__ = ["build_parser", "default_work_id", "main"]
+def entry() -> None:
+    """The `dtkg` executable: `main`, then exit without the interpreter's final garbage collection,
+    which walked every object Dagster's imports left and took 0.4 s of every command (measured on
+    this project's imports: 1.5 s to start and exit, 1.1 s with the objects frozen). Frozen objects
+    are still freed as the modules are torn down and exit handlers still run; only cycles are left
+    to the operating system. Commands close their files, ledgers and pools themselves."""
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
+__all__ = ["build_parser", "default_work_id", "entry", "main"]

@@ -1,8 +1,6 @@
 """`python -m dtkg_assets.cli …`: the same as `dtkg …`."""
 
-import sys
-
-from dtkg_assets.cli import main
+from dtkg_assets.cli import entry
 
 if __name__ == "__main__":  # not when a helper process (multiprocessing spawn) imports this module
-    sys.exit(main())
+    entry()
