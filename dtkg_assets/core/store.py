@@ -200,15 +200,16 @@ class Store:
 
     # ---- effects -----------------------------------------------------------------------------
     def finalize(self, part: Path, sha256: str) -> FinalizeResult:
-        """Move a verified part into its content address (atomic; idempotent for identical bytes)."""
+        """Move a verified part into its content address (atomic; idempotent for identical bytes).
+
+        The part's bytes must be durable already: the engine's last checkpoint synced them (a second
+        fsync here cost every artifact a syscall and an open for nothing)."""
         dest = self.blob_path(sha256)
         if not part.exists():
             # A previous run already moved it (crash after the rename): the effect is done.
             if dest.exists():
                 return FinalizeResult(dest, created=False)
             raise DtkgError(Reason.HASH_MISMATCH, f"part {part} is gone and blob {dest.name} is missing")
-        if self.settings.io.fsync:
-            fsync_file(part)
         dest.parent.mkdir(parents=True, exist_ok=True)
         part_size = part.stat().st_size
         created = True
