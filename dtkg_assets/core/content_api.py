@@ -28,7 +28,7 @@ from dtkg_assets.core.errors import DtkgError, Reason, reason_for_status
 from dtkg_assets.core.http_errors import recorded_attempt
 from dtkg_assets.core.retrying import parse_retry_after
 from dtkg_assets.core.settings import Settings
-from dtkg_assets.core.types import FetchHooks, FetchResult, HttpAttempt
+from dtkg_assets.core.types import FetchHooks, FetchResult, HttpAttempt, NullHooks
 from dtkg_assets.core.works import OPENALEX_CONTENT
 
 VIA = "openalex_content"
@@ -119,7 +119,8 @@ class ContentApi:
         result = FetchResult(status="failed", reason="", decision=None, url=url, work_id=work_id)
         attempts: list[HttpAttempt] = []
         try:
-            signed = self._signed_url(url, attempts)
+            with (hooks or NullHooks()).network():
+                signed = self._signed_url(url, attempts)
         except DtkgError as exc:
             result.reason, result.detail, result.http_status = exc.reason.value, exc.detail or None, exc.status
             result.http_attempts = attempts

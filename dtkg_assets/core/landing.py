@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
@@ -188,13 +189,15 @@ class Page:
 
 
 def fetch_page(client: httpx.Client, url: str, settings: Settings, attempts: list[HttpAttempt],
-               landed: list[str] | None = None) -> Page:
+               landed: list[str] | None = None, hooks: FetchHooks | None = None) -> Page:
     """GET one HTML page (retrying network errors, 5xx and 429 as the engine does); raise a reasoned
     `DtkgError` for refusals (bot challenge, forbidden, rate limited) and other failures. The URL
-    that answered (after redirects) is appended to `landed`, refusals included."""
+    that answered (after redirects) is appended to `landed`, refusals included. Each attempt runs in
+    `hooks.network()`, as the engine's do."""
     cap = settings.landing.max_html_bytes
+    hooks = hooks or NullHooks()
     for attempt in retrying(settings.http):
-        with attempt, recorded_attempt(attempts, "GET", url) as record, \
+        with attempt, hooks.network(), recorded_attempt(attempts, "GET", url) as record, \
                 client.stream("GET", url, headers={"Accept": HTML_ACCEPT}) as response:
             record.status = response.status_code
             if landed is not None:
@@ -248,6 +251,9 @@ class _ContinuingHooks:
 
     def check_fence(self) -> None:
         self.inner.check_fence()
+
+    def network(self) -> AbstractContextManager[None]:
+        return self.inner.network()
 
     def effect(self, effect_type: EffectType, key: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return self.inner.effect(effect_type, key, fn)
@@ -309,7 +315,7 @@ class Resolver:
                     return probe
             if self.client is None:
                 raise DtkgError(Reason.OFFLINE, "no HTTP client to read landing pages with")
-            page = fetch_page(self.client, url, self.settings, attempts, landed)
+            page = fetch_page(self.client, url, self.settings, attempts, landed, hooks)
         except DtkgError as exc:
             result = _failed(url, work_id, exc)
             result.http_attempts = attempts

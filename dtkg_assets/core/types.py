@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -93,6 +94,11 @@ class FetchHooks(Protocol):
     def check_fence(self) -> None:
         """Called right before finalize: raise if this worker no longer owns the job."""
 
+    def network(self) -> AbstractContextManager[None]:
+        """Entered around each HTTP exchange (a request with its body, one retry attempt): a download
+        slot of the run, so that waits between retries and the work on disk hold none."""
+        ...
+
     def effect(self, effect_type: EffectType, key: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """Run an on-disk effect exactly once; `key` is deterministic for the effect (e.g. the sha)."""
         ...
@@ -109,6 +115,9 @@ class NullHooks:
 
     def check_fence(self) -> None:
         return None
+
+    def network(self) -> AbstractContextManager[None]:
+        return nullcontext()
 
     def effect(self, effect_type: EffectType, key: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return fn()

@@ -138,6 +138,26 @@ def test_downloads_in_flight_never_exceed_workers(rig, origin, pdf_bytes, osetti
     assert all(origin.stats(f"/s{i}.pdf").get_requests == 1 for i in range(24))
 
 
+def test_a_retry_wait_holds_no_download_slot(origin, pdf_bytes, osettings):
+    """A download slot is held per HTTP exchange, not per work: while one work waits out its retry
+    (a 503 with `Retry-After: 2`), the other works use both slots at once; the limit still holds."""
+    settings = osettings.replace(http={"max_attempts": 2})
+    retried = origin.add("/r.pdf", pdf_bytes(30_000, 7), FaultMode(status_sequence=[503], retry_after="2"))
+    slow = [origin.add(f"/b{i}.pdf", pdf_bytes(20_000 + i, 60 + i), FaultMode(latency_s=0.6)) for i in range(2)]
+    works = [rec("R", retried), rec("B0", slow[0]), rec("B1", slow[1])]
+    with Ledger.open_writer(settings, owner="slots") as ledger, make_client(settings) as client:
+        orch = Orchestrator(ledger, Engine(client, settings, Store(settings)), settings, owner="slots")
+        orch.plan(works)
+        origin.peak_in_flight = 0
+        outcomes = orch.process([w.work_id for w in works], workers=2)
+    assert [o.status for o in outcomes] == ["downloaded"] * 3
+    assert origin.stats("/r.pdf").statuses == [503, 200]
+    first, second = (origin.stats(f"/b{i}.pdf").request_times[0] for i in range(2))
+    # Both slow works were asked together, during R's wait (holding its slot, it left them one).
+    assert abs(first - second) < 0.3, (first, second)
+    assert origin.peak_in_flight == 2
+
+
 def test_two_orchestrators_on_the_same_works(rig, origin, pdf_bytes, osettings):
     """Two owners in one writer process race on the same works: each work is fetched once."""
     ledger, engine = rig

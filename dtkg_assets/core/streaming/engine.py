@@ -173,7 +173,7 @@ class Engine:
 
     def _head(self, dl: Download) -> ServerValidators | None:
         for attempt in retrying(self.settings.http, defer_long_waits=True):
-            with attempt, deadline.attempt(deadline_timeout(self.settings)):
+            with attempt, dl.hooks.network(), deadline.attempt(deadline_timeout(self.settings)):
                 return head_precheck(self.client, dl.url, dl.result.http_attempts)
         return None  # pragma: no cover - tenacity re-raises
 
@@ -230,7 +230,7 @@ class Engine:
                 # Size unknown until the GET: the free-space floor alone is checked before asking.
                 reservations.enter_context(store.quota.reserve(None))
             for attempt in retrying(settings.http, defer_long_waits=True):
-                with attempt, deadline.attempt(deadline_timeout(settings)):
+                with attempt, hooks.network(), deadline.attempt(deadline_timeout(settings)):
                     result.attempts += 1
                     if result.attempts > 1:
                         decision = self._decide(dl)
