@@ -51,9 +51,10 @@ class FetchResult:
     bytes: int = 0
     resumed_from: int = 0
     attempts: int = 0
-    elapsed_s: float = 0.0
+    elapsed_s: float = 0.0  # the fetch's own time: waits for a download slot are not in it
     mib_s: float = 0.0
     fsync_s: float = 0.0
+    slot_wait_s: float = 0.0  # time spent waiting for a download slot (`FetchHooks.network`)
     http_status: int | None = None
     decision_reason: str | None = None
     etag: str | None = None

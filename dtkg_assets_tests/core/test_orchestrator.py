@@ -136,6 +136,10 @@ def test_downloads_in_flight_never_exceed_workers(rig, origin, pdf_bytes, osetti
     assert [o.status for o in outcomes] == ["downloaded"] * 24
     assert origin.peak_in_flight == 4
     assert all(origin.stats(f"/s{i}.pdf").get_requests == 1 for i in range(24))
+    # Works queued for a slot: the wait is counted apart, not in the download's time and speed.
+    results = [o.result for o in outcomes if o.result is not None]
+    assert sum(r.slot_wait_s for r in results) > 1.0
+    assert max(r.elapsed_s for r in results) < 0.45, sorted(r.elapsed_s for r in results)
 
 
 def test_a_retry_wait_holds_no_download_slot(origin, pdf_bytes, osettings):

@@ -118,7 +118,7 @@ class Engine:
                 "checkpoint for resume: free space there (or move DTKG_STORE_DIR / DTKG_HOME to a larger disk) "
                 "and run it again"))
         finally:
-            result.elapsed_s = time.perf_counter() - t0
+            result.elapsed_s = time.perf_counter() - t0 - result.slot_wait_s
             if result.elapsed_s > 0:
                 result.mib_s = result.body_bytes_received / MiB / result.elapsed_s
         return result
@@ -173,9 +173,19 @@ class Engine:
 
     def _head(self, dl: Download) -> ServerValidators | None:
         for attempt in retrying(self.settings.http, defer_long_waits=True):
-            with attempt, dl.hooks.network(), deadline.attempt(deadline_timeout(self.settings)):
+            with attempt, self._exchange(dl), deadline.attempt(deadline_timeout(self.settings)):
                 return head_precheck(self.client, dl.url, dl.result.http_attempts)
         return None  # pragma: no cover - tenacity re-raises
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _exchange(dl: Download) -> Iterator[None]:
+        """One HTTP exchange in a download slot (`FetchHooks.network`); the wait for the slot is
+        counted apart, so `elapsed_s` and `mib_s` describe the download, not the queue."""
+        t0 = time.perf_counter()
+        with dl.hooks.network():
+            dl.result.slot_wait_s += time.perf_counter() - t0
+            yield
 
     def _wants_head(self, dl: Download) -> bool:
         """HEAD only where it can save bytes or a setting asks for it.
@@ -230,7 +240,7 @@ class Engine:
                 # Size unknown until the GET: the free-space floor alone is checked before asking.
                 reservations.enter_context(store.quota.reserve(None))
             for attempt in retrying(settings.http, defer_long_waits=True):
-                with attempt, hooks.network(), deadline.attempt(deadline_timeout(settings)):
+                with attempt, self._exchange(dl), deadline.attempt(deadline_timeout(settings)):
                     result.attempts += 1
                     if result.attempts > 1:
                         decision = self._decide(dl)
