@@ -178,10 +178,11 @@ class RunSettings:
     # where a few last downloads keep the other threads idle): 2,000 PDFs at 200 ms took 62 s in runs
     # of 100 and 49 s in runs of 250. Since check runs write their evaluations in batches: 39.5 s in
     # runs of 250, 37.2 s in runs of 500, 38.2 s in runs of 1,000 (the last check run, after the
-    # downloads, grows with the run: 0.9, 1.8, 3.6 s). But two workers sharing the works
-    # (bench/scale_out.py) reach 1.56x one worker in runs of 250 and 1.29x in runs of 500: each
-    # worker's larger runs hold more of the same works.
-    batch_size: int = 250
+    # downloads, grows with the run: 0.9, 1.8, 3.6 s); on Dagster's PostgreSQL storage 36.9 s, 34.9 s
+    # and 35.9 s. Two workers sharing 800 works (bench/scale_out.py) took 9.9 s in runs of 250 and
+    # 9.2 s in runs of 500 (1.72x and 1.76x one worker), since fleet workers choose their batches one
+    # at a time (before, two workers often took the same batch, and larger runs made that worse).
+    batch_size: int = 500
     workers: int = 8
     # How a materialization request checks a work the ledger marks complete before reporting it
     # materialized: "exists", "size" or "sha256" (hash the file); a failed check redoes the work.
