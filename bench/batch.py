@@ -357,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-bookkeeping", action="store_true", help="skip the Dagster-less `dtkg works download` run")
     ap.add_argument("--latency-ms", type=float, default=200.0)
     ap.add_argument("--workers", type=int, default=16)
-    ap.add_argument("--batch-size", type=int, default=None, help="DTKG_RUN_BATCH_SIZE for our side (default: the setting's, 500)")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="DTKG_RUN_BATCH_SIZE for our side (default: the setting's, 500)")
     ap.add_argument("--profile", type=Path, default=None, help="also profile one in-process backfill into FILE")
     ap.add_argument("--dagster-pg", action="store_true",
                     help="Dagster on PostgreSQL storage for our side (a fresh database per run, fsync on)")
