@@ -187,7 +187,7 @@ class Engine:
             dl.result.slot_wait_s += time.perf_counter() - t0
             yield
 
-    def _wants_head(self, dl: Download) -> bool:
+    def _wants_head(self, dl: Download, state: PartState | None) -> bool:
         """HEAD only where it can save bytes or a setting asks for it.
 
         A fresh download learns validators, size and type from its GET's headers before the first
@@ -196,7 +196,6 @@ class Engine:
         validator: it can show that the object changed before any body byte is fetched again."""
         if self.settings.http.head_precheck:
             return True
-        state = PartState.read(dl.sidecar)
         if state is None or state.bytes_on_disk <= 0 or not dl.part.exists():
             return False  # nothing to resume: the GET decides
         return not (state.strong_etag or state.last_modified)
@@ -213,10 +212,11 @@ class Engine:
         part, sidecar = store.part_paths(work_id, url)
         dl = Download(settings=settings, url=url, work_id=work_id, part=part, sidecar=sidecar, hooks=hooks,
                       result=result)
-        if self._finalized_before(dl):
+        state = PartState.read(sidecar)  # read once here; a retry reads what the last attempt left
+        if self._finalized_before(dl, state):
             return
 
-        validators = self._head(dl) if self._wants_head(dl) else None
+        validators = self._head(dl) if self._wants_head(dl, state) else None
         dl.validators = validators
         if validators is not None:
             result.etag, result.last_modified = validators.etag, validators.last_modified
@@ -227,7 +227,7 @@ class Engine:
         if validators is not None and validators.content_length is not None and validators.content_length > max_bytes:
             raise DtkgError(Reason.TOO_LARGE, f"Content-Length {validators.content_length} > max_bytes {max_bytes}")
 
-        decision = self._decide(dl)
+        decision = self._decide(dl, state)
         hooks.stage("RESUME_OK", {"decision": decision.mode, "reason": decision.reason, "offset": decision.offset})
 
         with contextlib.ExitStack() as reservations:
@@ -243,7 +243,7 @@ class Engine:
                 with attempt, self._exchange(dl), deadline.attempt(deadline_timeout(settings)):
                     result.attempts += 1
                     if result.attempts > 1:
-                        decision = self._decide(dl)
+                        decision = self._decide(dl, PartState.read(sidecar))
                     self._attempt(dl, decision)
 
         sha = dl.hasher.hexdigest()
@@ -282,10 +282,9 @@ class Engine:
         result.status = "stored" if created else "deduped"
         result.reason = "ok"
 
-    def _finalized_before(self, dl: Download) -> bool:
+    def _finalized_before(self, dl: Download, state: PartState | None) -> bool:
         """A crash after the part was renamed into the store but before the ledger commit: the part is
-        gone, its sidecar names the blob. Verify the blob and finish from disk, with no request."""
-        state = PartState.read(dl.sidecar)
+        gone, its sidecar (`state`) names the blob. Verify the blob and finish from disk, with no request."""
         if state is None or not state.sha256 or dl.part.exists() or state.url != dl.url:
             return False
         sha = state.sha256
@@ -313,8 +312,8 @@ class Engine:
         link = self.store.link_work(work_id, sha)
         return {"path": str(link.path), "mode": link.mode}
 
-    def _decide(self, dl: Download) -> ResumeDecision:
-        state = PartState.read(dl.sidecar)
+    def _decide(self, dl: Download, state: PartState | None) -> ResumeDecision:
+        """What to do with the part, given its sidecar `state`."""
         try:
             size = dl.part.stat().st_size
         except FileNotFoundError:
