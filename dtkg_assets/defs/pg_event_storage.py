@@ -59,17 +59,6 @@ class DtkgPostgresEventLogStorage(PostgresEventLogStorage):
             self._tables_seen.add(table_name)
         return found
 
-    @classmethod
-    def from_config_value(
-        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
-    ) -> "DtkgPostgresEventLogStorage":
-        return cls(
-            inst_data=inst_data,
-            postgres_url=pg_url_from_config(config_value),
-            should_autocreate_tables=config_value.get("should_autocreate_tables", True),
-            token_provider=get_token_provider_from_config(config_value),
-        )
-
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         run_ids = {event.run_id for event in events}
         kinds = {event.dagster_event_type for event in events}

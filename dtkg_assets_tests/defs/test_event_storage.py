@@ -23,6 +23,7 @@ from dtkg_assets.defs.event_storage import (
 )
 from dtkg_assets.defs.event_writer import BackgroundEvents, step_event_logger
 from dtkg_assets.defs.instance import instance_yaml
+from dtkg_assets_tests.support.check_batches import assert_read_by_dagster, materialize_then_check, record_batches
 
 
 def _entry(run_id: str, message: str) -> EventLogEntry:
@@ -203,61 +204,13 @@ def test_check_evaluations_logged_as_a_batch_read_as_dagsters_own(tmp_path: Path
     home = tmp_path / "dagster"
     home.mkdir()
     (home / "dagster.yaml").write_text(instance_yaml(Settings().with_home(tmp_path), {}))
-    keys = [f"k{i:02d}" for i in range(30)]
-    parts = dg.DynamicPartitionsDefinition(name="keys")
-    failing = {"k03", "k17"}
-
-    @dg.asset(partitions_def=parts, backfill_policy=dg.BackfillPolicy.single_run())
-    def many(context: dg.AssetExecutionContext) -> None:
-        return None
-
-    @dg.multi_asset_check(specs=[dg.AssetCheckSpec("looks_right", asset=many, partitions_def=parts)], can_subset=True)
-    def looks_right(context: dg.AssetCheckExecutionContext) -> Iterator[dg.AssetCheckResult]:
-        step_event_logger(context)([
-            dg.AssetCheckEvaluation(asset_key=dg.AssetKey("many"), check_name="looks_right", passed=key not in failing,
-                                    partition=key, metadata={"key": key})
-            for key in context.op_execution_context.partition_keys
-        ])
-        yield from ()
-
-    batches: list[tuple[int, set[str], int]] = []  # events, their types, transactions that stored them
-    store_batch, connect = PooledSqliteEventLogStorage.store_event_batch, PooledSqliteEventLogStorage._connect
-    transactions = [0]
-
-    def counted(self: PooledSqliteEventLogStorage, events: Any) -> None:
-        before = transactions[0]
-        store_batch(self, events)
-        batches.append((len(events), {e.dagster_event_type.value for e in events}, transactions[0] - before))
-
-    def counted_connect(self: PooledSqliteEventLogStorage, shard: str) -> Any:
-        transactions[0] += 1
-        return connect(self, shard)
-
-    monkeypatch.setattr(PooledSqliteEventLogStorage, "store_event_batch", counted)
-    monkeypatch.setattr(PooledSqliteEventLogStorage, "_connect", counted_connect)
-    tags = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
+    batches = record_batches(monkeypatch, PooledSqliteEventLogStorage)
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        instance.add_dynamic_partitions("keys", keys)
-        assert dg.materialize([many], instance=instance, tags=tags).success
-        result = dg.materialize([many, looks_right], selection=dg.AssetSelection.checks(looks_right),
-                                instance=instance, tags=tags)
-        assert result.success
+        _, check_run = materialize_then_check(instance)
     # One transaction on the run's shard, one on the index shard (Dagster's own: 3 per evaluation).
     assert (30, {"ASSET_CHECK_EVALUATION"}, 2) in batches, batches
     reader = SqliteEventLogStorage(str(home / "history" / "runs"))
     try:
-        records = reader.get_asset_check_execution_history(
-            dg.AssetCheckKey(dg.AssetKey("many"), "looks_right"), limit=100)
-        by_partition = {r.partition: r for r in records if r.run_id == result.run_id}
-        assert set(by_partition) == set(keys)
-        for key, record in by_partition.items():
-            expected = "FAILED" if key in failing else "SUCCEEDED"
-            assert record.status.value == expected, (key, record.status)
-            assert record.event is not None and record.event.dagster_event is not None
-            assert record.event.dagster_event.asset_check_evaluation_data.partition == key
-        run_events = [r.event_log_entry.dagster_event for r in reader.get_records_for_run(result.run_id).records]
-        logged = [e.asset_check_evaluation_data.partition for e in run_events
-                  if e is not None and e.event_type_value == "ASSET_CHECK_EVALUATION"]
-        assert logged == keys  # in the run's own shard, in the order logged
+        assert_read_by_dagster(reader, check_run)
     finally:
         reader.dispose()

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,10 @@ import yaml
 from dagster_postgres import PostgresEventLogStorage
 
 from dtkg_assets.core.settings import Settings
-from dtkg_assets.defs.event_writer import step_event_logger
 from dtkg_assets.defs.instance import dagster_pg_url, instance_yaml, pool_limit
 from dtkg_assets.defs.pg_event_storage import DtkgPostgresEventLogStorage
 from dtkg_assets_tests.conftest import loopback_env, pdf_bytes
+from dtkg_assets_tests.support.check_batches import KEYS, assert_read_by_dagster, materialize_then_check, record_batches
 from dtkg_assets_tests.support.origin import FaultMode, OriginServer
 
 DTKG = str(Path(sys.executable).parent / "dtkg")
@@ -123,71 +122,22 @@ def test_planned_events_and_check_evaluations_are_one_transaction_on_postgresql_
     home.mkdir()
     monkeypatch.setenv("DAGSTER_PG_URL", dagster_pg_url(pg_url))
     (home / "dagster.yaml").write_text(instance_yaml(Settings().with_home(tmp_path), {"DAGSTER_PG_URL": pg_url}))
-    keys = [f"k{i:02d}" for i in range(30)]
-    parts = dg.DynamicPartitionsDefinition(name="keys")
-    failing = {"k03", "k17"}
-
-    @dg.asset(partitions_def=parts, backfill_policy=dg.BackfillPolicy.single_run())
-    def many(context: dg.AssetExecutionContext) -> None:
-        return None
-
-    @dg.multi_asset_check(specs=[dg.AssetCheckSpec("looks_right", asset=many, partitions_def=parts)], can_subset=True)
-    def looks_right(context: dg.AssetCheckExecutionContext) -> Iterator[dg.AssetCheckResult]:
-        step_event_logger(context)([
-            dg.AssetCheckEvaluation(asset_key=dg.AssetKey("many"), check_name="looks_right", passed=key not in failing,
-                                    partition=key, metadata={"key": key})
-            for key in context.op_execution_context.partition_keys
-        ])
-        yield from ()
-
-    batches: list[tuple[int, set[str], int]] = []  # events, their types, connections that stored them
-    store_batch, connect = DtkgPostgresEventLogStorage.store_event_batch, DtkgPostgresEventLogStorage._connect
-    connections = [0]
-
-    def counted(self: DtkgPostgresEventLogStorage, events: Any) -> None:
-        before = connections[0]
-        store_batch(self, events)
-        batches.append((len(events), {e.dagster_event_type.value for e in events}, connections[0] - before))
-
-    def counted_connect(self: DtkgPostgresEventLogStorage) -> Any:
-        connections[0] += 1
-        return connect(self)
-
-    monkeypatch.setattr(DtkgPostgresEventLogStorage, "store_event_batch", counted)
-    monkeypatch.setattr(DtkgPostgresEventLogStorage, "_connect", counted_connect)
-    tags = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
+    batches = record_batches(monkeypatch, DtkgPostgresEventLogStorage)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert isinstance(instance.event_log_storage, DtkgPostgresEventLogStorage)
-        instance.add_dynamic_partitions("keys", keys)
-        materialized = dg.materialize([many], instance=instance, tags=tags)
-        assert materialized.success
-        result = dg.materialize([many, looks_right], selection=dg.AssetSelection.checks(looks_right),
-                                instance=instance, tags=tags)
-        assert result.success
+        materialized, checked = materialize_then_check(instance)
     # One connection, one transaction, for the run's 30 planned materializations (written when it is
     # created), and for the 30 evaluations with their execution rows (Dagster's own: 61 and 90).
     assert (30, {"ASSET_MATERIALIZATION_PLANNED"}, 1) in batches, batches
     assert (30, {"ASSET_CHECK_EVALUATION"}, 1) in batches, batches
     reader = PostgresEventLogStorage(dagster_pg_url(pg_url))
     try:
-        for key in keys:
+        for key in KEYS:
             planned = reader.get_latest_planned_materialization_info(dg.AssetKey("many"), key)
-            assert planned is not None and planned.run_id == materialized.run_id, key
+            assert planned is not None and planned.run_id == materialized, key
         [asset] = reader.get_asset_records([dg.AssetKey("many")])
-        assert asset.asset_entry.last_run_id == materialized.run_id  # the asset row follows the batch
-        records = reader.get_asset_check_execution_history(
-            dg.AssetCheckKey(dg.AssetKey("many"), "looks_right"), limit=100)
-        by_partition = {r.partition: r for r in records if r.run_id == result.run_id}
-        assert set(by_partition) == set(keys)
-        for key, record in by_partition.items():
-            expected = "FAILED" if key in failing else "SUCCEEDED"
-            assert record.status.value == expected, (key, record.status)
-            assert record.event is not None and record.event.dagster_event is not None
-            assert record.event.dagster_event.asset_check_evaluation_data.partition == key
-        run_events = [r.event_log_entry.dagster_event for r in reader.get_records_for_run(result.run_id).records]
-        logged = [e.asset_check_evaluation_data.partition for e in run_events
-                  if e is not None and e.event_type_value == "ASSET_CHECK_EVALUATION"]
-        assert logged == keys  # in the order logged
+        assert asset.asset_entry.last_run_id == materialized  # the asset row follows the batch
+        assert_read_by_dagster(reader, checked)
     finally:
         reader.dispose()
 
