@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from dtkg_assets.core.crashpoints import crash_point
 from dtkg_assets.core.errors import DtkgError, Reason
 from dtkg_assets.core.settings import Settings
 
@@ -230,6 +231,7 @@ class Store:
                 created = False
             else:
                 os.replace(part, dest)
+        crash_point("finalize_linked")  # crash tests: the blob and the part are one file with two names
         if part.exists():
             part.unlink()
         if not created:

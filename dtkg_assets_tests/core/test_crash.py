@@ -86,6 +86,7 @@ def corpus(origin, pdf_bytes, tmp_path):
 CRASHES = [
     ("body_mib:2", "after 2 MiB of body"),
     ("part_fsynced", "after the fsync of the complete part"),
+    ("finalize_linked", "between the blob's link and the part's unlink"),
     ("effect_done:FINALIZE", "after the rename into the store, before the ledger commit"),
     ("effect_done:FINALIZE:3", "finalize of the duplicate content, before the ledger commit"),
     ("effect_done:LINK:3", "during dedupe: link of the duplicate done, not committed"),
@@ -112,6 +113,27 @@ def test_crash_then_rerun(origin, corpus, tmp_path, crash, what):
         third = run_download(home, works_file)  # nothing left to do: no request at all
         assert third.returncode == 0 and json.loads(third.stdout)["works"] == 0
         assert {w: origin.stats(f"/{w.lower()}.pdf").requests for w in bodies} == before
+
+
+def test_crash_between_finalize_link_and_unlink_then_the_object_changes(origin, pdf_bytes, tmp_path):
+    """Killed after the blob got its name and before the part lost its own, the two names are one file.
+    The object then changes on the server: the rerun must never write into that file (the blob would
+    change under its hash). The part's sidecar names the blob, so the work finishes from disk with the
+    bytes it downloaded, and the store still holds exactly the blob its name promises."""
+    old, new = pdf_bytes(2 * MiB + 5, 11), pdf_bytes(2 * MiB + 9, 12)
+    url = origin.add("/w1.pdf", old)
+    works_file = write_works(tmp_path / "works.jsonl", {"W1": url})
+    home = tmp_path / "home"
+    first = run_download(home, works_file, "finalize_linked")
+    assert first.returncode == -9, first.stderr
+    parts = list((home / "staging").glob("*.part"))
+    assert len(parts) == 1 and parts[0].stat().st_nlink == 2  # the state this test is about
+    origin.mutate("/w1.pdf", new)
+    requests_before = origin.stats("/w1.pdf").requests
+    second = run_download(home, works_file)
+    assert second.returncode == 0, second.stderr
+    check_consistent(home, {"W1": old})
+    assert origin.stats("/w1.pdf").requests == requests_before  # finished from disk
 
 
 @pytest.mark.serial

@@ -297,6 +297,27 @@ class _FailFenceOnce(NullHooks):
             raise DtkgError(Reason.LEASE_LOST, "test")
 
 
+def test_a_part_that_is_also_a_blob_is_never_written_into(srv: OriginServer, cfg: Settings) -> None:
+    """A part that is a second name of a finalized blob (killed between finalize's link and the part's
+    unlink, with a sidecar that does not name the blob, e.g. an earlier checkpoint's) is dropped, not
+    resumed: resuming cuts the part back to the sidecar's bytes, and with it the blob under its hash."""
+    url = srv.add("/a.pdf", BODY)
+    first = fetch(cfg, url)
+    assert_stored(cfg, first)
+    store = Store(cfg)
+    part, sidecar = store.part_paths("W1", url)
+    os.link(store.blob_path(SHA), part)
+    PartState(url=url, etag=first.etag, last_modified=first.last_modified, expected_size=len(BODY),
+              bytes_on_disk=len(BODY) // 2).write(sidecar)
+    store.work_path("W1").unlink()
+    other = make_pdf(SIZE + 100, 2)
+    srv.mutate("/a.pdf", other)
+    again = fetch(cfg, url)
+    assert hashlib.sha256(store.blob_path(SHA).read_bytes()).hexdigest() == SHA  # the old blob is intact
+    assert_stored(cfg, again, other)
+    assert again.decision_reason == "part_is_a_stored_blob"
+
+
 def test_416_with_equal_total_completes_without_body(srv: OriginServer, cfg: Settings) -> None:
     url = srv.add("/a.pdf", BODY)
     first = fetch(cfg, url, hooks=_FailFenceOnce())

@@ -283,14 +283,17 @@ class Engine:
         result.reason = "ok"
 
     def _finalized_before(self, dl: Download, state: PartState | None) -> bool:
-        """A crash after the part was renamed into the store but before the ledger commit: the part is
-        gone, its sidecar (`state`) names the blob. Verify the blob and finish from disk, with no request."""
-        if state is None or not state.sha256 or dl.part.exists() or state.url != dl.url:
+        """A crash after the part was linked into the store but before the ledger commit: its sidecar
+        (`state`) names the blob, and the part is gone or is the blob itself (killed between the link and
+        the part's unlink). Verify the blob and finish from disk, with no request."""
+        if state is None or not state.sha256 or state.url != dl.url:
             return False
         sha = state.sha256
         try:
             blob = self.store.blob_path(sha)
         except ValueError:
+            return False
+        if dl.part.exists() and not (blob.exists() and os.path.samefile(dl.part, blob)):
             return False
         if not self.store.verify(sha):
             dl.sidecar.unlink(missing_ok=True)  # the blob is gone or damaged: download again
@@ -315,10 +318,17 @@ class Engine:
     def _decide(self, dl: Download, state: PartState | None) -> ResumeDecision:
         """What to do with the part, given its sidecar `state`."""
         try:
-            size = dl.part.stat().st_size
+            st = dl.part.stat()
         except FileNotFoundError:
-            size = 0
-        decision = decide_resume(dl.validators, state, size, self.settings, url=dl.url)
+            size, names = 0, 1
+        else:
+            size, names = st.st_size, st.st_nlink
+        if names > 1:
+            # The part is also a blob's name (a crash between finalize's link and the part's unlink,
+            # and the blob did not verify): never write into it; drop this name and start again.
+            decision = ResumeDecision("discard_part", "part_is_a_stored_blob")
+        else:
+            decision = decide_resume(dl.validators, state, size, self.settings, url=dl.url)
         if decision.mode == "resume" and state is not None:
             dl.prefix_sha256, dl.prefix_bytes = state.prefix_sha256, state.prefix_bytes
             dl.total = state.expected_size
