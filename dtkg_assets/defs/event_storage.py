@@ -68,10 +68,36 @@ DEFAULT_OPEN_RUN_SHARDS = 4
 DEFAULT_EVENT_BATCH_SIZE = "100"
 
 
-class PooledSqliteEventLogStorage(SqliteEventLogStorage):
-    """`SqliteEventLogStorage` keeping each recent shard's engine and WAL open (see the module doc)."""
+class BatchedCheckEvaluations(SqlEventLogStorage):
+    """For an SQL event log storage that writes a run's batch of check evaluations itself: marks it
+    for `defs.event_writer` (which sends check evaluations as one batch only to such a storage), and
+    lends the batch's transaction to Dagster's own per-event writers (`store_asset_check_event` opens
+    `index_connection`), so that they join it instead of committing on their own."""
 
-    batches_check_evaluations = True  # `defs.event_writer` sends them as one batch
+    batches_check_evaluations = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._lent = threading.local()  # the connection lent on the thread writing a batch
+        super().__init__(*args, **kwargs)
+
+    @contextmanager
+    def lending(self, conn: Connection) -> Iterator[Connection]:
+        """While the block runs, `index_connection` on this thread yields `conn`."""
+        self._lent.conn = conn
+        try:
+            yield conn
+        finally:
+            self._lent.conn = None
+
+    def index_connection(self) -> AbstractContextManager[Connection]:
+        conn = getattr(self._lent, "conn", None)
+        if conn is not None:
+            return nullcontext(conn)
+        return super().index_connection()  # type: ignore[safe-super]  # the storage this is mixed into has it
+
+
+class PooledSqliteEventLogStorage(BatchedCheckEvaluations, SqliteEventLogStorage):
+    """`SqliteEventLogStorage` keeping each recent shard's engine and WAL open (see the module doc)."""
 
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None,
                  open_run_shards: int = DEFAULT_OPEN_RUN_SHARDS) -> None:
@@ -82,7 +108,6 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         self._engines_pid = os.getpid()
         self._open_run_shards = max(1, int(open_run_shards))
         self._engines_lock = threading.Lock()
-        self._batch = threading.local()  # the index connection of a batch being written, on its thread
         super().__init__(base_dir, inst_data)
 
     @classmethod
@@ -177,20 +202,13 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
                 event_ids.append(event_id)
             if checks:
                 # Dagster's own update of each check execution row, on this transaction's connection.
-                self._batch.index_conn = conn
-                try:
+                with self.lending(conn):
                     for event, event_id in zip(events, event_ids, strict=True):
                         self.store_asset_check_event(event, event_id)
-                finally:
-                    self._batch.index_conn = None
                 return
             self._store_asset_event_tags(conn, list(events), event_ids)
             for event, event_id in zip(events, event_ids, strict=True):
                 self._store_asset_event(conn, event, event_id)
-
-    def index_connection(self) -> AbstractContextManager[Connection]:
-        conn = getattr(self._batch, "index_conn", None)
-        return nullcontext(conn) if conn is not None else super().index_connection()
 
     def _touch(self, shard: str) -> None:
         """Let watchers of the run shard's file (the webserver's run log stream) see the write."""

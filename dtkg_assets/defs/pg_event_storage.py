@@ -19,9 +19,7 @@ Configured by `dagster.postgres.yaml` (`storage: custom:` naming `DtkgPostgresSt
 PostgreSQL storage with this event log); run processes get it through the instance reference.
 """
 
-import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from dagster._core.events import DagsterEventType
@@ -32,20 +30,19 @@ from dagster_postgres import DagsterPostgresStorage, PostgresEventLogStorage
 from dagster_postgres.run_storage import PostgresRunStorage
 from dagster_postgres.schedule_storage import PostgresScheduleStorage
 from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
-from sqlalchemy.engine import Connection
+
+from dtkg_assets.defs.event_storage import BatchedCheckEvaluations
 
 # Batches written here in one transaction: a run's planned materializations (written when a ranged run
 # is created) and a check run's evaluations. Dagster writes either one event at a time.
 BATCHED_HERE = {DagsterEventType.ASSET_MATERIALIZATION_PLANNED, DagsterEventType.ASSET_CHECK_EVALUATION}
 
 
-class DtkgPostgresEventLogStorage(PostgresEventLogStorage):
-    """`PostgresEventLogStorage` writing a run's batch of check evaluations in one transaction."""
-
-    batches_check_evaluations = True  # `defs.event_writer` sends them as one batch
+class DtkgPostgresEventLogStorage(BatchedCheckEvaluations, PostgresEventLogStorage):
+    """`PostgresEventLogStorage` writing a run's batch of planned materializations or of check
+    evaluations in one transaction."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._batch = threading.local()  # the connection of a batch being written, on its thread
         self._tables_seen: set[str] = set()
         super().__init__(*args, **kwargs)
 
@@ -66,7 +63,7 @@ class DtkgPostgresEventLogStorage(PostgresEventLogStorage):
             super().store_event_batch(events)
             return
         insert = self.prepare_insert_event_batch(events).returning(SqlEventLogStorageTable.c.id)
-        with self._batch_transaction() as conn:
+        with self.index_transaction() as conn, self.lending(conn):
             # Rows come back in the order of the VALUES list (Dagster's own batch path relies on it).
             event_ids = [cast("int", row[0]) for row in conn.execute(insert).fetchall()]
             if kinds == {DagsterEventType.ASSET_CHECK_EVALUATION}:
@@ -80,20 +77,6 @@ class DtkgPostgresEventLogStorage(PostgresEventLogStorage):
                       if event.dagster_event is not None and event.dagster_event.asset_key is not None}
             for event, event_id in latest.values():
                 self._store_asset_event(conn, event, event_id)
-
-    @contextmanager
-    def _batch_transaction(self) -> Iterator[Connection]:
-        """One transaction; Dagster's `index_connection` calls on this thread get its connection."""
-        with self.index_transaction() as conn:
-            self._batch.conn = conn
-            try:
-                yield conn
-            finally:
-                self._batch.conn = None
-
-    def index_connection(self) -> AbstractContextManager[Connection]:
-        conn = getattr(self._batch, "conn", None)
-        return nullcontext(conn) if conn is not None else super().index_connection()
 
 
 class DtkgPostgresStorage(DagsterPostgresStorage):
