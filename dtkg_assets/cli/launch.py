@@ -305,9 +305,9 @@ class _PipelinedRuns:
     Here run k+1 is created (its planned events written) on a helper thread while run k downloads;
     the windows are taken from `windows` one at a time, on that thread, just before their run is
     created (a fleet's batches are chosen then, inside `choosing`, so that the choice and the run
-    that shows it to other workers are one step for the fleet). A created run that `worth_running` then declines, or
-    that never executes (the backfill stopped), is reported canceled, never left pending; a canceled
-    run marks no partition failed. Execution is what `JobDefinition.execute_in_process` does, with the
+    that shows it to other workers are one step for the fleet). A created run that `worth_running`
+    then declines, or that never executes (the backfill stopped), is reported canceled, never left
+    pending; a canceled run marks no partition failed. Execution is what `JobDefinition.execute_in_process` does, with the
     run created beforehand.
     """
 

@@ -23,17 +23,16 @@ from __future__ import annotations
 
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from dtkg_assets.core.errors import DtkgError, Reason
+from dtkg_assets.core.ledger.pg_schema import advisory_xact_lock
 from dtkg_assets.core.settings import Settings, is_postgres_url
 
 SCHEMA = "dtkg"
-_ADVISORY_CLASS = 0x64746B  # "dtk": the first key of every advisory lock this module takes
 
 _DDL = (
     f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}",
@@ -66,10 +65,6 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-def _lock_key(text: str) -> int:
-    return zlib.crc32(text.encode()) & 0x7FFFFFFF
-
-
 class FleetState:
     """A small connection pool on the shared database, with the politeness tables created."""
 
@@ -82,7 +77,7 @@ class FleetState:
             # One direct connection first: fails fast (the pool would retry in the background) and
             # creates the tables, serialized by an advisory lock (concurrent CREATE IF NOT EXISTS races).
             with psycopg.connect(url, connect_timeout=10) as con, con.transaction():
-                con.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_ADVISORY_CLASS, _lock_key("fleet-ddl")])
+                advisory_xact_lock(con, "fleet-ddl")
                 for sql in _DDL:
                     con.execute(sql)
             self.pool = ConnectionPool(url, min_size=1, max_size=max_size, kwargs={"autocommit": True},
@@ -246,7 +241,7 @@ class FleetRobots:
         """The stored verdict for `origin` while it is fresh; else fetch it (one worker at a time per
         origin, the others wait for its result) and store it for the fleet."""
         with self._state.connection() as con, con.transaction():
-            con.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_ADVISORY_CLASS, _lock_key(origin)])
+            advisory_xact_lock(con, origin)
             row = con.execute(
                 f"SELECT status, body, available, coalesce(detail, ''), expires_at - {_NOW} "
                 f"FROM {SCHEMA}.fleet_robots WHERE origin = %s", [origin]).fetchone()

@@ -365,7 +365,7 @@ COMMIT_LINGER_S = 0.2
 def bookkeeping_threads(workers: int) -> int:
     """Threads beyond the `workers` downloads: each work's two ledger round trips (its lease before
     the download, its completion after) wait for a group commit, which gathers requests for up to
-    `COMMIT_LINGER_S`; meanwhile these threads hold the freed download slots, so `workers` downloads
+    `COMMIT_LINGER_S`; meanwhile these threads take the freed download slots, so `workers` downloads
     stay in flight instead of `workers` minus those waiting on the ledger. Three per download: at
     200 ms per response a download slot turns over about once per linger, and a work spends up to two
     lingers in rounds. One worker stays one thread: its works go one by one, in order."""

@@ -32,7 +32,6 @@ import re
 import socket
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import fields, replace
 from typing import Any, TypeVar
@@ -209,9 +208,8 @@ class PgLedger:
     def exclusive(self, name: str) -> Iterator[None]:
         """A critical section for the whole fleet: one process at a time, on any host, runs the block
         for `name` (a transaction-scoped advisory lock, held on a pooled connection until it ends)."""
-        key = zlib.crc32(f"fleet:{name}".encode()) & 0x7FFFFFFF
         with self._connection() as con, con.transaction():
-            con.execute("SELECT pg_advisory_xact_lock(%s, %s)", [pg_schema.ADVISORY_CLASS, key])
+            pg_schema.advisory_xact_lock(con, f"fleet:{name}")
             yield
 
     # ---------------------------------------------------------------- plumbing

@@ -18,8 +18,7 @@ from dtkg_assets.core.ledger import views
 from dtkg_assets.core.ledger.schema import SEQUENCES, TABLES
 
 SCHEMA = "dtkg"
-ADVISORY_CLASS = 0x64746B  # the same first key as core.fleet's locks
-_MIGRATE_LOCK = zlib.crc32(b"ledger-migrate") & 0x7FFFFFFF
+_ADVISORY_CLASS = 0x64746B  # "dtk": the first key of every advisory lock dtkg takes
 _TYPES = {"VARCHAR": "TEXT", "DOUBLE": "DOUBLE PRECISION", "JSON": "JSONB", "BIGINT": "BIGINT",
           "INTEGER": "INTEGER", "BOOLEAN": "BOOLEAN"}
 
@@ -118,11 +117,17 @@ def current_version(con: Any) -> int:
     return int(row[0]) if row and row[0] is not None else 0
 
 
+def advisory_xact_lock(con: Any, name: str) -> None:
+    """Take the transaction-scoped advisory lock for `name` (waits for whoever holds it): how every
+    dtkg process on every host serializes a step (migrations, DDL, a robots.txt fetch, a batch choice)."""
+    con.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_ADVISORY_CLASS, zlib.crc32(name.encode()) & 0x7FFFFFFF])
+
+
 def migrate(con: Any) -> list[int]:
     """Apply pending migrations (one transaction, serialized across processes by an advisory lock)."""
     applied: list[int] = []
     with con.transaction():
-        con.execute("SELECT pg_advisory_xact_lock(%s, %s)", [ADVISORY_CLASS, _MIGRATE_LOCK])
+        advisory_xact_lock(con, "ledger-migrate")
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
         con.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_version "
                     "(version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION, description TEXT)")
