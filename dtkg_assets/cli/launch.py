@@ -307,8 +307,8 @@ class _PipelinedRuns:
     created (a fleet's batches are chosen then, inside `choosing`, so that the choice and the run
     that shows it to other workers are one step for the fleet). A created run that `worth_running`
     then declines, or that never executes (the backfill stopped), is reported canceled, never left
-    pending; a canceled run marks no partition failed. Execution is what `JobDefinition.execute_in_process` does, with the
-    run created beforehand.
+    pending; a canceled run marks no partition failed. Execution is what
+    `JobDefinition.execute_in_process` does, with the run created beforehand.
     """
 
     def __init__(self, instance: dg.DagsterInstance, job_def: dg.JobDefinition,
