@@ -116,6 +116,9 @@ def describe_error(command: str, exc: BaseException) -> tuple[str, int]:
         return f"{command}: {exc.reason.value}: {exc.detail or exc}", code
     if isinstance(exc, OSError):
         where = f" {exc.filename!r}" if exc.filename else ""
+        if not where and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
+            # A write on an open file names none: the disk is the home's (or the store's, under it).
+            where = f" the files under DTKG_HOME ({Path(os.environ.get('DTKG_HOME', '.dtkg')).absolute()})"
         what = exc.strerror or str(exc)
         hint = {
             errno.ENOSPC: "free some space on that filesystem (or point DTKG_HOME elsewhere) and run it again",

@@ -165,6 +165,16 @@ def test_a_damaged_dagster_storage_is_named_with_what_to_do(tmp_path: Path, orig
     assert json.loads(proc.stdout)["materialized"] == 1
 
 
+def test_a_full_disk_without_a_file_name_in_the_error_names_the_home(tmpfs: Path) -> None:
+    """`dtkg demo` in a home on a disk too small for the sample corpus: the write that fails (on an
+    open file, whose error carries no file name) is reported in words naming the home, not a traceback."""
+    home = tmpfs / "home"
+    proc = run(home, ["demo"])
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in out, out
+    assert f"the files under DTKG_HOME ({home})" in out and "No space left on device" in out, out
+
+
 def test_a_ledger_write_on_a_full_disk_is_reason_disk_full(tmpfs: Path) -> None:
     """A write transaction that cannot grow the ledger's WAL (the disk filled during a run) raises the
     ledger's disk_full error naming the file, not DuckDB's raw IOException; what was committed stays."""
