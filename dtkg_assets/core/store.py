@@ -206,17 +206,21 @@ class Store:
         The part's bytes must be durable already: the engine's last checkpoint synced them (a second
         fsync here cost every artifact a syscall and an open for nothing)."""
         dest = self.blob_path(sha256)
-        if not part.exists():
+        try:
+            part_size = os.stat(part).st_size
+        except FileNotFoundError:
             # A previous run already moved it (crash after the rename): the effect is done.
             if dest.exists():
                 return FinalizeResult(dest, created=False)
-            raise DtkgError(Reason.HASH_MISMATCH, f"part {part} is gone and blob {dest.name} is missing")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        part_size = part.stat().st_size
+            raise DtkgError(Reason.HASH_MISMATCH, f"part {part} is gone and blob {dest.name} is missing") from None
         created = True
         try:
             # link() creates only if absent: two workers finalizing the same bytes cannot both "create".
-            os.link(part, dest)
+            try:
+                os.link(part, dest)
+            except FileNotFoundError:  # the first blob under this fan-out directory
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.link(part, dest)
         except FileExistsError:
             if self._holds(dest, sha256, part_size):
                 created = False
@@ -232,14 +236,15 @@ class Store:
             else:
                 os.replace(part, dest)
         crash_point("finalize_linked")  # crash tests: the blob and the part are one file with two names
-        if part.exists():
-            part.unlink()
+        part.unlink(missing_ok=True)
         if not created:
             with self._lock:
                 self._dedupe_count += 1
         if self.settings.io.fsync:
+            # The blob's name is made durable; the part's removal need not be. Should a power loss bring
+            # the part back, it is a second name of the blob, which the engine never resumes
+            # (`part_is_a_stored_blob`) and finishes from disk when its sidecar names the blob.
             fsync_dir(dest.parent)
-            fsync_dir(part.parent)
         return FinalizeResult(dest, created=created)
 
     @staticmethod

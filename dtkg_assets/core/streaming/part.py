@@ -142,7 +142,7 @@ class Download:
         if exc is not None:
             raise exc
 
-    def checkpoint(self, sha256: str | None = None, upto: int | None = None) -> None:
+    def checkpoint(self, sha256: str | None = None, upto: int | None = None, sync_sidecar: bool = True) -> None:
         """Make `upto` (default `pos`) bytes durable, then record them in the sidecar (never the
         other way round). Runs on the streaming thread or, with `upto`, on the checkpoint thread."""
         durable = self.pos if upto is None else upto
@@ -164,7 +164,7 @@ class Download:
             prefix_sha256=self.prefix_sha256,
             prefix_bytes=self.prefix_bytes,
             sha256=sha256,
-        ).write(self.sidecar, fsync=self.settings.io.fsync)
+        ).write(self.sidecar, fsync=self.settings.io.fsync and sync_sidecar)
         self.durable = durable
 
     def save_progress(self) -> None:
@@ -197,8 +197,12 @@ class Download:
         self.settle()
         self.raise_checkpoint_error()
         os.ftruncate(self.fd, self.pos)
-        # The checkpoint's fdatasync covers the new size too (needed to read the data back).
-        self.checkpoint(sha256=self.hasher.hexdigest())
+        # The checkpoint's fdatasync covers the new size too (needed to read the data back). A part
+        # with no earlier checkpoint (most PDFs) gets its sidecar unsynced: it only spares a rerun
+        # after a crash the request, so a power loss that loses it costs this one download, never a
+        # wrong byte (the bytes are synced first; a missing or torn sidecar leaves the part untrusted).
+        # One that replaces an earlier checkpoint is synced, so that it cannot cost the bytes before.
+        self.checkpoint(sha256=self.hasher.hexdigest(), sync_sidecar=self.durable > 0)
         crash_point("part_fsynced")
 
 
