@@ -356,27 +356,29 @@ class Orchestrator:
 
 
 # How long a ledger round waits for `commit_round_items` requests. A round costs the ledger about the
-# same whatever it holds (DuckDB: a few ms of CPU per statement, ~9 statements), so fuller rounds are
-# the cheapest bookkeeping there is; the wait is spent outside the download slots, by the threads of
-# `bookkeeping_threads`, so downloads keep going meanwhile.
-COMMIT_LINGER_S = 0.2
+# same whatever it holds (DuckDB: 1-3 ms of CPU per statement however many rows, ~9 statements), so
+# fuller rounds are the cheapest bookkeeping there is; the wait is spent outside the download slots,
+# by the threads of `bookkeeping_threads`, so downloads keep going meanwhile.
+COMMIT_LINGER_S = 0.4
 
 
 def bookkeeping_threads(workers: int) -> int:
     """Threads beyond the `workers` downloads: each work's two ledger round trips (its lease before
     the download, its completion after) wait for a group commit, which gathers requests for up to
     `COMMIT_LINGER_S`; meanwhile these threads take the freed download slots, so `workers` downloads
-    stay in flight instead of `workers` minus those waiting on the ledger. Three per download: at
-    200 ms per response a download slot turns over about once per linger, and a work spends up to two
-    lingers in rounds. One worker stays one thread: its works go one by one, in order."""
-    return 3 * workers if workers > 1 else 0
+    stay in flight instead of `workers` minus those waiting on the ledger. Five per download: a work
+    spends up to two lingers in rounds (0.8 s) around a download that takes a slot for about 0.2 s at
+    200 ms per response. One worker stays one thread: its works go one by one, in order."""
+    return 5 * workers if workers > 1 else 0
 
 
 def commit_round_items(workers: int) -> int:
     """Requests a ledger round gathers before it goes: as many as there are bookkeeping threads.
     Measured (`dtkg works download`, 2,000 PDFs, 16 workers, 200 ms per response): our CPU per artifact
     9.6 ms with rounds of ~10 requests gathered for 80 ms (12 extra threads), 7.2 ms with 24/120 ms,
-    5.7 ms with 48/200 ms, the same wall; with 4 workers the larger rounds were faster too."""
+    5.7 ms with 48/200 ms, 4.4 ms with 80/400 ms (5.1 with 48/200 on the same code; rounds of about 32
+    requests: a download slot turns over twice per linger), the same wall; with 4 workers the larger
+    rounds were faster too."""
     return bookkeeping_threads(workers)
 
 
