@@ -181,6 +181,7 @@ class GroupCommit:
         self._gather_items = 0
         self._linger_s = 0.0
         self._leading = False
+        self._leader_answered = False  # the leader's own request has been answered (it still leads)
         self._acquires: list[_Pending] = []
         self._writes: list[_Pending] = []
 
@@ -194,6 +195,12 @@ class GroupCommit:
 
     def _queued(self) -> int:
         return len(self._acquires) + len(self._writes)
+
+    def _round_ready(self) -> bool:
+        """The queue holds a full round: `gather` items, less the leader's own once answered (its
+        caller still counts it as unfinished, but it makes no request while it leads; waiting for it
+        made the last round of every batch wait out the whole linger)."""
+        return self._queued() >= self._gather_items - self._leader_answered
 
     def acquire(self, request: LeaseRequest) -> LeaseGrant | None:
         grant: LeaseGrant | None = self._submit("acquire", request)
@@ -210,7 +217,7 @@ class GroupCommit:
             (self._acquires if kind == "acquire" else self._writes).append(pending)
             lead = not self._leading
             self._leading = True
-            if not lead and self._queued() == self._gather_items:
+            if not lead and self._round_ready():
                 self._gathered.notify()  # a lingering leader has its round
         if lead:
             self._lead()
@@ -225,12 +232,14 @@ class GroupCommit:
         try:
             while True:
                 with self._qlock:
-                    if 0 < self._queued() < self._gather_items:
-                        self._gathered.wait_for(lambda: self._queued() >= self._gather_items, self._linger_s)
+                    # The leader's request was queued before it led, so it was in the first round.
+                    self._leader_answered = bool(acquires or writes)
+                    if self._queued() and not self._round_ready():
+                        self._gathered.wait_for(self._round_ready, self._linger_s)
                     acquires, self._acquires = self._acquires, []
                     writes, self._writes = self._writes, []
                     if not acquires and not writes:
-                        self._leading = False
+                        self._leading = self._leader_answered = False
                         return
                 self._run(acquires, writes)
                 for p in (*writes, *acquires):
@@ -240,7 +249,7 @@ class GroupCommit:
             with self._qlock:
                 queued = [*self._writes, *self._acquires]
                 self._writes, self._acquires = [], []
-                self._leading = False
+                self._leading = self._leader_answered = False
             for p in (*writes, *acquires, *queued):
                 if not p.done.is_set():
                     p.error = p.error or exc

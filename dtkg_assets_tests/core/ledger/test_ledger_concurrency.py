@@ -235,3 +235,34 @@ def test_group_commit_gathers_the_round_it_is_asked_for(lsettings):
         t.join(timeout=10)  # far below the 60 s linger
         assert not t.is_alive(), "a lingering leader was not woken when its target dropped"
     assert backend.rounds == [4, 1, 1, 1, 2]
+
+
+class _SlowFirstRound(_CountingBackend):
+    """The first acquire round takes 0.3 s, so that callers queue while the leader is in it."""
+
+    def acquire(self, requests, *, now):
+        if not self.rounds:
+            time.sleep(0.3)
+        return super().acquire(requests, now=now)
+
+
+def test_group_commit_leader_never_waits_for_its_own_answered_request(lsettings):
+    """The leader's caller stays unfinished while it leads (it returns only when the queue is
+    empty), so a target of unfinished callers counts it; once its own request is answered the leader
+    must not wait for it. The old loop waited out the whole linger: at the end of every batch run,
+    0.4 s after its last download."""
+    from dtkg_assets.core.ledger.lease import GroupCommit
+
+    backend = _SlowFirstRound(lsettings)
+    commits = GroupCommit(backend)  # type: ignore[arg-type]
+    commits.gather(3, 60.0)
+    first = _callers(commits, 3, spacing_s=0.02)  # the first caller leads; a round of three
+    time.sleep(0.1)  # inside that round: two more callers queue
+    later = _callers(commits, 2, spacing_s=0.0)
+    # Unfinished now: the leader's caller and the two queued ones, so the target stays 3.
+    started = time.monotonic()
+    for t in (*first, *later):
+        t.join(timeout=10)  # far below the 60 s linger
+        assert not t.is_alive(), "the leader waited for its own answered request"
+    assert time.monotonic() - started < 5
+    assert backend.rounds == [3, 2]
