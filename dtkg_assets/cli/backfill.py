@@ -38,7 +38,15 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if args.json:
         console.stderr = True  # stdout carries only the JSON object
     preflight(settings, "backfill")
-    from dtkg_assets.cli.launch import dagster_instance, pending_keys, run_batch_size, run_checks
+    from dtkg_assets.cli.launch import (
+        CheckReport,
+        checks_job,
+        dagster_instance,
+        pending_keys,
+        run_batch_size,
+        run_check_range,
+        run_checks,
+    )
 
     instance = dagster_instance(settings)
     keys = pending_keys(settings)
@@ -53,10 +61,20 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         from dtkg_assets.cli.check_worker import CheckWorker
 
         worker = CheckWorker()
+    # The last batch comes in two halves: the worker checks the first while this process, done
+    # downloading, checks the second, so the checks after the last download take half as long.
+    kept: list[tuple[str, str]] = []
+
+    def check_finished(batch: Any) -> None:
+        assert worker is not None
+        (start, end), *rest = batch.check_ranges
+        worker.submit(start, end)
+        kept.extend(rest)
+
     started = time.perf_counter()
     try:
         report = backfill_with_progress(instance, settings, args.workers, keys,
-                                        on_finished=worker.submit if worker is not None else None)
+                                        on_finished=check_finished if worker is not None else None)
     except BaseException:
         if worker is not None:
             worker.stop()
@@ -69,7 +87,15 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         console.print(f"dtkg backfill: stopped by {deadline.stop_reason()} after {len(report.batches)} runs: "
                       f"{done} of {report.pending} works materialized; parts are kept, run it again to continue")
         return stopped_exit_code()
-    checks = worker.report() if worker is not None else None
+    checks = None
+    if worker is not None:
+        here = CheckReport()
+        job = checks_job(settings)
+        for start, end in kept:
+            here.add(run_check_range(instance, job, start, end, "backfill"))
+        checks = worker.report()
+        if checks is not None:
+            checks.merge(here)
     if checks is None and report.pending:
         # No worker (shared ledger), or it died: check everything once here.
         checks = run_checks(instance, settings, report)
@@ -99,10 +125,10 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 def backfill_with_progress(
     instance: Any, settings: Settings, workers: int | None, keys: list[str], command: str = "backfill",
-    on_finished: Callable[[str, str], None] | None = None,
+    on_finished: Callable[[Any], None] | None = None,
 ) -> Any:
     """Batch runs over `keys` with a progress bar that advances as each run finishes; `on_finished`
-    gets each finished run's partition range."""
+    gets each finished run's `BatchResult`."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from dtkg_assets.cli.launch import backfill
@@ -124,6 +150,6 @@ def backfill_with_progress(
             state = "ok" if batch.success else "some failed"
             progress.update(task, advance=size, note=f"run {batch.run_id[:8]} {state}")
             if on_finished is not None:
-                on_finished(batch.start, batch.end)
+                on_finished(batch)
 
         return backfill(instance, settings, workers=workers, keys=keys, on_batch=on_batch, command=command)

@@ -124,6 +124,9 @@ class BatchResult:
     run_id: str
     success: bool
     materialized: int
+    # The ranges to check it in: its own, or for a backfill's last batch two halves, so that two
+    # processes check it at once after the last download (`dtkg backfill`'s check worker and itself).
+    check_ranges: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -166,6 +169,14 @@ class CheckReport:
             for question in str(getattr(failed, "value", failed) or "").split(","):
                 if question:
                     self.failures[question] = self.failures.get(question, 0) + 1
+
+    def merge(self, other: "CheckReport") -> None:
+        for name, ok in other.passed.items():
+            self.passed[name] = self.passed.get(name, True) and ok
+        self.evaluated += other.evaluated
+        for question, n in other.failures.items():
+            self.failures[question] = self.failures.get(question, 0) + n
+        self.failed_runs += other.failed_runs
 
     def describe(self) -> str:
         """One line per check: "artifact_pdf_verified: passed (12 works)" or FAILED with the counts."""
@@ -247,12 +258,14 @@ def backfill(
         positions = key_positions(ordered, pending_set)
         for start, end, result in runner.run(batches, fleet.worth_running if fleet is not None else None):
             restore_stacks()
+            last = fleet is None and (start, end) == windows[-1]
             batch = BatchResult(
                 start=start,
                 end=end,
                 run_id=result.run_id,
                 success=result.success,
                 materialized=materialized_in_run(instance, result.run_id),
+                check_ranges=halved(ordered, positions, start, end) if last else ((start, end),),
             )
             report.batches.append(batch)
             if on_batch is not None:
@@ -271,6 +284,19 @@ def key_positions(ordered: Sequence[str], keys: Collection[str]) -> dict[str, in
     selects; this pass takes 20-40 ms)."""
     wanted = keys if isinstance(keys, set | frozenset) else set(keys)
     return {ordered[i]: i for i in itertools.compress(range(len(ordered)), map(wanted.__contains__, ordered))}
+
+
+def halved(
+    ordered: Sequence[str], positions: Mapping[str, int], start: str, end: str
+) -> tuple[tuple[str, str], ...]:
+    """`start`..`end` as two ranges holding half of its pending keys each (`positions`: the position
+    in `ordered` of every pending key), or as itself when it holds fewer than two."""
+    a, b = positions[start], positions[end]
+    inside = sorted(i for i in positions.values() if a <= i <= b)
+    if len(inside) < 2:
+        return ((start, end),)
+    second = inside[len(inside) // 2]
+    return ((start, ordered[second - 1]), (ordered[second], end))
 
 
 def joined_ranges(

@@ -514,6 +514,35 @@ def test_cli_backfill_honours_limit_and_checks_what_it_finished(
     assert sorted(p.name for p in (tmp_path / "cli-home" / "store" / "works").iterdir()) == ["W1.pdf", "W2.pdf"]
 
 
+def test_cli_backfill_checks_its_last_batch_in_two_processes_at_once(
+    tmp_path: Path, origin: OriginServer, five_works: tuple[list[str], dict[str, bytes]]
+) -> None:
+    # Runs of three works: the first run's checks go to the check worker; the last run's are halved
+    # between the worker and the backfill process, and every stored work is evaluated exactly once.
+    env = {**loopback_env(tmp_path / "cli-home"), "DTKG_RUN_BATCH_SIZE": "3"}
+    dtkg = str(Path(sys.executable).parent / "dtkg")
+    imported = subprocess.run([dtkg, "works", "import", str(tmp_path / "works.jsonl")], env=env,
+                              capture_output=True, text=True, timeout=300)
+    assert imported.returncode == 0, imported.stderr
+    proc = subprocess.run([dtkg, "backfill", "--json"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stderr  # W3 answers 404: its run failed
+    data = json.loads(proc.stdout)
+    assert data["runs"] == 2 and data["materialized"] == 4
+    assert data["checks"] == {"artifact_pdf_verified": True} and data["checked"] == 4
+    with dg.DagsterInstance.from_config(str(tmp_path / "cli-home" / "dagster")) as instance:
+        check_runs = instance.get_runs(dg.RunsFilter(job_name="artifact_checks_job"))
+        assert sorted((r.tags[RANGE_START], r.tags[RANGE_END]) for r in check_runs) == [
+            ("W1", "W3"), ("W4", "W4"), ("W5", "W5")]
+        assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in check_runs)
+        evaluated = [
+            record.event_log_entry.dagster_event.event_specific_data.partition
+            for run in check_runs
+            for record in instance.get_records_for_run(
+                run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
+        ]
+        assert sorted(evaluated) == ["W1", "W2", "W4", "W5"]
+
+
 # Evaluates the definitions' declarative automation against the home's Dagster instance the way the
 # daemon's default automation sensor does: one tick, then `dtkg works import` of argv[1] (if given),
 # then a second tick with the first tick's cursor. Prints the sensors and what each tick requested.
