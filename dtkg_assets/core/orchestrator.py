@@ -366,19 +366,21 @@ def bookkeeping_threads(workers: int) -> int:
     """Threads beyond the `workers` downloads: each work's two ledger round trips (its lease before
     the download, its completion after) wait for a group commit, which gathers requests for up to
     `COMMIT_LINGER_S`; meanwhile these threads take the freed download slots, so `workers` downloads
-    stay in flight instead of `workers` minus those waiting on the ledger. Five per download: a work
-    spends up to two lingers in rounds (0.8 s) around a download that takes a slot for about 0.2 s at
-    200 ms per response. One worker stays one thread: its works go one by one, in order."""
-    return 5 * workers if workers > 1 else 0
+    stay in flight instead of `workers` minus those waiting on the ledger. Three per download: a
+    round rarely waits out its linger (it goes once it holds `commit_round_items`), so a work spends
+    about one linger in rounds around a download that takes a slot for about 0.2 s at 200 ms per
+    response; five per download measured the same wall, and a worker of a fleet then took leases on
+    more works than it could soon download, leaving none to the others. One worker stays one thread:
+    its works go one by one, in order."""
+    return 3 * workers if workers > 1 else 0
 
 
 def commit_round_items(workers: int) -> int:
     """Requests a ledger round gathers before it goes: as many as there are bookkeeping threads.
     Measured (`dtkg works download`, 2,000 PDFs, 16 workers, 200 ms per response): our CPU per artifact
     9.6 ms with rounds of ~10 requests gathered for 80 ms (12 extra threads), 7.2 ms with 24/120 ms,
-    5.7 ms with 48/200 ms, 4.4 ms with 80/400 ms (5.1 with 48/200 on the same code; rounds of about 32
-    requests: a download slot turns over twice per linger), the same wall; with 4 workers the larger
-    rounds were faster too."""
+    5.7 ms with 48/200 ms, 3.9-4.6 ms with 48/400 ms (5.0-5.2 with 48/200 on the same code; rounds of
+    about 23 works, 46 requests), the same wall; with 4 workers the larger rounds were faster too."""
     return bookkeeping_threads(workers)
 
 
