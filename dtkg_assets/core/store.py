@@ -266,6 +266,17 @@ class Store:
                 tst, bst = target.stat(), blob.stat()
                 if tst.st_size == bst.st_size and sha256_file(target) == sha256:
                     return LinkResult(target, "existing")
+        elif self.settings.store.dedupe_hardlink and self.settings.store.dedupe_enabled:
+            # A new name: link() creates it at once, pointing at complete bytes (no temporary name).
+            try:
+                os.link(blob, target)
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP):
+                    raise
+            else:
+                if self.settings.io.fsync:
+                    fsync_dir(target.parent)
+                return LinkResult(target, "hardlink")
         mode: LinkMode = "copy"
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
         try:
