@@ -38,15 +38,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if args.json:
         console.stderr = True  # stdout carries only the JSON object
     preflight(settings, "backfill")
-    from dtkg_assets.cli.launch import (
-        CheckReport,
-        checks_job,
-        dagster_instance,
-        pending_keys,
-        run_batch_size,
-        run_check_range,
-        run_checks,
-    )
+    from dtkg_assets.cli.launch import dagster_instance, pending_keys, run_batch_size, run_checks
 
     instance = dagster_instance(settings)
     keys = pending_keys(settings)
@@ -89,10 +81,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         return stopped_exit_code()
     checks = None
     if worker is not None:
-        here = CheckReport()
-        job = checks_job(settings)
-        for start, end in kept:
-            here.add(run_check_range(instance, job, start, end, "backfill"))
+        here = run_checks(instance, settings, ranges=kept)
         checks = worker.report()
         if checks is not None:
             checks.merge(here)

@@ -546,20 +546,22 @@ def run_reconcile(instance: dg.DagsterInstance, settings: Settings, *, command: 
 
 
 def run_checks(
-    instance: dg.DagsterInstance, settings: Settings, report: BackfillReport | None = None, *, command: str = "backfill"
+    instance: dg.DagsterInstance, settings: Settings, report: BackfillReport | None = None, *,
+    command: str = "backfill", ranges: Sequence[tuple[str, str]] | None = None,
 ) -> CheckReport:
-    """Per-partition checks over the partitions the backfill's runs covered (all partitions without
-    a report). On a shared ledger a backfill's batches may lie between other workers' batches: one
-    check run per stretch of its own (`BackfillReport.check_ranges`), so no worker checks the whole
-    fleet's works again."""
+    """Per-partition checks over `ranges`, else over the partitions the backfill's runs covered (all
+    partitions without a report). On a shared ledger a backfill's batches may lie between other
+    workers' batches: one check run per stretch of its own (`BackfillReport.check_ranges`), so no
+    worker checks the whole fleet's works again."""
     checked = CheckReport()
-    ordered = instance.get_dynamic_partitions(ARTIFACT_PARTITIONS_NAME)
-    if not ordered:
-        return checked
-    if report is not None and report.batches:
-        ranges = report.check_ranges or joined_ranges([(b.start, b.end) for b in report.batches], ordered, set())
-    else:
-        ranges = [(ordered[0], ordered[-1])]
+    if ranges is None:
+        ordered = instance.get_dynamic_partitions(ARTIFACT_PARTITIONS_NAME)
+        if not ordered:
+            return checked
+        if report is not None and report.batches:
+            ranges = report.check_ranges or joined_ranges([(b.start, b.end) for b in report.batches], ordered, set())
+        else:
+            ranges = [(ordered[0], ordered[-1])]
     job = checks_job(settings)
     for start, end in ranges:
         checked.add(run_check_range(instance, job, start, end, command))

@@ -259,14 +259,15 @@ class Store:
         """Give the work its own name for the blob: hardlink, or a copy when links are impossible."""
         blob = self.blob_path(sha256)
         target = self.work_path(work_id)
+        hardlink = self.settings.store.dedupe_hardlink and self.settings.store.dedupe_enabled
         if target.exists():
             if os.path.samefile(target, blob):
                 return LinkResult(target, "existing")
-            if not self.settings.store.dedupe_hardlink or not self.settings.store.dedupe_enabled:
+            if not hardlink:
                 tst, bst = target.stat(), blob.stat()
                 if tst.st_size == bst.st_size and sha256_file(target) == sha256:
                     return LinkResult(target, "existing")
-        elif self.settings.store.dedupe_hardlink and self.settings.store.dedupe_enabled:
+        elif hardlink:
             # A new name: link() creates it at once, pointing at complete bytes (no temporary name).
             try:
                 os.link(blob, target)
@@ -280,7 +281,7 @@ class Store:
         mode: LinkMode = "copy"
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
         try:
-            if self.settings.store.dedupe_hardlink and self.settings.store.dedupe_enabled:
+            if hardlink:
                 try:
                     os.link(blob, tmp)
                     mode = "hardlink"
