@@ -570,6 +570,20 @@ class Ledger:
         with self._timed():
             return self._cur().execute(sql, params or []).fetchall()
 
+    def query_keys(self, sql: str, keys: Iterable[str], params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """`sql` for many keys: `$1` is the list (`IN (SELECT unnest($1))`), `$2`… are `params`. The
+        keys go in sorted lists of at most `_DYNAMIC_FILTER_KEYS`, which DuckDB answers from the key's
+        index; a longer list scans the whole key column (500 works at a million: 80 ms and 86 MB of
+        buffers held by the connection, against 31 ms and 3 MB as two lists of 250). The rows of a
+        query ordered by the key come in key order."""
+        ordered = sorted(set(keys))
+        rows: list[tuple[Any, ...]] = []
+        with self._timed():
+            cur = self._cur()
+            for i in range(0, len(ordered), _DYNAMIC_FILTER_KEYS):
+                rows += cur.execute(sql, [ordered[i : i + _DYNAMIC_FILTER_KEYS], *params]).fetchall()
+        return rows
+
     def query_dicts(self, sql: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
         with self._timed():
             cur = self._cur().execute(sql, params or [])
@@ -707,12 +721,10 @@ class Ledger:
         return [Job(*r) for r in rows]
 
     def complete_work_ids(self, work_ids: Sequence[str]) -> set[str]:
-        if not work_ids:
-            return set()
-        rows = self.query(
+        rows = self.query_keys(
             "SELECT DISTINCT work_id FROM artifact_jobs WHERE work_id IN (SELECT unnest($1)) "
             f"AND state IN {COMPLETE_SQL}",
-            [list(work_ids)],
+            work_ids,
         )
         return {r[0] for r in rows}
 
@@ -721,13 +733,10 @@ class Ledger:
     def jobs_for_works(self, work_ids: Sequence[str]) -> dict[str, list[Job]]:
         """Each work's jobs in candidate order, for a whole batch in one query (not one per work)."""
         out: dict[str, list[Job]] = {w: [] for w in work_ids}
-        if not work_ids:
-            return out
-        with self._timed():
-            rows = self._cur().execute(
-                f"SELECT {_JOB_COLS} FROM artifact_jobs WHERE work_id IN (SELECT unnest($1)) "
-                "ORDER BY work_id, candidate_rank, job_id", [list(work_ids)],
-            ).fetchall()
+        rows = self.query_keys(
+            f"SELECT {_JOB_COLS} FROM artifact_jobs WHERE work_id IN (SELECT unnest($1)) "
+            "ORDER BY work_id, candidate_rank, job_id", work_ids,
+        )
         for r in rows:
             out[r[2]].append(Job(*r))
         return out

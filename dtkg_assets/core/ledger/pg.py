@@ -249,6 +249,10 @@ class PgLedger:
     def query(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         return self.cursor().execute(sql, params).fetchall()
 
+    def query_keys(self, sql: str, keys: Iterable[str], params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """`Ledger.query_keys`: PostgreSQL takes the whole list in one query."""
+        return self.query(sql, [sorted(set(keys)), *params])
+
     def query_dicts(self, sql: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
         cur = self.cursor().execute(sql, params)
         names = [d[0] for d in cur.description or []]

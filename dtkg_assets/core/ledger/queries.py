@@ -62,14 +62,12 @@ def finished_artifacts(
     only those of the given works; the ledger's store-relative path is resolved under this home's store."""
     root = ledger.settings.store_dir
     sql = f"SELECT work_id, sha256, path, bytes FROM artifact_jobs WHERE state IN {COMPLETE_SQL}"
-    params: list[object] = []
-    if run_id:
-        sql += " AND run_id = ?"
-        params.append(run_id)
+    by_run = [run_id] if run_id else []
     if work_ids is not None:
-        sql += " AND work_id IN (SELECT unnest(?))"
-        params.append(list(work_ids))
-    rows = ledger.query(sql + " ORDER BY work_id", params)
+        sql += " AND work_id IN (SELECT unnest($1))" + (" AND run_id = $2" if run_id else "")
+        rows = ledger.query_keys(sql + " ORDER BY work_id", work_ids, by_run)
+    else:
+        rows = ledger.query(sql + (" AND run_id = ?" if run_id else "") + " ORDER BY work_id", by_run)
     return [(str(r[0]), str(r[1]), str(resolve_store_path(str(r[2]), root)), int(r[3] or 0)) for r in rows]
 
 
@@ -205,9 +203,7 @@ def finished_with_reference(
 
 def work_references(ledger: Ledger, work_ids: list[str]) -> dict[str, tuple[str | None, str | None]]:
     """work id -> (doi, title), for the right-paper check."""
-    if not work_ids:
-        return {}
-    rows = ledger.query("SELECT work_id, doi, title FROM works WHERE work_id IN (SELECT unnest(?))", [work_ids])
+    rows = ledger.query_keys("SELECT work_id, doi, title FROM works WHERE work_id IN (SELECT unnest($1))", work_ids)
     return {str(r[0]): (r[1], r[2]) for r in rows}
 
 
@@ -235,12 +231,12 @@ def input_problem_reasons(ledger: Ledger) -> dict[str, str]:
 def jobs_of_works(ledger: Ledger, work_ids: Sequence[str]) -> list[tuple[str, str, str, str | None, int | None,
                                                                        str | None]]:
     """(job_id, work_id, state, sha256, bytes, last_reason) of the works' jobs, by work and candidate rank."""
-    rows = ledger.query(
+    rows = ledger.query_keys(
         """
         SELECT job_id, work_id, state, sha256, bytes, last_reason FROM artifact_jobs
         WHERE work_id IN (SELECT unnest($1)) ORDER BY work_id, candidate_rank, job_id
         """,
-        [list(dict.fromkeys(work_ids))],
+        work_ids,
     )
     return [(str(r[0]), str(r[1]), str(r[2]), r[3], r[4], r[5]) for r in rows]
 
