@@ -78,7 +78,19 @@ class BatchedCheckEvaluations(SqlEventLogStorage):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._lent = threading.local()  # the connection lent on the thread writing a batch
+        self._tables_seen: set[str] = set()
         super().__init__(*args, **kwargs)
+
+    def has_table(self, table_name: str) -> bool:
+        """Dagster asks before storing each check evaluation (`supports_asset_checks`), with a catalog
+        query on a connection (and, on SQLite, an engine) of its own: 1.3 ms of each evaluation's 3.4 ms
+        in a check run here. A table, once there, stays (migrations only add)."""
+        if table_name in self._tables_seen:
+            return True
+        found = bool(super().has_table(table_name))  # type: ignore[safe-super]  # the mixed-in storage has it
+        if found:
+            self._tables_seen.add(table_name)
+        return found
 
     @contextmanager
     def lending(self, conn: Connection) -> Iterator[Connection]:

@@ -42,20 +42,6 @@ class DtkgPostgresEventLogStorage(BatchedCheckEvaluations, PostgresEventLogStora
     """`PostgresEventLogStorage` writing a run's batch of planned materializations or of check
     evaluations in one transaction."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._tables_seen: set[str] = set()
-        super().__init__(*args, **kwargs)
-
-    def has_table(self, table_name: str) -> bool:
-        """Dagster asks before storing each check evaluation (`supports_asset_checks`), on a connection
-        of its own with a catalog query; a table, once there, stays (migrations only add)."""
-        if table_name in self._tables_seen:
-            return True
-        found = super().has_table(table_name)
-        if found:
-            self._tables_seen.add(table_name)
-        return found
-
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         run_ids = {event.run_id for event in events}
         kinds = {event.dagster_event_type for event in events}

@@ -205,10 +205,16 @@ def test_check_evaluations_logged_as_a_batch_read_as_dagsters_own(tmp_path: Path
     home.mkdir()
     (home / "dagster.yaml").write_text(instance_yaml(Settings().with_home(tmp_path), {}))
     batches = record_batches(monkeypatch, PooledSqliteEventLogStorage)
+    asked: list[str] = []  # Dagster's catalog queries (a new engine and connection each)
+    catalog = SqliteEventLogStorage.has_table
+    monkeypatch.setattr(SqliteEventLogStorage, "has_table",
+                        lambda self, name: asked.append(name) or catalog(self, name))
     with dg.DagsterInstance.from_config(str(home)) as instance:
         _, check_run = materialize_then_check(instance)
     # One transaction on the run's shard, one on the index shard (Dagster's own: 3 per evaluation).
     assert (30, {"ASSET_CHECK_EVALUATION"}, 2) in batches, batches
+    # Dagster asks whether the check table exists before storing each evaluation: answered once.
+    assert asked.count("asset_check_executions") == 1, asked
     reader = SqliteEventLogStorage(str(home / "history" / "runs"))
     try:
         assert_read_by_dagster(reader, check_run)
