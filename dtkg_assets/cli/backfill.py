@@ -38,12 +38,17 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if args.json:
         console.stderr = True  # stdout carries only the JSON object
     preflight(settings, "backfill")
-    from dtkg_assets.cli.launch import dagster_instance, pending_keys, run_batch_size, run_checks
+    from dtkg_assets.cli.launch import (
+        dagster_instance,
+        pending_keys,
+        read_partition_keys_behind,
+        run_batch_size,
+        run_checks,
+    )
 
     instance = dagster_instance(settings)
-    keys = pending_keys(settings)
-    if args.limit is not None:
-        keys = keys[: args.limit]
+    read_partition_keys_behind(instance)
+    keys = pending_keys(settings, args.limit)
     # The checks of each finished download run run in a second process while the next batch
     # downloads (cli/check_worker.py); on a shared ledger, after the last run (other workers'
     # batches may lie between ours: `run_checks` checks the joined stretches once).

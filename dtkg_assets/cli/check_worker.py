@@ -29,13 +29,14 @@ from dtkg_assets.cli.launch import CheckReport
 
 def _serve(conn: Connection, command: str) -> None:
     from dtkg_assets.cli.common import load_settings
-    from dtkg_assets.cli.launch import checks_job, dagster_instance, run_check_range
+    from dtkg_assets.cli.launch import checks_job, dagster_instance, read_partition_keys_behind, run_check_range
     from dtkg_assets.core import deadline
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, _frame: deadline.request_stop(signal.Signals(signum).name))
     settings = load_settings()
     instance = dagster_instance(settings)
+    read_partition_keys_behind(instance)  # while the first batch downloads, not in its check run
     job = checks_job(settings)
     report = CheckReport()
     with instance:
