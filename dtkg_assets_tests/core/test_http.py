@@ -299,3 +299,28 @@ def test_politeness_features_and_host_of():
     assert host_of("https://API.OpenAlex.org/works?x=1") == "api.openalex.org"
     assert host_of(httpx.URL("http://127.0.0.1:8080/a")) == "127.0.0.1"
     assert host_of("not a url") == ""
+
+
+def test_h11_hands_a_whole_body_chunk_over_and_still_parses_what_follows() -> None:
+    """A body chunk that is h11's whole receive buffer leaves as that buffer (not as a copy of a
+    copy); the next response on the connection, arriving a few bytes at a time, parses as before."""
+    import h11
+
+    import dtkg_assets.core.http  # noqa: F401  (installs the hand-over)
+
+    conn = h11.Connection(our_role=h11.CLIENT)
+    first_body, second_body = bytes(range(256)) * 4096, b"%PDF-1.7 second"
+    for body, pieces in ((first_body, 1), (second_body, 7)):
+        conn.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+        conn.send(h11.EndOfMessage())
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        for i in range(0, len(head), pieces):  # the status and header lines split across reads
+            conn.receive_data(head[i : i + pieces])
+        assert isinstance(conn.next_event(), h11.Response)
+        conn.receive_data(body)
+        buffered = conn._receive_buffer._data  # type: ignore[attr-defined]
+        data = conn.next_event()
+        assert isinstance(data, h11.Data) and bytes(data.data) == body
+        assert data.data is buffered  # handed over, not copied
+        assert isinstance(conn.next_event(), h11.EndOfMessage)
+        conn.start_next_cycle()
