@@ -17,6 +17,7 @@ end). Works without a finished artifact are not evaluated.
 from collections.abc import Iterator
 
 import dagster as dg
+from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluationTargetMaterializationData
 
 from dtkg_assets.core import deadline
 from dtkg_assets.core.ledger.queries import finished_artifacts, work_references
@@ -30,6 +31,7 @@ from dtkg_assets.defs.partitions import artifact_partitions
 from dtkg_assets.defs.resources import LedgerResource
 
 CHECK = "artifact_pdf_verified"
+ASSET_KEY = dg.AssetKey("artifact_pdfs")
 # The questions, in the order `failed` lists them.
 ASPECTS = ("file", "pdf", "paper")
 CHECK_SPECS = [
@@ -89,6 +91,7 @@ def artifact_checks(context: dg.AssetCheckExecutionContext, ledger: LedgerResour
     with ledger.reader() as led:
         rows = finished_artifacts(led, work_ids=keys or None)
         refs = work_references(led, [r[0] for r in rows])
+    targets = latest_materializations(context.instance, [r[0] for r in rows])
     # One event batch per EVENTS_PER_BATCH evaluations (one transaction per shard on the SQLite
     # storage), not three transactions per evaluation as `log_event` writes them.
     log_batch = step_event_logger(context)
@@ -101,7 +104,7 @@ def artifact_checks(context: dg.AssetCheckExecutionContext, ledger: LedgerResour
             if deadline.stop_requested():
                 break  # `dtkg backfill` stopped: the works not reached stay unevaluated
             checked += 1
-            evaluation, failed = _evaluate(store, settings, refs, work_id, sha256, size)
+            evaluation, failed = _evaluate(store, settings, refs, work_id, sha256, size, targets.get(work_id))
             passed += not failed
             for name in failed:
                 failures[name] += 1
@@ -121,8 +124,34 @@ def artifact_checks(context: dg.AssetCheckExecutionContext, ledger: LedgerResour
     yield from ()
 
 
+def latest_materializations(
+    instance: dg.DagsterInstance, work_ids: list[str]
+) -> dict[str, AssetCheckEvaluationTargetMaterializationData]:
+    """The latest materialization of each work's partition, which its evaluation names as what it
+    checked. Without it Dagster judges whether an evaluation is of the latest materialization by
+    comparing the materialization's time with its check execution row's, which SQLite storage keeps
+    in whole seconds: a check run created in the same second as the download run's end showed
+    "Not evaluated" in the asset's Checks tab. Two queries for the batch (Dagster's own check results
+    ask once per partition)."""
+    if not work_ids:
+        return {}
+    ids = instance.get_latest_storage_id_by_partition(ASSET_KEY, dg.DagsterEventType.ASSET_MATERIALIZATION,
+                                                      partitions=set(work_ids))
+    if not ids:
+        return {}
+    latest = dg.AssetRecordsFilter(asset_key=ASSET_KEY, storage_ids=list(ids.values()))
+    records = instance.fetch_materializations(latest, limit=len(ids)).records
+    return {
+        r.partition_key: AssetCheckEvaluationTargetMaterializationData(storage_id=r.storage_id, run_id=r.run_id,
+                                                                       timestamp=r.timestamp)
+        for r in records
+        if r.partition_key is not None
+    }
+
+
 def _evaluate(store: Store, settings: Settings, refs: dict[str, tuple[str | None, str | None]], work_id: str,
-              sha256: str, size: int) -> tuple[dg.AssetCheckEvaluation, list[str]]:
+              sha256: str, size: int, target: AssetCheckEvaluationTargetMaterializationData | None
+              ) -> tuple[dg.AssetCheckEvaluation, list[str]]:
     """One finished work's check evaluation, and the aspects it failed."""
     path = store.work_path(work_id)
     problem = file_problem(path, sha256, size or None, "sha256")
@@ -137,6 +166,6 @@ def _evaluate(store: Store, settings: Settings, refs: dict[str, tuple[str | None
     failed, metadata = check_verdicts(problem, is_pdf, paper, paper_detail, sha256, size)
     # ERROR when the file or the PDF is wrong; a paper that only looks wrong is a WARN.
     severity = dg.AssetCheckSeverity.ERROR if {"file", "pdf"} & set(failed) else dg.AssetCheckSeverity.WARN
-    evaluation = dg.AssetCheckEvaluation(asset_key=dg.AssetKey("artifact_pdfs"), check_name=CHECK,
-                                         passed=not failed, partition=work_id, metadata=metadata, severity=severity)
+    evaluation = dg.AssetCheckEvaluation(asset_key=ASSET_KEY, check_name=CHECK, passed=not failed, partition=work_id,
+                                         metadata=metadata, severity=severity, target_materialization_data=target)
     return evaluation, failed

@@ -534,13 +534,19 @@ def test_cli_backfill_checks_its_last_batch_in_two_processes_at_once(
         assert sorted((r.tags[RANGE_START], r.tags[RANGE_END]) for r in check_runs) == [
             ("W1", "W3"), ("W4", "W4"), ("W5", "W5")]
         assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in check_runs)
-        evaluated = [
-            record.event_log_entry.dagster_event.event_specific_data.partition
+        evaluations = [
+            record.event_log_entry.dagster_event.event_specific_data
             for run in check_runs
             for record in instance.get_records_for_run(
                 run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
         ]
-        assert sorted(evaluated) == ["W1", "W2", "W4", "W5"]
+        assert sorted(e.partition for e in evaluations) == ["W1", "W2", "W4", "W5"]
+        # Each evaluation names its partition's latest materialization (what the Checks tab's
+        # "latest execution" and "target materialization" go by, not timestamps in whole seconds).
+        latest = instance.get_latest_storage_id_by_partition(dg.AssetKey("artifact_pdfs"),
+                                                             dg.DagsterEventType.ASSET_MATERIALIZATION)
+        assert {e.partition: e.target_materialization_data.storage_id for e in evaluations} == {
+            w: latest[w] for w in ("W1", "W2", "W4", "W5")}
 
 
 # Evaluates the definitions' declarative automation against the home's Dagster instance the way the
