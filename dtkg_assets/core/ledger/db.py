@@ -1065,10 +1065,13 @@ def _guarded_update_many(cur: duckdb.DuckDBPyConnection, writes: Sequence[LeaseW
                          bump: bool) -> set[str]:
     """Move each job from its write's `from_state` to `to_state` with its values, only where the row
     still holds the write's token and owner and that state; returns the job ids updated."""
-    params: list[Any] = [[w.job_id for w in writes], [w.token for w in writes], [w.owner for w in writes],
-                         [w.from_state.value for w in writes], [w.to_state.value for w in writes]]
-    selects = ["unnest($1) AS job_id", "unnest($2::BIGINT[]) AS token", "unnest($3) AS owner",
-               "unnest($4) AS from_state", "unnest($5) AS to_state"]
+    # What the guard compares (job, token, owner, state), then the new state and values.
+    guard_params: list[Any] = [[w.job_id for w in writes], [w.token for w in writes], [w.owner for w in writes],
+                               [w.from_state.value for w in writes]]
+    guard_selects = ["unnest($1) AS job_id", "unnest($2::BIGINT[]) AS token", "unnest($3) AS owner",
+                     "unnest($4) AS from_state"]
+    params = [*guard_params, [w.to_state.value for w in writes]]
+    selects = [*guard_selects, "unnest($5) AS to_state"]
     sets = ["state = v.to_state"]
     for n, col in enumerate(cols, start=6):
         kind = _JOB_TYPES[col]
@@ -1083,9 +1086,9 @@ def _guarded_update_many(cur: duckdb.DuckDBPyConnection, writes: Sequence[LeaseW
     # taken out of and put back into each index of the table, and the next CHECKPOINT rewrote those
     # indexes (160 MB of a 650 MB ledger per 500 works at a million works, for every publication).
     held = cur.execute(
-        f"SELECT j.job_id FROM artifact_jobs j JOIN (SELECT {', '.join(selects[:4])}) v "
+        f"SELECT j.job_id FROM artifact_jobs j JOIN (SELECT {', '.join(guard_selects)}) v "
         f"ON j.job_id = v.job_id WHERE {guard}",
-        params[:4],
+        guard_params,
     ).fetchall()
     done = {str(r[0]) for r in held}
     if done:
