@@ -285,7 +285,7 @@ class Orchestrator:
             if job.state == State.SKIPPED_DUPLICATE:
                 continue
             lease = self.ledger.lease(job.job_id, self.owner, run_id=self.run_id,
-                                      other_jobs=[j.job_id for j in jobs])
+                                      other_jobs=[j.job_id for j in jobs], work_id=work_id)
             if lease is None:
                 now_job = self.ledger.job(job.job_id) or job
                 if State(now_job.state) in IN_FLIGHT:

@@ -576,13 +576,8 @@ class Ledger:
         index; a longer list scans the whole key column (500 works at a million: 80 ms and 86 MB of
         buffers held by the connection, against 31 ms and 3 MB as two lists of 250). The rows of a
         query ordered by the key come in key order."""
-        ordered = sorted(set(keys))
-        rows: list[tuple[Any, ...]] = []
         with self._timed():
-            cur = self._cur()
-            for i in range(0, len(ordered), _DYNAMIC_FILTER_KEYS):
-                rows += cur.execute(sql, [ordered[i : i + _DYNAMIC_FILTER_KEYS], *params]).fetchall()
-        return rows
+            return _rows_for_keys(self._cur(), sql, keys, params)
 
     def query_dicts(self, sql: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
         with self._timed():
@@ -744,12 +739,14 @@ class Ledger:
     # ---------------------------------------------------------------- the lease write path (interface.py)
 
     def lease(self, job_id: str, owner: str, *, ttl_s: float | None = None, run_id: str | None = None,
-              now: float | None = None, other_jobs: Sequence[str] | None = None) -> Lease | None:
+              now: float | None = None, other_jobs: Sequence[str] | None = None,
+              work_id: str | None = None) -> Lease | None:
         """Lease a job (batched with other threads' requests); None if it is not leasable now.
-        `other_jobs`: the work's other job ids, when known. An explicit `now` (tests of expiry and
-        backoff) commits this request on its own."""
+        `other_jobs` and `work_id`: the work's other job ids and the job's work, when known. An
+        explicit `now` (tests of expiry and backoff) commits this request on its own."""
         ttl = self.settings.ledger.lease_ttl_s if ttl_s is None else ttl_s
-        request = LeaseRequest(job_id, owner, run_id, ttl, None if other_jobs is None else tuple(other_jobs))
+        request = LeaseRequest(job_id, owner, run_id, ttl, None if other_jobs is None else tuple(other_jobs),
+                               work_id)
         grant = self.commits.acquire(request) if now is None else self.acquire([request], now=now)[0]
         return None if grant is None else Lease(self.commits, grant, ttl_s=ttl)
 
@@ -758,17 +755,19 @@ class Ledger:
         max_attempts = self.settings.ledger.max_attempts
 
         def _body(cur: duckdb.DuckDBPyConnection) -> list[LeaseGrant | None]:
-            ids = list(dict.fromkeys(r.job_id for r in requests))
-            rows = cur.execute(f"{_LITE_SELECT} WHERE job_id IN (SELECT unnest($1))", [ids]).fetchall()
-            jobs = {str(r[0]): _lite(r) for r in rows}
-            # The works' other candidates, for requests that do not name them (one statement per batch).
-            works = list({jobs[r.job_id].work_id for r in requests if r.other_jobs is None and r.job_id in jobs})
+            # Every job of the requests' works with its row id: the work's other candidates come with
+            # the job. A request that does not name its work is found by job id, then its work read.
+            named = {r.work_id for r in requests if r.work_id is not None}
+            rows = _jobs_of_works(cur, named)
+            unnamed = [r.job_id for r in requests if r.work_id is None]
+            if unnamed:
+                found = _job_rows(cur.execute(f"{_ROW_LITE_SELECT} WHERE job_id IN (SELECT unnest($1))",
+                                              [unnamed]).fetchall())
+                rows.update(_jobs_of_works(cur, {held.work_id for _, held in found.values()} - named))
             siblings: dict[str, list[str]] = {}
-            if works:
-                for wid, jid in cur.execute(
-                    "SELECT work_id, job_id FROM artifact_jobs WHERE work_id IN (SELECT unnest($1))", [works]
-                ).fetchall():
-                    siblings.setdefault(str(wid), []).append(str(jid))
+            for _, held in rows.values():
+                siblings.setdefault(held.work_id, []).append(held.job_id)
+            jobs = {job_id: held for job_id, (_, held) in rows.items()}
             grants: list[LeaseGrant | None] = []
             granted: list[LeaseRequest] = []
             for req in requests:
@@ -807,11 +806,11 @@ class Ledger:
                     """UPDATE artifact_jobs AS j SET state = 'LEASED', lease_owner = v.owner,
                            lease_expires_at = v.expires, fencing_token = j.fencing_token + 1,
                            attempts = j.attempts + 1, updated_at = $5, run_id = coalesce(v.run_id, j.run_id)
-                       FROM (SELECT unnest($1) AS job_id, unnest($2) AS owner, unnest($3::DOUBLE[]) AS expires,
-                                    unnest($4::VARCHAR[]) AS run_id) v
-                       WHERE j.job_id = v.job_id""",
-                    [[r.job_id for r in granted], [r.owner for r in granted], [now + r.ttl_s for r in granted],
-                     [r.run_id for r in granted], now],
+                       FROM (SELECT unnest($1::BIGINT[]) AS row_id, unnest($2) AS owner,
+                                    unnest($3::DOUBLE[]) AS expires, unnest($4::VARCHAR[]) AS run_id) v
+                       WHERE j.rowid = v.row_id""",
+                    [[rows[r.job_id][0] for r in granted], [r.owner for r in granted],
+                     [now + r.ttl_s for r in granted], [r.run_id for r in granted], now],
                 )
             return grants
 
@@ -830,9 +829,11 @@ class Ledger:
         # Paths are stored relative to the store root (the home can move).
         writes = [dataclasses.replace(w, values={**w.values, "path": store_relative(w.values["path"], root)})
                   if w.completion is not None and w.values.get("path") else w for w in writes]
+        work_of = {w.job_id: w.work_id for w in writes}
+
         def held_jobs(job_ids: list[str]) -> dict[str, Job]:
-            rows = cur.execute(f"{_LITE_SELECT} WHERE job_id IN (SELECT unnest($1))", [job_ids]).fetchall()
-            return {str(r[0]): _lite(r) for r in rows}
+            rows = _jobs_of_works(cur, {work_of[j] for j in job_ids})
+            return {j: rows[j][1] for j in job_ids if j in rows}
 
         errors, ok = apply_guarded_writes(
             writes, lambda group, cols, bump: _guarded_update_many(cur, group, cols, bump), held_jobs)
@@ -1041,6 +1042,7 @@ _LITE = ("job_id", "work_id", "state", "lease_owner", "lease_expires_at", "fenci
          "failure_class", "next_eligible_at", "reopened_at", "run_id", "sha256")
 _LITE_SELECT = f"SELECT {', '.join(_LITE)} FROM artifact_jobs"
 _LITE_SQL = f"{_LITE_SELECT} WHERE job_id = ?"
+_ROW_LITE_SELECT = f"SELECT rowid, {', '.join(_LITE)} FROM artifact_jobs"
 _NOT_LITE: dict[str, Any] = {f.name: None for f in fields(Job) if f.name not in _LITE}
 
 
@@ -1050,6 +1052,29 @@ def _lite(row: Sequence[Any]) -> Job:
     job.fencing_token = int(job.fencing_token)
     job.attempts = int(job.attempts)
     return job
+
+
+def _rows_for_keys(cur: duckdb.DuckDBPyConnection, sql: str, keys: Iterable[str],
+                   params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """`Ledger.query_keys` on a cursor (inside a write transaction too)."""
+    ordered = sorted(set(keys))
+    rows: list[tuple[Any, ...]] = []
+    for i in range(0, len(ordered), _DYNAMIC_FILTER_KEYS):
+        rows += cur.execute(sql, [ordered[i : i + _DYNAMIC_FILTER_KEYS], *params]).fetchall()
+    return rows
+
+
+def _job_rows(rows: Iterable[Sequence[Any]]) -> dict[str, tuple[int, Job]]:
+    """Rows of `_ROW_LITE_SELECT` by job id: (row id, the job's lease/state columns)."""
+    return {str(r[1]): (int(r[0]), _lite(r[1:])) for r in rows}
+
+
+def _jobs_of_works(cur: duckdb.DuckDBPyConnection, work_ids: Iterable[str]) -> dict[str, tuple[int, Job]]:
+    """Every job of these works with its row id, for a write in the same transaction to update by row
+    id. The write path finds jobs by work, never by job id: job ids are random 64-character hashes,
+    so a run's lookups touched every part of their index and loaded all of it into the writer (78 MB
+    at a million works, loaded again by every run's writer), while a run's works share index pages."""
+    return _job_rows(_rows_for_keys(cur, f"{_ROW_LITE_SELECT} WHERE work_id IN (SELECT unnest($1))", work_ids))
 
 
 def _job_lite(cur: duckdb.DuckDBPyConnection, job_id: str) -> Job | None:
@@ -1065,39 +1090,36 @@ def _guarded_update_many(cur: duckdb.DuckDBPyConnection, writes: Sequence[LeaseW
                          bump: bool) -> set[str]:
     """Move each job from its write's `from_state` to `to_state` with its values, only where the row
     still holds the write's token and owner and that state; returns the job ids updated."""
-    # What the guard compares (job, token, owner, state), then the new state and values.
-    guard_params: list[Any] = [[w.job_id for w in writes], [w.token for w in writes], [w.owner for w in writes],
-                               [w.from_state.value for w in writes]]
-    guard_selects = ["unnest($1) AS job_id", "unnest($2::BIGINT[]) AS token", "unnest($3) AS owner",
-                     "unnest($4) AS from_state"]
-    params = [*guard_params, [w.to_state.value for w in writes]]
-    selects = [*guard_selects, "unnest($5) AS to_state"]
-    sets = ["state = v.to_state"]
-    for n, col in enumerate(cols, start=6):
-        kind = _JOB_TYPES[col]
-        params.append([w.values[col] for w in writes])
-        selects.append(f"unnest(${n}::{'VARCHAR' if kind == 'JSON' else kind}[]) AS c{n}")
-        sets.append(f"{col} = v.c{n}")
-    if bump:
-        sets.append("fencing_token = j.fencing_token + 1")
-    guard = "j.fencing_token = v.token AND j.lease_owner = v.owner AND j.state = v.from_state"
-    # The rows that pass the guard are read first, under the write lock, instead of RETURNING them: an
-    # UPDATE ... RETURNING is a delete and an insert for DuckDB 2.0, so every returned row was also
-    # taken out of and put back into each index of the table, and the next CHECKPOINT rewrote those
-    # indexes (160 MB of a 650 MB ledger per 500 works at a million works, for every publication).
-    held = cur.execute(
-        f"SELECT j.job_id FROM artifact_jobs j JOIN (SELECT {', '.join(guard_selects)}) v "
-        f"ON j.job_id = v.job_id WHERE {guard}",
-        guard_params,
-    ).fetchall()
-    done = {str(r[0]) for r in held}
-    if done:
+    # The guard is checked on the rows as read under the write lock, and the rows that pass it are
+    # updated by row id in the same transaction. Not UPDATE ... RETURNING: DuckDB 2.0 runs that as a
+    # delete and an insert, so every returned row was also taken out of and put back into each index
+    # of the table, and the next CHECKPOINT rewrote those indexes (160 MB of a 650 MB ledger per 500
+    # works at a million works, for every publication).
+    held = _jobs_of_works(cur, {w.work_id for w in writes})
+    passed = [(w, held[w.job_id][0]) for w in writes if w.job_id in held
+              and _holds(held[w.job_id][1], w.token, w.owner, w.from_state)]
+    if passed:
+        params: list[Any] = [[row_id for _, row_id in passed], [w.to_state.value for w, _ in passed]]
+        selects = ["unnest($1::BIGINT[]) AS row_id", "unnest($2) AS to_state"]
+        sets = ["state = v.to_state"]
+        for n, col in enumerate(cols, start=3):
+            kind = _JOB_TYPES[col]
+            params.append([w.values[col] for w, _ in passed])
+            selects.append(f"unnest(${n}::{'VARCHAR' if kind == 'JSON' else kind}[]) AS c{n}")
+            sets.append(f"{col} = v.c{n}")
+        if bump:
+            sets.append("fencing_token = j.fencing_token + 1")
         cur.execute(
             f"UPDATE artifact_jobs AS j SET {', '.join(sets)} FROM (SELECT {', '.join(selects)}) v "
-            f"WHERE j.job_id = v.job_id AND {guard}",
+            "WHERE j.rowid = v.row_id",
             params,
         )
-    return done
+    return {w.job_id for w, _ in passed}
+
+
+def _holds(job: Job, token: int, owner: str, state: State) -> bool:
+    """The job as held is the writer's: its fencing token and owner, in the state the write moves from."""
+    return job.fencing_token == token and job.lease_owner == owner and job.state == state.value
 
 
 def _record_effects(cur: duckdb.DuckDBPyConnection, writes: Sequence[LeaseWrite]) -> None:
@@ -1160,15 +1182,17 @@ def _record_completions(cur: duckdb.DuckDBPyConnection, writes: Sequence[LeaseWr
         [[w.work_id for w in writes], [r.final_url or r.url for r in results], [r.sha256 for r in results],
          [r.etag for r in results], [r.last_modified for r in results], [r.bytes for r in results], now],
     )
-    others = [j for w in writes for j in w.other_jobs]
+    others = {j for w in writes for j in w.other_jobs}
     if others:
-        # By job id (the lease named the work's other candidates): no scan of the jobs by work.
-        cur.execute(
-            """UPDATE artifact_jobs SET state = 'SKIPPED_DUPLICATE', updated_at = $2, next_eligible_at = NULL
-               WHERE job_id IN (SELECT unnest($1))
-                 AND (state = 'PLANNED' OR (state = 'FAILED' AND failure_class = 'transient'))""",
-            [others, now],
-        )
+        jobs = _jobs_of_works(cur, {w.work_id for w in writes if w.other_jobs})
+        skipped = [row_id for job_id, (row_id, job) in jobs.items() if job_id in others and (
+            job.state == State.PLANNED.value or (job.state == State.FAILED.value and job.failure_class == "transient"))]
+        if skipped:
+            cur.execute(
+                """UPDATE artifact_jobs AS j SET state = 'SKIPPED_DUPLICATE', updated_at = $2, next_eligible_at = NULL
+                   FROM (SELECT unnest($1::BIGINT[]) AS row_id) v WHERE j.rowid = v.row_id""",
+                [skipped, now],
+            )
 
 
 def _postgres(settings: Settings, *, owner: str | None, reader: bool = False) -> Ledger:

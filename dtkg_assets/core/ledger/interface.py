@@ -159,6 +159,8 @@ class LeaseRequest:
     ttl_s: float
     # The work's other job ids when the caller knows them (the backend then need not look them up).
     other_jobs: tuple[str, ...] | None = None
+    # The job's work when the caller knows it: the DuckDB ledger then finds the row by work id.
+    work_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -247,8 +249,10 @@ class LedgerBackend(LedgerWriteBackend, Protocol):
     def job(self, job_id: str) -> Job | None: ...
 
     def lease(self, job_id: str, owner: str, *, ttl_s: float | None = None, run_id: str | None = None,
-              now: float | None = None, other_jobs: Sequence[str] | None = None) -> Lease | None:
-        """A `Lease` through this backend's `GroupCommit` (batched with other threads' requests)."""
+              now: float | None = None, other_jobs: Sequence[str] | None = None,
+              work_id: str | None = None) -> Lease | None:
+        """A `Lease` through this backend's `GroupCommit` (batched with other threads' requests).
+        `other_jobs` and `work_id`: the work's other job ids and the job's work, when known."""
         ...
 
     def start_run(self, run_id: str, *, kind: str, owner: str, now: float | None = None) -> None: ...

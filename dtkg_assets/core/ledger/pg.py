@@ -391,9 +391,11 @@ class PgLedger:
     # ---------------------------------------------------------------- the lease write path (interface.py)
 
     def lease(self, job_id: str, owner: str, *, ttl_s: float | None = None, run_id: str | None = None,
-              now: float | None = None, other_jobs: Sequence[str] | None = None) -> Lease | None:
+              now: float | None = None, other_jobs: Sequence[str] | None = None,
+              work_id: str | None = None) -> Lease | None:
         ttl = self.settings.ledger.lease_ttl_s if ttl_s is None else ttl_s
-        request = LeaseRequest(job_id, owner, run_id, ttl, None if other_jobs is None else tuple(other_jobs))
+        request = LeaseRequest(job_id, owner, run_id, ttl, None if other_jobs is None else tuple(other_jobs),
+                               work_id)
         grant = self.commits.acquire(request) if now is None else self.acquire([request], now=now)[0]
         return None if grant is None else Lease(self.commits, grant, ttl_s=ttl)
 

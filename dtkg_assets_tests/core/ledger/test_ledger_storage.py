@@ -452,6 +452,41 @@ def test_completing_works_rewrites_only_their_rows_not_the_indexes(tmp_path: Pat
     assert 0 < changed <= 8 * 256 * 1024, f"{changed} of {size} bytes changed"
 
 
+def test_leasing_and_releasing_works_loads_no_index_of_job_ids(tmp_path: Path) -> None:
+    """A writer finds the jobs it leases and commits by work, not by job id: job ids are random
+    64-character hashes, so a run's lookups by job id touched every part of that index and loaded all
+    of it into the writer (78 MB at a million works, again in every run). Works of a run share pages
+    of the work-id index."""
+    settings = Settings().with_home(tmp_path)
+    with Ledger.open_writer(settings) as led:
+        led.plan([WorkRecord(f"W{i:06d}", [Candidate(f"http://127.0.0.1:9/{i}.pdf", "x"),
+                                           Candidate(f"http://127.0.0.1:9/{i}b.pdf", "y")]) for i in range(60_000)])
+    with Ledger.open_writer(settings) as led:  # a new writer: no index in memory yet
+        def index_mib() -> float:
+            rows = led.query("SELECT sum(memory_usage_bytes) FROM duckdb_memory() WHERE tag = 'ART_INDEX'")
+            return float(rows[0][0] or 0) / 2**20
+
+        jobs = led.query("SELECT job_id, work_id FROM artifact_jobs WHERE work_id < 'W000300' "
+                         "AND url LIKE '%b.pdf'")
+        assert len(jobs) == 300
+        before = index_mib()
+        now = 1_000.0
+        # In rounds of 16, as a run's workers ask (a longer list is answered by a scan, not an index).
+        grants = [g for i in range(0, 300, 16)
+                  for g in led.acquire([LeaseRequest(j, "me", None, 60.0, work_id=w) for j, w in jobs[i:i + 16]],
+                                       now=now)]
+        leases = [Lease(led.commits, g, ttl_s=60.0) for g in grants if g is not None]
+        assert len(leases) == 300 and all(len(g.other_jobs) == 1 for g in grants if g is not None)
+        for lease in leases:
+            lease.release(now=now + 1)
+        assert led.query("SELECT count(*) FROM artifact_jobs WHERE state = 'PLANNED' AND fencing_token = 2") \
+            == [(300,)]
+        whole = led.query("SELECT estimated_size FROM duckdb_tables() WHERE table_name = 'artifact_jobs'")
+        loaded = index_mib() - before
+    assert whole[0][0] == 120_000
+    assert loaded < 4.0, f"{loaded:.1f} MiB of indexes loaded"  # by job id: 16 MiB
+
+
 def test_a_damaged_spare_is_made_whole_again(tmp_path: Path) -> None:
     """Whatever the spare holds (a crash in the middle of its refresh, a truncation, garbage), a
     refresh compares bytes, not a record of what was written: the result is the live file."""
