@@ -17,13 +17,17 @@ def partition_batches(
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     blocked = set(barrier)
-    segment_of: list[int] = []
+    # One pass over the keys (a million at most once): the pending keys' positions and the segment
+    # between barrier keys each is in.
+    positions: list[int] = []
+    segments: list[int] = []
     segment = 0
-    for key in keys:
+    for index, key in enumerate(keys):
         if key in blocked:
             segment += 1
-        segment_of.append(segment)
-    positions = [i for i, key in enumerate(keys) if key in pending and key not in blocked]
+        elif key in pending:
+            positions.append(index)
+            segments.append(segment)
     i = 0
     while i < len(positions):
         start = positions[i]
@@ -32,7 +36,7 @@ def partition_batches(
         while (
             j + 1 < len(positions)
             and positions[j + 1] <= end_limit
-            and segment_of[positions[j + 1]] == segment_of[start]
+            and segments[j + 1] == segments[i]
         ):
             j += 1
         yield keys[start], keys[positions[j]]

@@ -38,6 +38,8 @@ from typing import Any
 
 import yaml
 from dagster import DagsterInstance, Field, IntSource, StringSource
+from dagster._core.definitions.partitions.context import partition_loading_context
+from dagster._core.definitions.partitions.utils import generate_partition_key_based_definition_id
 from dagster._core.errors import DagsterInvariantViolationError
 from dagster._core.events import ASSET_EVENTS, DagsterEventType
 from dagster._core.events.log import EventLogEntry
@@ -59,7 +61,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
-from dtkg_assets.defs.dynamic_partitions import DynamicPartitionKeys
+from dtkg_assets.defs.dynamic_partitions import DynamicPartitionKeys, PackedKeys
 
 # Run shards kept open besides the index shard: a run worker writes one run shard; the webserver and
 # the daemon read several in turn.
@@ -302,6 +304,16 @@ class DtkgDagsterInstance(DagsterInstance):
         if self._dynamic_partition_keys is None:
             return super().get_dynamic_partitions(partitions_def_name)
         return self._dynamic_partition_keys.get(partitions_def_name)
+
+    def get_dynamic_partitions_definition_id(self, partitions_def_name: str) -> str:
+        """Dagster's id of the definition (the SHA-1 of its keys' JSON, which names the partition
+        status it caches), also for packed keys, which `json.dumps` does not take."""
+        with partition_loading_context() as calling_context:
+            store = calling_context.dynamic_partitions_store or self
+            keys = store.get_dynamic_partitions(partitions_def_name)
+            if isinstance(keys, PackedKeys):
+                return keys.definition_id()
+            return generate_partition_key_based_definition_id(keys)
 
     @classmethod
     def config_schema(cls) -> dict[str, Any]:

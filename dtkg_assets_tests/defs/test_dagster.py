@@ -6,6 +6,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import dagster as dg
@@ -16,6 +17,7 @@ from dtkg_assets.core.settings import Settings
 from dtkg_assets.definitions import build_definitions
 from dtkg_assets.defs.assets import artifact_pdfs, openalex_works
 from dtkg_assets.defs.batching import partition_batches
+from dtkg_assets.defs.dynamic_partitions import PackedKeys
 from dtkg_assets.defs.jobs import release_leases_job, revalidate_job
 from dtkg_assets.defs.partitions import ARTIFACT_PARTITIONS_NAME
 from dtkg_assets.defs.resources import default_resources
@@ -356,14 +358,18 @@ def test_background_events_keep_order_and_report_the_first_error() -> None:
     assert seen == [0, 1, 2]
 
 
-def test_partition_batches_cover_pending_only() -> None:
-    keys = [f"K{i:02d}" for i in range(10)]
+@pytest.mark.parametrize("packed", [False, True])
+def test_partition_batches_cover_pending_only(packed: bool) -> None:
+    listed = [f"K{i:02d}" for i in range(10)]
+    keys: Sequence[str] = PackedKeys.of([listed]) if packed else listed  # as the instance lists them
     assert list(partition_batches(keys, {"K01", "K02", "K07"}, 3)) == [("K01", "K02"), ("K07", "K07")]
     assert list(partition_batches(keys, set(keys), 4)) == [("K00", "K03"), ("K04", "K07"), ("K08", "K09")]
     assert list(partition_batches(keys, set(), 4)) == []
     # No window spans a barrier key.
     assert list(partition_batches(keys, {"K01", "K03", "K04"}, 10, barrier={"K02"})) == [("K01", "K01"), ("K03", "K04")]
     assert list(partition_batches(keys, {"K01", "K02"}, 10, barrier={"K02"})) == [("K01", "K01")]
+    assert list(partition_batches(keys, {"K00", "K03", "K05", "K06", "K09"}, 10, barrier={"K02", "K04", "K08"})) \
+        == [("K00", "K00"), ("K03", "K03"), ("K05", "K06"), ("K09", "K09")]
 
 
 def test_check_ranges_join_where_no_pending_key_lies_between() -> None:

@@ -10,12 +10,13 @@ from typing import Any
 
 import dagster as dg
 import pytest
+from dagster._core.definitions.partitions.utils import generate_partition_key_based_definition_id
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log import SqliteEventLogStorage
 
 from dtkg_assets.core.settings import Settings
 from dtkg_assets.defs import dynamic_partitions
-from dtkg_assets.defs.dynamic_partitions import DynamicPartitionKeys
+from dtkg_assets.defs.dynamic_partitions import DynamicPartitionKeys, PackedKeys
 from dtkg_assets.defs.event_storage import (
     DtkgDagsterInstance,
     PooledDagsterSqliteStorage,
@@ -143,6 +144,68 @@ def test_instance_lists_dynamic_partitions_as_its_storage_does(tmp_path: Path, m
         check(7)
         instance.add_dynamic_partitions("a", ["k10"])
         check(7)
+
+
+@pytest.mark.parametrize("chunk", [3, 65_536])
+def test_packed_keys_answer_as_a_tuple_of_the_same_keys(monkeypatch, chunk: int) -> None:
+    """Every sequence operation on packed keys gives what the tuple of the same keys gives: lookups of
+    keys that are prefixes, suffixes or parts of others, non-ASCII and empty keys, negative and
+    stepped slices, iteration in several chunks, and Dagster's definition id."""
+    monkeypatch.setattr(dynamic_partitions, "_ITER_CHUNK", chunk)
+    keys = ("W1", "W10", "W100", "", "wé€", "a b", "W1", "1", "W")[:-1] + ("x" * 300, "W101")
+    keys = tuple(dict.fromkeys(keys))  # Dagster's keys are unique
+    packed = PackedKeys.of([keys[:3], [], keys[3:]])
+    assert len(packed) == len(keys) and list(packed) == list(keys) and packed == keys and packed == list(keys)
+    assert list(reversed(packed)) == list(reversed(keys))
+    for i in range(-len(keys), len(keys)):
+        assert packed[i] == keys[i]
+    for bad in (len(keys), -len(keys) - 1):
+        with pytest.raises(IndexError):
+            packed[bad]
+    for sl in (slice(None), slice(1, 4), slice(-3, None), slice(2, 2), slice(5, 1), slice(None, None, 2),
+               slice(None, None, -1), slice(-100, 100)):
+        assert packed[sl] == list(keys[sl]), sl
+    for i, key in enumerate(keys):
+        assert key in packed and packed.index(key) == i == keys.index(key)
+        assert packed.index(key, i) == i
+        with pytest.raises(ValueError):
+            packed.index(key, i + 1)
+        with pytest.raises(ValueError):
+            packed.index(key, 0, i)
+    for absent in ("W1000", "W", "10", "W1\nW10", "\n", 1, None):
+        assert absent not in packed
+        with pytest.raises(ValueError):
+            packed.index(absent)
+    assert packed.definition_id() == generate_partition_key_based_definition_id(list(keys))
+    longer = packed.extended(["W102"])
+    assert list(longer) == [*keys, "W102"] and packed == keys  # the one callers hold stays as it was
+    assert PackedKeys() == () and list(PackedKeys()) == [] and PackedKeys().definition_id() == \
+        generate_partition_key_based_definition_id([])
+    with pytest.raises(ValueError):
+        packed.extended(["a\nb"])
+
+
+def test_instance_lists_packed_keys_and_a_key_with_a_line_break_unpacked(tmp_path: Path) -> None:
+    """The instance hands out packed keys, and Dagster's id of the definition is computed from them as
+    from a list. Dagster does not check a dynamic key for a line break: with one the listing stays a
+    tuple, right after a full read and after keys are added."""
+    home = tmp_path / "dagster"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(instance_yaml(Settings().with_home(tmp_path), {}))
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions("a", ["k1", "k2"])
+        assert isinstance(instance.get_dynamic_partitions("a"), PackedKeys)
+        instance.add_dynamic_partitions("a", ["k3"])
+        listed = instance.get_dynamic_partitions("a")
+        assert isinstance(listed, PackedKeys) and listed == ["k1", "k2", "k3"]
+        assert instance.get_dynamic_partitions_definition_id("a") == \
+            generate_partition_key_based_definition_id(["k1", "k2", "k3"])
+        instance.add_dynamic_partitions("a", ["k\n4"])
+        assert instance.get_dynamic_partitions("a") == ("k1", "k2", "k3", "k\n4")
+        instance.add_dynamic_partitions("b", ["x\ny", "z"])
+        assert instance.get_dynamic_partitions("b") == ("x\ny", "z")
+        assert instance.get_dynamic_partitions_definition_id("b") == \
+            generate_partition_key_based_definition_id(["x\ny", "z"])
 
 
 def test_event_batches_read_as_dagsters_own_events(tmp_path: Path, monkeypatch) -> None:
