@@ -484,7 +484,9 @@ class _FleetBatches:
                  others: Callable[[], list[tuple[str, str]]] | None = None) -> None:
         self.ledger = ledger
         self.ordered = ordered
-        self.index = {key: i for i, key in enumerate(ordered)}
+        # Positions of the keys a batch can start or end at (one pass; not a dict of every key, which
+        # at a million partitions held a million decoded keys); other workers' range ends are looked up.
+        self.index = key_positions(ordered, pending | {key for window in windows for key in window})
         self.pending = pending
         self.remaining = list(windows)
         self.others = others
@@ -496,8 +498,8 @@ class _FleetBatches:
 
     def __next__(self) -> tuple[str, str]:
         busy: list[tuple[int, int, list[str]]] = []  # (open works, position, open keys) of started batches
-        claimed = [(self.index[a], self.index[b]) for a, b in (self.others() if self.others else [])
-                   if a in self.index and b in self.index]
+        claimed = [(first, last) for a, b in (self.others() if self.others else [])
+                   if (first := self._position(a)) is not None and (last := self._position(b)) is not None]
         position = 0
         while position < len(self.remaining) and position < self.LOOK_AHEAD:
             start, end = self.remaining[position]
@@ -519,6 +521,14 @@ class _FleetBatches:
         _, position, open_keys = max(busy, key=lambda b: (b[0], -b[1]))
         self.remaining.pop(position)
         return open_keys[0], open_keys[-1]
+
+    def _position(self, key: str) -> int | None:
+        if key not in self.index:
+            try:
+                self.index[key] = self.ordered.index(key)
+            except ValueError:
+                return None
+        return self.index[key]
 
     def worth_running(self, start: str, end: str) -> bool:
         """False when every work of the batch is finished or held by another worker by now."""

@@ -10,7 +10,7 @@ automation); permanent failures are retried only when a user asks. Every tick sa
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -61,7 +61,8 @@ def work_partitions_sensor(context: dg.SensorEvaluationContext, ledger: LedgerRe
         return dg.SensorResult(skip_reason=f"ledger not readable yet: {exc}")
     if not seen:
         return dg.SensorResult(skip_reason="no works imported since the last tick")
-    existing = set(context.instance.get_dynamic_partitions(ARTIFACT_PARTITIONS_NAME))
+    # Asked of the storage for these works only (a million partition keys are not listed for it).
+    existing = context.instance.get_existing_dynamic_partitions(ARTIFACT_PARTITIONS_NAME, [w for w, _ in seen])
     new = [work_id for work_id, _ in seen if work_id not in existing]
     cursor = str(seen[-1][1])
     if not new:
@@ -77,15 +78,15 @@ def work_partitions_sensor(context: dg.SensorEvaluationContext, ledger: LedgerRe
     )
 
 
-def _range_keys(ordered: list[str], index: dict[str, int], start: str, end: str) -> list[str]:
-    if start not in index or end not in index:
+def _range_keys(ordered: Sequence[str], start: str, end: str) -> Sequence[str]:
+    try:
+        return ordered[ordered.index(start) : ordered.index(end) + 1]
+    except ValueError:
         return []
-    return ordered[index[start] : index[end] + 1]
 
 
-def targeted_partitions(instance: dg.DagsterInstance, ordered: list[str]) -> set[str]:
+def targeted_partitions(instance: dg.DagsterInstance, ordered: Sequence[str]) -> set[str]:
     """Partitions of artifact_pdfs that a queued or running run, or a requested backfill, targets."""
-    index = {key: i for i, key in enumerate(ordered)}
     busy: set[str] = set()
     for record in instance.get_run_records(dg.RunsFilter(statuses=ACTIVE_STATUSES)):
         tags = record.dagster_run.tags
@@ -94,7 +95,7 @@ def targeted_partitions(instance: dg.DagsterInstance, ordered: list[str]) -> set
         if PARTITION in tags:
             busy.add(tags[PARTITION])
         elif RANGE_START in tags and RANGE_END in tags:
-            busy.update(_range_keys(ordered, index, tags[RANGE_START], tags[RANGE_END]))
+            busy.update(_range_keys(ordered, tags[RANGE_START], tags[RANGE_END]))
     backfills = instance.get_backfills(
         filters=BulkActionsFilter(statuses=[BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING])
     )
@@ -126,7 +127,7 @@ def redo_what_broke(context: dg.SensorEvaluationContext, ledger: LedgerResource)
         return dg.SensorResult(skip_reason=f"ledger not readable yet: {exc}")
     missing = _missing_files(settings, finished)
     redo = {work_id for work_id, klass in classes.items() if klass == "redo"} | set(missing)
-    ordered = list(context.instance.get_dynamic_partitions(ARTIFACT_PARTITIONS_NAME))
+    ordered = context.instance.get_dynamic_partitions(ARTIFACT_PARTITIONS_NAME)
     busy = targeted_partitions(context.instance, ordered)
     # Windows may cover complete works (re-verified), never anything else automation must not touch
     # (new, held or failed works, partitions without a work in the snapshot, targeted partitions).
