@@ -9,7 +9,6 @@ from email.utils import formatdate
 import httpx
 import pytest
 
-from dtkg_assets.cli.status import politeness_features
 from dtkg_assets.core.errors import DtkgError, Reason
 from dtkg_assets.core.http import (
     get_with_retries,
@@ -241,7 +240,6 @@ def test_offline_mode_makes_no_connection(settings, origin):
             client.get(url)
         assert info.value.reason is Reason.OFFLINE and not info.value.transient
     assert origin.total_requests() == 0
-    assert politeness_features(settings)["offline"] is True
 
 
 def test_metadata_cache_hit_serves_zero_origin_requests(settings, origin):
@@ -292,10 +290,7 @@ def test_too_many_redirects_has_a_reason(settings, origin):
     assert request_error(info.value).reason is Reason.TOO_MANY_REDIRECTS
 
 
-def test_politeness_features_and_host_of():
-    features = politeness_features(Settings())
-    assert features["robots"] and features["breakers"] and features["metadata_cache"]
-    assert features["rate_limits"]["arxiv.org"] == pytest.approx(1 / 3)
+def test_host_of():
     assert host_of("https://API.OpenAlex.org/works?x=1") == "api.openalex.org"
     assert host_of(httpx.URL("http://127.0.0.1:8080/a")) == "127.0.0.1"
     assert host_of("not a url") == ""
