@@ -895,9 +895,16 @@ class Ledger:
     def _expire_in_flight(self, where: str, params: list[Any], now: float, why: str) -> int:
         """Give back every in-flight job matching `where` (see `_expire`) in one transaction."""
         def _body(cur: duckdb.DuckDBPyConnection) -> Any:
+            # Row ids first, then the rows, if any: DuckDB reads every selected column of a row group
+            # whose states it cannot rule out, so selecting the job columns here read 11 MB and took
+            # 24 ms at a million jobs on every writer open (the row ids: 0.8 MB, 3 ms).
+            found = [r[0] for r in cur.execute(
+                f"SELECT rowid FROM artifact_jobs WHERE state IN {IN_FLIGHT_SQL} AND ({where})", params,
+            ).fetchall()]
+            if not found:
+                return 0
             rows = cur.execute(
-                f"SELECT {_JOB_COLS} FROM artifact_jobs WHERE state IN {IN_FLIGHT_SQL} AND ({where})",
-                params,
+                f"SELECT {_JOB_COLS} FROM artifact_jobs WHERE rowid IN (SELECT unnest($1::BIGINT[]))", [found],
             ).fetchall()
             for r in rows:
                 self._expire(cur, Job(*r), now, why)

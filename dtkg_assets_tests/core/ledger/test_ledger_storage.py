@@ -487,6 +487,21 @@ def test_leasing_and_releasing_works_loads_no_index_of_job_ids(tmp_path: Path) -
     assert loaded < 4.0, f"{loaded:.1f} MiB of indexes loaded"  # by job id: 16 MiB
 
 
+def test_opening_the_writer_reads_no_job_columns_when_no_lease_is_left(tmp_path: Path) -> None:
+    """A writer's open looks for leases an earlier process left by row id: with finished works in a
+    row group (whose states DuckDB then cannot rule out from its statistics), selecting the job
+    columns read every column of the group (11 MB and 24 ms per open at a million works)."""
+    settings = Settings().with_home(tmp_path)
+    with Ledger.open_writer(settings) as led:
+        led.plan([WorkRecord(f"W{i:06d}", [Candidate(f"http://127.0.0.1:9/{i}.pdf", "x")]) for i in range(30_000)])
+        led.cursor().execute("UPDATE artifact_jobs SET state = 'INDEXED', sha256 = 'x', finished_at = 1 "
+                             "WHERE work_id < 'W000300'")
+    with Ledger.open_writer(settings) as led:
+        assert led.recovered == {"released_leases": 0, "abandoned_ops": 0}
+        buffers = led.query("SELECT sum(memory_usage_bytes) FROM duckdb_memory() WHERE tag = 'BASE_TABLE'")
+    assert float(buffers[0][0] or 0) / 2**20 < 1.5  # the job columns: 3 MiB here
+
+
 def test_a_damaged_spare_is_made_whole_again(tmp_path: Path) -> None:
     """Whatever the spare holds (a crash in the middle of its refresh, a truncation, garbage), a
     refresh compares bytes, not a record of what was written: the result is the live file."""
