@@ -491,6 +491,36 @@ def test_dedupe_and_skip_other_candidates(ledger):
     assert views["v_artifacts"] == 2 and views["v_hosts"] == 1
 
 
+def test_works_needing_work_each_once_oldest_first_in_pages(ledger, monkeypatch):
+    """Works with something to do now, each once, in the order they were planned, also when the limit
+    ends between the jobs of one work (pages of jobs): not a finished work, not one whose only
+    failure waits out its backoff or is permanent, not one leased until later; an expired lease is."""
+    from dtkg_assets.core.ledger.queries import works_needing_work
+
+    times = iter(float(t) for t in range(100, 200))
+    monkeypatch.setattr("time.time", lambda: next(times))
+    for i in reversed(range(8)):
+        ledger.plan([work(i, 3)])  # W7 oldest: planned order, not id order
+    monkeypatch.undo()
+    now = 1_000.0
+    done = ledger.jobs_for_work("W1")[2]
+    lease = ledger.lease(done.job_id, "w", now=now)
+    walk(lease)
+    lease.complete(stored(done.url), now=now)
+    for wid, reason, kind in (("W2", "http_5xx", "transient"), ("W4", "http_404", "permanent")):
+        for job in ledger.jobs_for_work(wid):
+            lease = ledger.lease(job.job_id, "w", now=now)
+            assert lease.fail(reason=reason, now=now) == kind
+    for wid, ttl in (("W5", 10_000.0), ("W6", 1.0)):
+        for job in ledger.jobs_for_work(wid):
+            assert ledger.lease(job.job_id, "w", ttl_s=ttl, now=now) is not None
+    expected = ["W7", "W6", "W3", "W0"]
+    assert works_needing_work(ledger, now=now + 5) == expected
+    for limit in (1, 2, 3):
+        assert works_needing_work(ledger, now=now + 5, limit=limit) == expected[:limit]
+    assert works_needing_work(ledger, now=now + 100) == ["W7", "W6", "W3", "W2", "W0"]  # W2's backoff passed
+
+
 # ------------------------------------------------------------------ leases with queued writes
 
 
