@@ -95,9 +95,14 @@ class PackedKeys(Sequence[str]):
     def _decode(self, start: int, stop: int) -> list[str]:
         return self._blob[self._seps[start] + 1 : self._seps[stop]].decode().split("\n")
 
-    def __iter__(self) -> Iterator[str]:
+    def _chunks(self) -> Iterator[list[str]]:
+        """The keys, decoded `_ITER_CHUNK` at a time."""
         for start in range(0, len(self), _ITER_CHUNK):
-            yield from self._decode(start, min(start + _ITER_CHUNK, len(self)))
+            yield self._decode(start, min(start + _ITER_CHUNK, len(self)))
+
+    def __iter__(self) -> Iterator[str]:
+        for chunk in self._chunks():
+            yield from chunk
 
     def __reversed__(self) -> Iterator[str]:
         for stop in range(len(self), 0, -_ITER_CHUNK):
@@ -138,9 +143,8 @@ class PackedKeys(Sequence[str]):
         """Dagster's id of a dynamic partitions definition (the SHA-1 of `json.dumps` of its keys),
         without a JSON text of every key at once."""
         digest = hashlib.sha1(b"[")
-        for start in range(0, len(self), _ITER_CHUNK):
-            part = json.dumps(self._decode(start, min(start + _ITER_CHUNK, len(self))))[1:-1]
-            digest.update(((", " if start else "") + part).encode())
+        for n, chunk in enumerate(self._chunks()):
+            digest.update(((", " if n else "") + json.dumps(chunk)[1:-1]).encode())
         digest.update(b"]")
         return digest.hexdigest()
 
@@ -210,7 +214,7 @@ class DynamicPartitionKeys:
 
     @staticmethod
     def _read_all(conn: Connection, name: str) -> _Listing:
-        last_id: list[int] = []
+        listing = _Listing()
 
         def batches() -> Iterator[list[str]]:
             for rows in _raw_row_batches(
@@ -218,14 +222,14 @@ class DynamicPartitionKeys:
                 sa.select(TABLE.c.id, TABLE.c.partition).where(TABLE.c.partitions_def_name == name)
                 .order_by(TABLE.c.id),
             ):
-                last_id[:] = [rows[-1][0]]
+                listing.last_id = rows[-1][0]
                 yield [row[1] for row in rows]
 
         try:
-            keys: Sequence[str] = PackedKeys.of(batches())
+            listing.keys = PackedKeys.of(batches())
         except ValueError:  # a key with a line break (see `_extended`): read them again, unpacked
-            keys = tuple(key for batch in batches() for key in batch)
-        return _Listing(keys=keys, last_id=last_id[0] if last_id else None)
+            listing.keys = tuple(key for batch in batches() for key in batch)
+        return listing
 
     @staticmethod
     def _caught_up(conn: Connection, name: str, listing: _Listing) -> bool:

@@ -62,7 +62,7 @@ def works_needing_work(ledger: Ledger, *, now: float | None = None, limit: int =
         if len(rows) < page:
             break
         after = (float(rows[-1][1]), str(rows[-1][0]))
-    return list(found)[:limit]
+    return list(found)
 
 
 def finished_artifacts(
